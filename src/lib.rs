@@ -1,0 +1,21 @@
+//! pmad — a cross-class industrial anomaly detection engine (PMAD, AAAI-23).
+//!
+//! Layers, bottom to top:
+//! - [`tensor`]: shape + shared buffer (owned f32/f16/bf16 or a memory-mapped window);
+//! - [`ops`]: every numeric op, one file each, the CPU implementation being the reference;
+//! - [`autograd`]: a small reverse-mode tape with AdamW and schedules, for training;
+//! - [`weights`]: safetensors (mmap, atomic writer) and PyTorch checkpoint import;
+//! - [`models`]: networks built from ops (EfficientNet-Lite0 backbone, ...);
+//! - [`data`]: image decoding and preprocessing.
+
+pub mod autograd;
+pub mod data;
+pub mod error;
+pub mod models;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};

@@ -9,8 +9,13 @@
 //! - [`data`]: image decoding and preprocessing.
 
 pub mod autograd;
+pub mod bench;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
+pub mod detector;
 pub mod error;
+pub mod metrics;
 pub mod models;
 pub mod ops;
 pub mod rng;

@@ -81,7 +81,10 @@ mod tests {
         let xs: Vec<f32> = (0..n).map(|_| r.normal()).collect();
         let mean = xs.iter().sum::<f32>() / n as f32;
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n as f32;
-        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.03, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "{mean} {var}"
+        );
         let u: Vec<f32> = (0..n).map(|_| r.uniform()).collect();
         assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
         assert!((0..1000).map(|_| r.below(10)).all(|x| x < 10));

@@ -47,7 +47,14 @@ fn gather_head(x: &[f32], s: AttnShape, b: usize, h: usize, out: &mut [f32]) {
 }
 
 /// Forward pass. Writes `o` (`[B,N,H*D]`) and `lse` (`[B,H,N]`).
-pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut [f32], lse: &mut [f32]) {
+pub fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
     let (n, d, w) = (s.tokens, s.head_dim, s.width());
     assert!(q.len() >= s.numel() && k.len() >= s.numel() && v.len() >= s.numel());
     assert!(o.len() >= s.numel() && lse.len() >= s.batch * s.heads * n);
@@ -78,7 +85,17 @@ pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut 
                     let kt = K_TILE.min(n - k0);
                     let st = &mut scores[..qb * kt];
                     // S = (Q/√D) · K_tileᵀ : [qb, kt]
-                    gemm(qb, kt, d, &qh[q0 * d..], Trans::N, &kh[k0 * d..], Trans::T, st, 0.0);
+                    gemm(
+                        qb,
+                        kt,
+                        d,
+                        &qh[q0 * d..],
+                        Trans::N,
+                        &kh[k0 * d..],
+                        Trans::T,
+                        st,
+                        0.0,
+                    );
                     for i in 0..qb {
                         let row = &mut st[i * kt..(i + 1) * kt];
                         let tile_max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
@@ -92,7 +109,9 @@ pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: AttnShape, o: &mut 
                         l[i] = l[i] * correction + sum;
                         m[i] = m_new;
                         if correction != 1.0 {
-                            acc[i * d..(i + 1) * d].iter_mut().for_each(|a| *a *= correction);
+                            acc[i * d..(i + 1) * d]
+                                .iter_mut()
+                                .for_each(|a| *a *= correction);
                         }
                     }
                     // acc += P · V_tile : [qb, d]
@@ -160,16 +179,46 @@ pub fn attention_backward(
                 for k0 in (0..n).step_by(K_TILE) {
                     let kt = K_TILE.min(n - k0);
                     let (pt, dpt) = (&mut p[..qb * kt], &mut dp[..qb * kt]);
-                    gemm(qb, kt, d, &qh[q0 * d..], Trans::N, &kh[k0 * d..], Trans::T, pt, 0.0);
+                    gemm(
+                        qb,
+                        kt,
+                        d,
+                        &qh[q0 * d..],
+                        Trans::N,
+                        &kh[k0 * d..],
+                        Trans::T,
+                        pt,
+                        0.0,
+                    );
                     for i in 0..qb {
                         for j in 0..kt {
                             pt[i * kt + j] = (pt[i * kt + j] * scale - row_lse[q0 + i]).exp();
                         }
                     }
                     // dV_tile += Pᵀ dO_block
-                    gemm(kt, d, qb, pt, Trans::T, &doh[q0 * d..], Trans::N, &mut gv[k0 * d..(k0 + kt) * d], 1.0);
+                    gemm(
+                        kt,
+                        d,
+                        qb,
+                        pt,
+                        Trans::T,
+                        &doh[q0 * d..],
+                        Trans::N,
+                        &mut gv[k0 * d..(k0 + kt) * d],
+                        1.0,
+                    );
                     // dP = dO_block V_tileᵀ
-                    gemm(qb, kt, d, &doh[q0 * d..], Trans::N, &vh[k0 * d..], Trans::T, dpt, 0.0);
+                    gemm(
+                        qb,
+                        kt,
+                        d,
+                        &doh[q0 * d..],
+                        Trans::N,
+                        &vh[k0 * d..],
+                        Trans::T,
+                        dpt,
+                        0.0,
+                    );
                     for i in 0..qb {
                         for j in 0..kt {
                             let idx = i * kt + j;
@@ -177,8 +226,28 @@ pub fn attention_backward(
                         }
                     }
                     // dQ_block += dS K_tile ; dK_tile += dSᵀ Q_block   (scale folded into dS)
-                    gemm(qb, d, kt, dpt, Trans::N, &kh[k0 * d..], Trans::N, &mut gq[q0 * d..(q0 + qb) * d], 1.0);
-                    gemm(kt, d, qb, dpt, Trans::T, &qh[q0 * d..], Trans::N, &mut gk[k0 * d..(k0 + kt) * d], 1.0);
+                    gemm(
+                        qb,
+                        d,
+                        kt,
+                        dpt,
+                        Trans::N,
+                        &kh[k0 * d..],
+                        Trans::N,
+                        &mut gq[q0 * d..(q0 + qb) * d],
+                        1.0,
+                    );
+                    gemm(
+                        kt,
+                        d,
+                        qb,
+                        dpt,
+                        Trans::T,
+                        &qh[q0 * d..],
+                        Trans::N,
+                        &mut gk[k0 * d..(k0 + kt) * d],
+                        1.0,
+                    );
                 }
             }
             [gq, gk, gv]
@@ -198,7 +267,7 @@ pub fn attention_backward(
 /// Tensor-level forward: `q, k, v` are `[B, N, H*D]`; returns `[B, N, H*D]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
     let ok = q.rank() == 3 && q.shape() == k.shape() && q.shape() == v.shape();
-    if !ok || heads == 0 || q.dim(2) % heads != 0 {
+    if !ok || heads == 0 || !q.dim(2).is_multiple_of(heads) {
         return Err(Error::shape(format!(
             "attention q {:?} k {:?} v {:?} with {heads} heads",
             q.shape(),
@@ -237,7 +306,9 @@ pub fn attention_naive(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> Vec<f32
                 let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for c in 0..d {
-                    let acc: f64 = (0..n).map(|j| e[j] * v[(b * n + j) * w + h * d + c] as f64).sum();
+                    let acc: f64 = (0..n)
+                        .map(|j| e[j] * v[(b * n + j) * w + h * d + c] as f64)
+                        .sum();
                     o[(b * n + i) * w + h * d + c] = (acc / z) as f32;
                 }
             }
@@ -253,9 +324,20 @@ mod tests {
 
     #[test]
     fn fused_matches_naive_on_ragged_shapes() {
-        for &(batch, tokens, heads, head_dim) in &[(1, 1, 1, 4), (2, 33, 3, 8), (1, 97, 2, 64), (2, 196, 1, 16)] {
-            let s = AttnShape { batch, tokens, heads, head_dim };
-            let (q, k, v) = (seeded(s.numel(), 1), seeded(s.numel(), 2), seeded(s.numel(), 3));
+        for &(batch, tokens, heads, head_dim) in
+            &[(1, 1, 1, 4), (2, 33, 3, 8), (1, 97, 2, 64), (2, 196, 1, 16)]
+        {
+            let s = AttnShape {
+                batch,
+                tokens,
+                heads,
+                head_dim,
+            };
+            let (q, k, v) = (
+                seeded(s.numel(), 1),
+                seeded(s.numel(), 2),
+                seeded(s.numel(), 3),
+            );
             let q: Vec<f32> = q.iter().map(|x| x * 4.0).collect(); // peaky softmax
             let mut o = vec![0.0; s.numel()];
             let mut lse = vec![0.0; batch * heads * tokens];
@@ -266,8 +348,17 @@ mod tests {
 
     #[test]
     fn backward_matches_finite_differences() {
-        let s = AttnShape { batch: 1, tokens: 37, heads: 2, head_dim: 5 };
-        let (q, k, v) = (seeded(s.numel(), 4), seeded(s.numel(), 5), seeded(s.numel(), 6));
+        let s = AttnShape {
+            batch: 1,
+            tokens: 37,
+            heads: 2,
+            head_dim: 5,
+        };
+        let (q, k, v) = (
+            seeded(s.numel(), 4),
+            seeded(s.numel(), 5),
+            seeded(s.numel(), 6),
+        );
         let g = seeded(s.numel(), 7); // loss = Σ g ⊙ O
         let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
             let o = attention_naive(q, k, v, s);
@@ -276,7 +367,11 @@ mod tests {
         let mut o = vec![0.0; s.numel()];
         let mut lse = vec![0.0; s.heads * s.tokens];
         attention_forward(&q, &k, &v, s, &mut o, &mut lse);
-        let (mut dq, mut dk, mut dv) = (vec![0.0; s.numel()], vec![0.0; s.numel()], vec![0.0; s.numel()]);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0.0; s.numel()],
+            vec![0.0; s.numel()],
+            vec![0.0; s.numel()],
+        );
         attention_backward(&q, &k, &v, &o, &lse, &g, s, &mut dq, &mut dk, &mut dv);
         let h = 1e-2f32;
         for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {
@@ -287,7 +382,11 @@ mod tests {
                 bufs[which][idx] -= 2.0 * h;
                 let down = loss(&bufs[0], &bufs[1], &bufs[2]);
                 let fd = ((up - down) / (2.0 * h as f64)) as f32;
-                assert!((fd - grad[idx]).abs() < 2e-3 + 1e-2 * fd.abs(), "input {which} idx {idx}: fd {fd} vs {}", grad[idx]);
+                assert!(
+                    (fd - grad[idx]).abs() < 2e-3 + 1e-2 * fd.abs(),
+                    "input {which} idx {idx}: fd {fd} vs {}",
+                    grad[idx]
+                );
             }
         }
     }

@@ -23,7 +23,11 @@ fn reflect(mut i: isize, n: isize) -> usize {
     }
     let period = 2 * n;
     i = i.rem_euclid(period);
-    if i >= n { (period - 1 - i) as usize } else { i as usize }
+    if i >= n {
+        (period - 1 - i) as usize
+    } else {
+        i as usize
+    }
 }
 
 /// Blurs each `h x w` plane of `maps` in place.
@@ -68,7 +72,10 @@ mod tests {
         let k = gaussian_kernel(4.0, 4.0);
         assert_eq!(k.len(), 33);
         assert!((k.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!([reflect(-1, 4), reflect(-2, 4), reflect(4, 4), reflect(5, 4)], [0, 1, 3, 2]);
+        assert_eq!(
+            [reflect(-1, 4), reflect(-2, 4), reflect(4, 4), reflect(5, 4)],
+            [0, 1, 3, 2]
+        );
     }
 
     #[test]

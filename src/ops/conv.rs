@@ -35,7 +35,12 @@ pub struct Padding {
 
 impl Padding {
     pub fn symmetric(p: usize) -> Padding {
-        Padding { top: p, bottom: p, left: p, right: p }
+        Padding {
+            top: p,
+            bottom: p,
+            left: p,
+            right: p,
+        }
     }
 
     /// TensorFlow "SAME": output `ceil(in / stride)`, total padding
@@ -43,7 +48,12 @@ impl Padding {
     pub fn tf_same(h: usize, w: usize, k: usize, stride: usize) -> Padding {
         let total = |n: usize| ((n.div_ceil(stride) - 1) * stride + k).saturating_sub(n);
         let (ph, pw) = (total(h), total(w));
-        Padding { top: ph / 2, bottom: ph - ph / 2, left: pw / 2, right: pw - pw / 2 }
+        Padding {
+            top: ph / 2,
+            bottom: ph - ph / 2,
+            left: pw / 2,
+            right: pw - pw / 2,
+        }
     }
 }
 
@@ -71,7 +81,13 @@ impl ConvShape {
     }
     /// Multiply-accumulates of the call (for benchmarks).
     pub fn macs(&self) -> usize {
-        self.batch * self.c_out * self.out_h() * self.out_w() * (self.c_in / self.groups) * self.kh * self.kw
+        self.batch
+            * self.c_out
+            * self.out_h()
+            * self.out_w()
+            * (self.c_in / self.groups)
+            * self.kh
+            * self.kw
     }
 }
 
@@ -85,11 +101,19 @@ fn epilogue(v: &mut [f32], bias: f32, act: Activation) {
 
 /// Slice kernel. `x` is `[B,Cin,H,W]`, `w` is `[Cout, Cin/groups, kh, kw]`, `y` is
 /// `[B,Cout,OH,OW]`.
-pub fn conv2d_into(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape, act: Activation, y: &mut [f32]) {
+pub fn conv2d_into(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    act: Activation,
+    y: &mut [f32],
+) {
     let (oh, ow) = (s.out_h(), s.out_w());
     let in_plane = s.c_in * s.h * s.w;
     let out_plane = s.c_out * oh * ow;
-    let pointwise = s.kh == 1 && s.kw == 1 && s.stride == 1 && s.groups == 1 && s.pad == Padding::default();
+    let pointwise =
+        s.kh == 1 && s.kw == 1 && s.stride == 1 && s.groups == 1 && s.pad == Padding::default();
     let depthwise = s.groups == s.c_in && s.groups == s.c_out && s.groups > 1;
     if depthwise {
         y.par_chunks_mut(oh * ow).enumerate().for_each(|(bc, out)| {
@@ -103,7 +127,17 @@ pub fn conv2d_into(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape, ac
     let per_image = |(img, out): (usize, &mut [f32])| {
         let xi = &x[img * in_plane..(img + 1) * in_plane];
         if pointwise {
-            gemm(s.c_out, oh * ow, s.c_in, w, Trans::N, xi, Trans::N, out, 0.0);
+            gemm(
+                s.c_out,
+                oh * ow,
+                s.c_in,
+                w,
+                Trans::N,
+                xi,
+                Trans::N,
+                out,
+                0.0,
+            );
         } else {
             let cg_in = s.c_in / s.groups;
             let cg_out = s.c_out / s.groups;
@@ -179,11 +213,12 @@ fn im2col(x: &[f32], c: usize, s: &ConvShape, cols: &mut [f32]) {
                     let iy = (oy * s.stride + ky) as isize - s.pad.top as isize;
                     for ox in 0..ow {
                         let ix = (ox * s.stride + kx) as isize - s.pad.left as isize;
-                        dst[oy * ow + ox] = if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w {
-                            x[(ci * s.h + iy as usize) * s.w + ix as usize]
-                        } else {
-                            0.0
-                        };
+                        dst[oy * ow + ox] =
+                            if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w {
+                                x[(ci * s.h + iy as usize) * s.w + ix as usize]
+                            } else {
+                                0.0
+                            };
                     }
                 }
             }
@@ -202,7 +237,11 @@ pub fn conv2d(
     act: Activation,
 ) -> Result<Tensor> {
     if x.rank() != 4 || w.rank() != 4 || groups == 0 || stride == 0 {
-        return Err(Error::shape(format!("conv2d x {:?} w {:?}", x.shape(), w.shape())));
+        return Err(Error::shape(format!(
+            "conv2d x {:?} w {:?}",
+            x.shape(),
+            w.shape()
+        )));
     }
     let s = ConvShape {
         batch: x.dim(0),
@@ -216,8 +255,8 @@ pub fn conv2d(
         groups,
         pad,
     };
-    let fits = s.c_in % groups == 0
-        && s.c_out % groups == 0
+    let fits = s.c_in.is_multiple_of(groups)
+        && s.c_out.is_multiple_of(groups)
         && w.dim(1) == s.c_in / groups
         && s.h + pad.top + pad.bottom >= s.kh
         && s.w + pad.left + pad.right >= s.kw
@@ -232,7 +271,10 @@ pub fn conv2d(
     let mut y = vec![0.0; s.batch * s.c_out * s.out_h() * s.out_w()];
     let bv = bias.map(|b| b.f32s());
     conv2d_into(&x.f32s(), &w.f32s(), bv.as_deref(), &s, act, &mut y);
-    Ok(Tensor::from_parts(y, vec![s.batch, s.c_out, s.out_h(), s.out_w()]))
+    Ok(Tensor::from_parts(
+        y,
+        vec![s.batch, s.c_out, s.out_h(), s.out_w()],
+    ))
 }
 
 /// Folds inference BatchNorm into the preceding conv:
@@ -259,7 +301,13 @@ pub fn fold_batchnorm(
 }
 
 /// Direct 7-loop convolution: the reference the fast kernels are tested against.
-pub fn conv2d_naive(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape, act: Activation) -> Vec<f32> {
+pub fn conv2d_naive(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    act: Activation,
+) -> Vec<f32> {
     let (oh, ow) = (s.out_h(), s.out_w());
     let (cg_in, cg_out) = (s.c_in / s.groups, s.c_out / s.groups);
     let mut y = vec![0.0; s.batch * s.c_out * oh * ow];
@@ -277,7 +325,9 @@ pub fn conv2d_naive(x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape, a
                                 if iy < 0 || ix < 0 || iy as usize >= s.h || ix as usize >= s.w {
                                     continue;
                                 }
-                                let xv = x[((b * s.c_in + g * cg_in + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                let xv = x[((b * s.c_in + g * cg_in + ci) * s.h + iy as usize)
+                                    * s.w
+                                    + ix as usize];
                                 let wv = w[((co * cg_in + ci) * s.kh + ky) * s.kw + kx];
                                 acc += (xv * wv) as f64;
                             }
@@ -301,7 +351,10 @@ mod tests {
     use crate::ops::testutil::{assert_close, seeded};
 
     fn check(s: ConvShape, act: Activation) {
-        let x: Vec<f32> = seeded(s.batch * s.c_in * s.h * s.w, 1).iter().map(|v| v * 3.0).collect();
+        let x: Vec<f32> = seeded(s.batch * s.c_in * s.h * s.w, 1)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
         let w = seeded(s.c_out * (s.c_in / s.groups) * s.kh * s.kw, 2);
         let b = seeded(s.c_out, 3);
         let mut y = vec![0.0; s.batch * s.c_out * s.out_h() * s.out_w()];
@@ -311,39 +364,126 @@ mod tests {
 
     #[test]
     fn all_paths_match_naive() {
-        let base = ConvShape { batch: 2, c_in: 6, h: 9, w: 11, c_out: 6, kh: 3, kw: 3, stride: 1, groups: 1, pad: Padding::default() };
+        let base = ConvShape {
+            batch: 2,
+            c_in: 6,
+            h: 9,
+            w: 11,
+            c_out: 6,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            groups: 1,
+            pad: Padding::default(),
+        };
         // pointwise
-        check(ConvShape { kh: 1, kw: 1, c_out: 5, ..base }, Activation::Relu6);
+        check(
+            ConvShape {
+                kh: 1,
+                kw: 1,
+                c_out: 5,
+                ..base
+            },
+            Activation::Relu6,
+        );
         // depthwise, stride 1 and 2, TF-SAME asymmetric padding, 3x3 and 5x5
         for (k, st) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
             let pad = Padding::tf_same(9, 11, k, st);
-            check(ConvShape { kh: k, kw: k, stride: st, groups: 6, pad, ..base }, Activation::Relu6);
+            check(
+                ConvShape {
+                    kh: k,
+                    kw: k,
+                    stride: st,
+                    groups: 6,
+                    pad,
+                    ..base
+                },
+                Activation::Relu6,
+            );
         }
         // general: stem-like stride 2, grouped, batch 1
-        check(ConvShape { c_in: 3, c_out: 8, stride: 2, pad: Padding::tf_same(9, 11, 3, 2), ..base }, Activation::None);
-        check(ConvShape { groups: 2, c_out: 4, pad: Padding::symmetric(1), batch: 1, ..base }, Activation::None);
+        check(
+            ConvShape {
+                c_in: 3,
+                c_out: 8,
+                stride: 2,
+                pad: Padding::tf_same(9, 11, 3, 2),
+                ..base
+            },
+            Activation::None,
+        );
+        check(
+            ConvShape {
+                groups: 2,
+                c_out: 4,
+                pad: Padding::symmetric(1),
+                batch: 1,
+                ..base
+            },
+            Activation::None,
+        );
     }
 
     #[test]
     fn tf_same_padding_is_asymmetric_for_stride_two() {
-        assert_eq!(Padding::tf_same(224, 224, 3, 2), Padding { top: 0, bottom: 1, left: 0, right: 1 });
-        assert_eq!(Padding::tf_same(112, 112, 5, 2), Padding { top: 1, bottom: 2, left: 1, right: 2 });
+        assert_eq!(
+            Padding::tf_same(224, 224, 3, 2),
+            Padding {
+                top: 0,
+                bottom: 1,
+                left: 0,
+                right: 1
+            }
+        );
+        assert_eq!(
+            Padding::tf_same(112, 112, 5, 2),
+            Padding {
+                top: 1,
+                bottom: 2,
+                left: 1,
+                right: 2
+            }
+        );
         assert_eq!(Padding::tf_same(28, 28, 5, 1), Padding::symmetric(2));
     }
 
     #[test]
     fn folded_bn_equals_conv_then_bn() {
-        let s = ConvShape { batch: 1, c_in: 4, h: 5, w: 5, c_out: 3, kh: 1, kw: 1, stride: 1, groups: 1, pad: Padding::default() };
+        let s = ConvShape {
+            batch: 1,
+            c_in: 4,
+            h: 5,
+            w: 5,
+            c_out: 3,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            groups: 1,
+            pad: Padding::default(),
+        };
         let x = seeded(4 * 25, 1);
         let w = seeded(12, 2);
-        let (g, b, m) = (vec![1.5, 0.5, -1.0], vec![0.1, 0.2, 0.3], vec![0.3, -0.2, 0.0]);
+        let (g, b, m) = (
+            vec![1.5, 0.5, -1.0],
+            vec![0.1, 0.2, 0.3],
+            vec![0.3, -0.2, 0.0],
+        );
         let var = vec![0.5, 2.0, 1.0];
         let y = conv2d_naive(&x, &w, None, &s, Activation::None);
-        let want: Vec<f32> = y.iter().enumerate().map(|(i, v)| {
-            let c = i / 25;
-            (v - m[c]) / (var[c] + 1e-3f32).sqrt() * g[c] + b[c]
-        }).collect();
+        let want: Vec<f32> = y
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let c = i / 25;
+                (v - m[c]) / (var[c] + 1e-3f32).sqrt() * g[c] + b[c]
+            })
+            .collect();
         let (wf, bf) = fold_batchnorm(&w, 3, &g, &b, &m, &var, 1e-3);
-        assert_close(&conv2d_naive(&x, &wf, Some(&bf), &s, Activation::None), &want, 1e-5, 1e-5);
+        assert_close(
+            &conv2d_naive(&x, &wf, Some(&bf), &s, Activation::None),
+            &want,
+            1e-5,
+            1e-5,
+        );
     }
 }

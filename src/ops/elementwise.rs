@@ -12,8 +12,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -49,24 +57,29 @@ fn binary(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<
         return Ok(Tensor::from_parts(out, a.shape().to_vec()));
     }
     let shape = broadcast_shape(a.shape(), b.shape())?;
-    let (sa, sb) = (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape));
+    let (sa, sb) = (
+        broadcast_strides(a.shape(), &shape),
+        broadcast_strides(b.shape(), &shape),
+    );
     let n: usize = shape.iter().product();
     // Walk the output in rows of its last dimension; each row reads a and b with fixed steps.
     let last = *shape.last().unwrap_or(&1);
     let mut out = vec![0.0; n];
-    out.par_chunks_mut(last.max(1)).enumerate().for_each(|(row, o)| {
-        let (mut ia, mut ib, mut rem) = (0usize, 0usize, row);
-        for d in (0..shape.len().saturating_sub(1)).rev() {
-            let idx = rem % shape[d];
-            rem /= shape[d];
-            ia += idx * sa[d];
-            ib += idx * sb[d];
-        }
-        let (la, lb) = (sa[shape.len() - 1], sb[shape.len() - 1]);
-        for (j, x) in o.iter_mut().enumerate() {
-            *x = f(av[ia + j * la], bv[ib + j * lb]);
-        }
-    });
+    out.par_chunks_mut(last.max(1))
+        .enumerate()
+        .for_each(|(row, o)| {
+            let (mut ia, mut ib, mut rem) = (0usize, 0usize, row);
+            for d in (0..shape.len().saturating_sub(1)).rev() {
+                let idx = rem % shape[d];
+                rem /= shape[d];
+                ia += idx * sa[d];
+                ib += idx * sb[d];
+            }
+            let (la, lb) = (sa[shape.len() - 1], sb[shape.len() - 1]);
+            for (j, x) in o.iter_mut().enumerate() {
+                *x = f(av[ia + j * la], bv[ib + j * lb]);
+            }
+        });
     Ok(Tensor::from_parts(out, shape))
 }
 
@@ -139,8 +152,14 @@ mod tests {
         let a = Tensor::new((0..6).map(|x| x as f32).collect(), &[2, 3]).unwrap();
         let row = Tensor::new(vec![10.0, 20.0, 30.0], &[3]).unwrap();
         let col = Tensor::new(vec![2.0, 3.0], &[2, 1]).unwrap();
-        assert_eq!(add(&a, &row).unwrap().f32s().as_ref(), &[10.0, 21.0, 32.0, 13.0, 24.0, 35.0]);
-        assert_eq!(mul(&a, &col).unwrap().f32s().as_ref(), &[0.0, 2.0, 4.0, 9.0, 12.0, 15.0]);
+        assert_eq!(
+            add(&a, &row).unwrap().f32s().as_ref(),
+            &[10.0, 21.0, 32.0, 13.0, 24.0, 35.0]
+        );
+        assert_eq!(
+            mul(&a, &col).unwrap().f32s().as_ref(),
+            &[0.0, 2.0, 4.0, 9.0, 12.0, 15.0]
+        );
         // [1,C,1,1] channel scale on NCHW
         let x = Tensor::new(vec![1.0; 2 * 3 * 2 * 2], &[2, 3, 2, 2]).unwrap();
         let c = Tensor::new(vec![1.0, 2.0, 3.0], &[1, 3, 1, 1]).unwrap();
@@ -153,7 +172,12 @@ mod tests {
     #[test]
     fn gelu_values_and_grad() {
         // Reference values of x*Φ(x).
-        for (x, want) in [(0.0, 0.0), (1.0, 0.841_344_7), (-1.0, -0.158_655_3), (3.0, 2.995_950_3)] {
+        for (x, want) in [
+            (0.0, 0.0),
+            (1.0, 0.841_344_7),
+            (-1.0, -0.158_655_3),
+            (3.0, 2.995_950_3),
+        ] {
             assert!((gelu_scalar(x) - want).abs() < 1e-6, "{x}");
         }
         for x in [-2.0f32, -0.3, 0.0, 0.7, 2.5] {
@@ -161,6 +185,11 @@ mod tests {
             let fd = (gelu_scalar(x + h) - gelu_scalar(x - h)) / (2.0 * h);
             assert!((fd - gelu_grad_scalar(x)).abs() < 1e-3);
         }
-        assert_eq!(relu6(&Tensor::new(vec![-1.0, 3.0, 7.0], &[3]).unwrap()).f32s().as_ref(), &[0.0, 3.0, 6.0]);
+        assert_eq!(
+            relu6(&Tensor::new(vec![-1.0, 3.0, 7.0], &[3]).unwrap())
+                .f32s()
+                .as_ref(),
+            &[0.0, 3.0, 6.0]
+        );
     }
 }

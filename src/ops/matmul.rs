@@ -41,7 +41,10 @@ pub fn gemm(
     c: &mut [f32],
     beta: f32,
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm: short buffer");
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm: short buffer"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -97,7 +100,17 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let (m, k, n) = (a.dim(0), a.dim(1), b.dim(1));
     let mut c = vec![0.0; m * n];
-    gemm(m, n, k, &a.f32s(), Trans::N, &b.f32s(), Trans::N, &mut c, 0.0);
+    gemm(
+        m,
+        n,
+        k,
+        &a.f32s(),
+        Trans::N,
+        &b.f32s(),
+        Trans::N,
+        &mut c,
+        0.0,
+    );
     Ok(Tensor::from_parts(c, vec![m, n]))
 }
 
@@ -108,20 +121,46 @@ pub fn bmm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         && (shared_b && a.dim(2) == b.dim(0)
             || b.rank() == 3 && a.dim(0) == b.dim(0) && a.dim(2) == b.dim(1));
     if !ok {
-        return Err(Error::shape(format!("bmm {:?} x {:?}", a.shape(), b.shape())));
+        return Err(Error::shape(format!(
+            "bmm {:?} x {:?}",
+            a.shape(),
+            b.shape()
+        )));
     }
     let (bs, m, k, n) = (a.dim(0), a.dim(1), a.dim(2), b.dim(-1));
     let (av, bv) = (a.f32s(), b.f32s());
     let mut c = vec![0.0; bs * m * n];
     for (i, ci) in c.chunks_mut(m * n).enumerate() {
-        let bi = if shared_b { &bv[..] } else { &bv[i * k * n..(i + 1) * k * n] };
-        gemm(m, n, k, &av[i * m * k..(i + 1) * m * k], Trans::N, bi, Trans::N, ci, 0.0);
+        let bi = if shared_b {
+            &bv[..]
+        } else {
+            &bv[i * k * n..(i + 1) * k * n]
+        };
+        gemm(
+            m,
+            n,
+            k,
+            &av[i * m * k..(i + 1) * m * k],
+            Trans::N,
+            bi,
+            Trans::N,
+            ci,
+            0.0,
+        );
     }
     Ok(Tensor::from_parts(c, vec![bs, m, n]))
 }
 
 /// Slice kernel of [`linear`]: `y[r,o] = sum_i x[r,i] * w[o,i] + bias[o]`.
-pub fn linear_rows(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, d_in: usize, d_out: usize, y: &mut [f32]) {
+pub fn linear_rows(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    y: &mut [f32],
+) {
     match bias {
         Some(b) => {
             for row in y[..rows * d_out].chunks_mut(d_out) {
@@ -148,14 +187,30 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let rows = x.numel() / d_in.max(1);
     let mut y = vec![0.0; rows * d_out];
     let bv = bias.map(|b| b.f32s());
-    linear_rows(&x.f32s(), &w.f32s(), bv.as_deref(), rows, d_in, d_out, &mut y);
+    linear_rows(
+        &x.f32s(),
+        &w.f32s(),
+        bv.as_deref(),
+        rows,
+        d_in,
+        d_out,
+        &mut y,
+    );
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = d_out;
     Ok(Tensor::from_parts(y, shape))
 }
 
 /// The textbook triple loop: the reference the fast path is tested against.
-pub fn gemm_naive(m: usize, n: usize, k: usize, a: &[f32], ta: Trans, b: &[f32], tb: Trans) -> Vec<f32> {
+pub fn gemm_naive(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: Trans,
+    b: &[f32],
+    tb: Trans,
+) -> Vec<f32> {
     let at = |i: usize, p: usize| match ta {
         Trans::N => a[i * k + p],
         Trans::T => a[p * m + i],
@@ -184,7 +239,13 @@ mod tests {
 
     #[test]
     fn gemm_matches_naive_all_transposes_ragged() {
-        for &(m, n, k) in &[(1, 1, 1), (7, 13, 5), (33, 17, 65), (100, 3, 129), (64, 64, 64)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 13, 5),
+            (33, 17, 65),
+            (100, 3, 129),
+            (64, 64, 64),
+        ] {
             for ta in [Trans::N, Trans::T] {
                 for tb in [Trans::N, Trans::T] {
                     let a = seeded(m * k, 1);
@@ -203,7 +264,10 @@ mod tests {
         let (a, b) = (seeded(m * k, 3), seeded(k * n, 4));
         let mut c = vec![1.0; m * n];
         gemm(m, n, k, &a, Trans::N, &b, Trans::N, &mut c, 1.0);
-        let r: Vec<f32> = gemm_naive(m, n, k, &a, Trans::N, &b, Trans::N).iter().map(|x| x + 1.0).collect();
+        let r: Vec<f32> = gemm_naive(m, n, k, &a, Trans::N, &b, Trans::N)
+            .iter()
+            .map(|x| x + 1.0)
+            .collect();
         assert_close(&c, &r, 1e-5, 1e-5);
     }
 

@@ -27,7 +27,9 @@ pub struct Nearest {
 
 /// Squared norm of each `d`-wide row.
 pub fn row_sq_norms(x: &[f32], d: usize) -> Vec<f32> {
-    x.par_chunks(d).map(|r| r.iter().map(|v| v * v).sum()).collect()
+    x.par_chunks(d)
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect()
 }
 
 /// Slice kernel. `queries` is `[nq, d]`, `bank` is `[np, d]`, `bank_sq` its row norms.
@@ -45,7 +47,17 @@ pub fn nearest_rows(queries: &[f32], bank: &[f32], bank_sq: &[f32], d: usize) ->
             for p0 in (0..np).step_by(BANK_TILE) {
                 let pt = BANK_TILE.min(np - p0);
                 let dt = &mut dots[..qb * pt];
-                gemm(qb, pt, d, qblk, Trans::N, &bank[p0 * d..(p0 + pt) * d], Trans::T, dt, 0.0);
+                gemm(
+                    qb,
+                    pt,
+                    d,
+                    qblk,
+                    Trans::N,
+                    &bank[p0 * d..(p0 + pt) * d],
+                    Trans::T,
+                    dt,
+                    0.0,
+                );
                 let psq = &bank_sq[p0..p0 + pt];
                 for i in 0..qb {
                     // Fused argmin of |p|² - 2 q·p over the tile (|q|² is constant per row).
@@ -71,7 +83,10 @@ pub fn nearest_rows(queries: &[f32], bank: &[f32], bank_sq: &[f32], d: usize) ->
             (best_i, best)
         })
         .collect();
-    let mut out = Nearest { index: Vec::with_capacity(nq), dist2: Vec::with_capacity(nq) };
+    let mut out = Nearest {
+        index: Vec::with_capacity(nq),
+        dist2: Vec::with_capacity(nq),
+    };
     for (i, dd) in blocks {
         out.index.extend(i);
         out.dist2.extend(dd);
@@ -81,7 +96,8 @@ pub fn nearest_rows(queries: &[f32], bank: &[f32], bank_sq: &[f32], d: usize) ->
 
 /// Tensor-level search: `queries [Q, D]`, `bank [P, D]` (any float storage).
 pub fn nearest(queries: &Tensor, bank: &Tensor) -> Result<Nearest> {
-    if queries.rank() != 2 || bank.rank() != 2 || queries.dim(1) != bank.dim(1) || bank.dim(0) == 0 {
+    if queries.rank() != 2 || bank.rank() != 2 || queries.dim(1) != bank.dim(1) || bank.dim(0) == 0
+    {
         return Err(Error::shape(format!(
             "nearest: queries {:?} bank {:?}",
             queries.shape(),
@@ -127,10 +143,17 @@ mod tests {
             let want = nearest_naive(&q, &p, d);
             for i in 0..nq {
                 // Same distance within rounding; the index may differ only on a near tie.
-                assert!((got.dist2[i] - want.dist2[i]).abs() <= 1e-4 * (1.0 + want.dist2[i]), "query {i}");
+                assert!(
+                    (got.dist2[i] - want.dist2[i]).abs() <= 1e-4 * (1.0 + want.dist2[i]),
+                    "query {i}"
+                );
                 if got.index[i] != want.index[i] {
                     let pi = &p[got.index[i] as usize * d..][..d];
-                    let true_d: f32 = q[i * d..(i + 1) * d].iter().zip(pi).map(|(a, b)| (a - b) * (a - b)).sum();
+                    let true_d: f32 = q[i * d..(i + 1) * d]
+                        .iter()
+                        .zip(pi)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum();
                     assert!((true_d - want.dist2[i]).abs() <= 1e-4 * (1.0 + want.dist2[i]));
                 }
             }
@@ -142,7 +165,11 @@ mod tests {
         let d = 8;
         let p = seeded(50 * d, 3);
         let q: Vec<f32> = p[17 * d..18 * d].to_vec();
-        let r = nearest(&Tensor::new(q, &[1, d]).unwrap(), &Tensor::new(p, &[50, d]).unwrap()).unwrap();
+        let r = nearest(
+            &Tensor::new(q, &[1, d]).unwrap(),
+            &Tensor::new(p, &[50, d]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.index[0], 17);
         assert!(r.dist2[0] < 1e-5);
     }

@@ -10,9 +10,15 @@ use rayon::prelude::*;
 pub fn avg_pool_plane(src: &[f32], h: usize, w: usize, k: usize, out: &mut [f32]) {
     let r = (k / 2) as isize;
     for y in 0..h as isize {
-        let (y0, y1) = ((y - r).max(0) as usize, (y + r).min(h as isize - 1) as usize);
+        let (y0, y1) = (
+            (y - r).max(0) as usize,
+            (y + r).min(h as isize - 1) as usize,
+        );
         for x in 0..w as isize {
-            let (x0, x1) = ((x - r).max(0) as usize, (x + r).min(w as isize - 1) as usize);
+            let (x0, x1) = (
+                (x - r).max(0) as usize,
+                (x + r).min(w as isize - 1) as usize,
+            );
             let mut s = 0.0;
             for yy in y0..=y1 {
                 s += src[yy * w + x0..=yy * w + x1].iter().sum::<f32>();
@@ -24,7 +30,7 @@ pub fn avg_pool_plane(src: &[f32], h: usize, w: usize, k: usize, out: &mut [f32]
 
 /// `[B,C,H,W]` -> same shape, `k x k` average (odd `k`).
 pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
-    if x.rank() != 4 || k % 2 == 0 {
+    if x.rank() != 4 || k.is_multiple_of(2) {
         return Err(Error::shape(format!("avg_pool {k}x{k} on {:?}", x.shape())));
     }
     let (h, w) = (x.dim(2), x.dim(3));
@@ -42,7 +48,11 @@ pub fn global_mean(x: &Tensor) -> Result<Tensor> {
         return Err(Error::shape(format!("global_mean on {:?}", x.shape())));
     }
     let hw = x.dim(2) * x.dim(3);
-    let y: Vec<f32> = x.f32s().chunks(hw).map(|p| p.iter().sum::<f32>() / hw as f32).collect();
+    let y: Vec<f32> = x
+        .f32s()
+        .chunks(hw)
+        .map(|p| p.iter().sum::<f32>() / hw as f32)
+        .collect();
     Ok(Tensor::from_parts(y, vec![x.dim(0), x.dim(1)]))
 }
 

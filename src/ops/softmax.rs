@@ -17,16 +17,18 @@ pub fn logsumexp(row: &[f32]) -> f32 {
 }
 
 pub fn softmax_rows(x: &[f32], d: usize, y: &mut [f32]) {
-    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-        let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut s = 0.0;
-        for (o, &v) in yr.iter_mut().zip(xr) {
-            *o = (v - m).exp();
-            s += *o;
-        }
-        let inv = 1.0 / s;
-        yr.iter_mut().for_each(|o| *o *= inv);
-    });
+    y.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(yr, xr)| {
+            let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut s = 0.0;
+            for (o, &v) in yr.iter_mut().zip(xr) {
+                *o = (v - m).exp();
+                s += *o;
+            }
+            let inv = 1.0 / s;
+            yr.iter_mut().for_each(|o| *o *= inv);
+        });
 }
 
 pub fn softmax(x: &Tensor) -> Tensor {
@@ -40,10 +42,12 @@ pub fn log_softmax(x: &Tensor) -> Tensor {
     let d = x.dim(-1);
     let xv = x.f32s();
     let mut y = vec![0.0; x.numel()];
-    y.par_chunks_mut(d).zip(xv.par_chunks(d)).for_each(|(yr, xr)| {
-        let l = logsumexp(xr);
-        yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v - l);
-    });
+    y.par_chunks_mut(d)
+        .zip(xv.par_chunks(d))
+        .for_each(|(yr, xr)| {
+            let l = logsumexp(xr);
+            yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v - l);
+        });
     Tensor::from_parts(y, x.shape().to_vec())
 }
 
@@ -87,7 +91,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &[usize], rows: &[usize]) -> Resu
             .get(r)
             .ok_or_else(|| Error::shape(format!("no target for row {r}")))?;
         if r >= n_rows || t >= d {
-            return Err(Error::shape(format!("row {r} / target {t} out of [{n_rows}, {d}]")));
+            return Err(Error::shape(format!(
+                "row {r} / target {t} out of [{n_rows}, {d}]"
+            )));
         }
         let xr = &xv[r * d..(r + 1) * d];
         total += (logsumexp(xr) - xr[t]) as f64;

@@ -32,8 +32,11 @@ pub fn topk_row(row: &[f32], k: usize) -> Vec<usize> {
 
 /// Top-k per row of a `[rows, n]` buffer.
 pub fn topk_rows(x: &[f32], n: usize, k: usize) -> Result<Vec<Vec<usize>>> {
-    if n == 0 || x.len() % n != 0 {
-        return Err(Error::shape(format!("top-k over rows of {n} in {} values", x.len())));
+    if n == 0 || !x.len().is_multiple_of(n) {
+        return Err(Error::shape(format!(
+            "top-k over rows of {n} in {} values",
+            x.len()
+        )));
     }
     Ok(x.chunks(n).map(|r| topk_row(r, k)).collect())
 }

@@ -95,7 +95,11 @@ impl Tensor {
 
     pub fn from_f16(data: Vec<f16>, shape: &[usize]) -> Result<Tensor> {
         if data.len() != numel_of(shape) {
-            return Err(Error::shape(format!("{} values vs shape {:?}", data.len(), shape)));
+            return Err(Error::shape(format!(
+                "{} values vs shape {:?}",
+                data.len(),
+                shape
+            )));
         }
         Ok(Tensor {
             shape: shape.to_vec(),
@@ -105,7 +109,11 @@ impl Tensor {
 
     pub fn from_bf16(data: Vec<bf16>, shape: &[usize]) -> Result<Tensor> {
         if data.len() != numel_of(shape) {
-            return Err(Error::shape(format!("{} values vs shape {:?}", data.len(), shape)));
+            return Err(Error::shape(format!(
+                "{} values vs shape {:?}",
+                data.len(),
+                shape
+            )));
         }
         Ok(Tensor {
             shape: shape.to_vec(),
@@ -299,9 +307,7 @@ impl Tensor {
         let storage = match dtype {
             DType::F32 => Storage::F32(Arc::new(v.into_owned())),
             DType::F16 => Storage::F16(Arc::new(v.iter().map(|&x| f16::from_f32(x)).collect())),
-            DType::BF16 => {
-                Storage::BF16(Arc::new(v.iter().map(|&x| bf16::from_f32(x)).collect()))
-            }
+            DType::BF16 => Storage::BF16(Arc::new(v.iter().map(|&x| bf16::from_f32(x)).collect())),
             other => {
                 return Err(Error::invalid(format!(
                     "cannot convert a tensor to {other}: only float storage is supported"

@@ -1,0 +1,238 @@
+"""Host-emulated kernels (emu.so from run.sh) vs numpy/scipy references.
+
+Launch grids mirror src/cuda/*.rs; tolerances mirror tests/cuda_parity.rs. The blur is checked
+against scipy.ndimage.gaussian_filter(mode='reflect') itself, the resize against a re-derivation
+of ATen's upsample_bilinear2d index rules. Exit status 1 on any mismatch.
+"""
+import ctypes as C, math, sys
+
+import numpy as np
+from scipy import ndimage, special
+np.seterr(invalid='ignore')  # -inf * 0 in the entropy reference
+lib = C.CDLL(sys.argv[1])
+def S(name, fields):
+    return type(name, (C.Structure,), {'_fields_': [(f, C.c_float if f in ('scale','alpha','eps','scale_h','scale_w') else C.c_int) for f in fields]})
+AttP = S('A', ['batch','seq','heads','head_dim','scale'])
+PnnP = S('P', ['num_queries','num_protos','dim','tiles_per_block'])
+TopP = S('T', ['rows','n','k'])
+CplP = S('Cp', ['rows','cols','alpha'])
+EntP = S('E', ['rows','vocab','has_targets','write_probs'])
+LnP = S('Ln', ['rows','cols','eps'])
+GeP = S('Ge', ['n'])
+BrP = S('Br', ['rows','cols','has_residual'])
+DwP = S('Dw', ['batch','channels','in_h','in_w','out_h','out_w','k_h','k_w','stride_h','stride_w','pad_top','pad_bottom','pad_left','pad_right','relu6'])
+RsP = S('Rs', ['planes','in_h','in_w','out_h','out_w','scale_h','scale_w'])
+BlP = S('Bl', ['planes','h','w','radius'])
+assert C.sizeof(AttP)==20 and C.sizeof(DwP)==60 and C.sizeof(RsP)==28
+
+def ptr(a): return a.ctypes.data_as(C.c_void_p)
+def launch(name, grid, block, *args):
+    f = getattr(lib, 'w_' + name)
+    cargs = [C.c_uint(grid[0]), C.c_uint(grid[1]), C.c_uint(grid[2]), C.c_uint(block)]
+    for a in args:
+        cargs.append(ptr(a) if isinstance(a, np.ndarray) else a)
+    f(*cargs)
+
+FAILS = []
+def compare(name, got, want, atol, rtol, nmse_max=1e-9, exact_nonfinite=True):
+    got = np.asarray(got, np.float64).ravel(); want = np.asarray(want, np.float64).ravel()
+    fin = np.isfinite(want)
+    bad_nf = (~fin) & ~((np.isnan(want) & np.isnan(got)) | (got == want))
+    err = np.where(fin, np.abs(got - want), 0)
+    err = np.where(fin & ~np.isfinite(got), np.inf, err)
+    lim = atol + rtol * np.abs(np.where(fin, want, 0))
+    excess = err - lim
+    fails = int((excess > 0).sum() + bad_nf.sum())
+    w = int(np.argmax(excess)) if len(excess) else 0
+    den = (want[fin] ** 2).sum()
+    nmse = ((got[fin] - want[fin]) ** 2).sum() / den if den > 0 else ((got[fin] - want[fin]) ** 2).sum()
+    ok = fails == 0 and nmse <= nmse_max
+    print(f"{'ok ' if ok else 'BAD'} {name}: n={len(got)} max|err|={err.max() if len(err) else 0:.3e} nmse={nmse:.2e} worst[{w}] got={got[w] if len(got) else 0:.6g} ref={want[w] if len(got) else 0:.6g} fails={fails}")
+    if not ok: FAILS.append(name)
+
+rng = np.random.default_rng(1234)
+f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+cdiv = lambda a, b: (a + b - 1) // b
+
+# ---------------------------------------------------------------- attention
+def attn_ref(q, k, v, g, B, N, H, D, scale):
+    q, k, v, g = [x.astype(np.float64).reshape(B, N, H, D).transpose(0, 2, 1, 3) for x in (q, k, v, g)]
+    s = scale * q @ k.transpose(0, 1, 3, 2)
+    m = s.max(-1, keepdims=True); z = np.exp(s - m).sum(-1, keepdims=True); lse = m + np.log(z)
+    p = np.exp(s - lse); o = p @ v
+    dp = g @ v.transpose(0, 1, 3, 2); delta = (p * dp).sum(-1, keepdims=True); ds = p * (dp - delta)
+    dq = scale * ds @ k; dk = scale * ds.transpose(0, 1, 3, 2) @ q; dv = p.transpose(0, 1, 3, 2) @ g
+    back = lambda x: x.transpose(0, 2, 1, 3).reshape(B, N, H * D)
+    return back(o), lse[..., 0], back(dq), back(dk), back(dv), delta[..., 0]
+
+for (B, N, H, D) in [(2, 37, 3, 64), (1, 196, 2, 64), (2, 70, 2, 40), (1, 1, 1, 64), (2, 50, 2, 128), (1, 33, 1, 100)]:
+    q, k, v, g = [f32(rng.standard_normal((B, N, H * D))) for _ in range(4)]
+    scale = 1 / math.sqrt(D)
+    p = AttP(B, N, H, D, scale)
+    o = np.zeros_like(q); lse = np.zeros((B, H, N), np.float32)
+    d64 = D <= 64
+    rows = 64 if d64 else 32
+    launch('attention_fwd_d64_f32' if d64 else 'attention_fwd_d128_f32', (cdiv(N, rows), H, B), 128, q, k, v, o, lse, p)
+    o_r, lse_r, dq_r, dk_r, dv_r, delta_r = attn_ref(q, k, v, g, B, N, H, D, scale)
+    tag = f"attention B{B} N{N} H{H} D{D}"
+    compare(tag + " o", o, o_r, 2e-5, 1e-4); compare(tag + " lse", lse, lse_r, 2e-5, 1e-4)
+    delta = np.zeros((B, H, N), np.float32)
+    launch('attention_bwd_delta_f32', (cdiv(B * N * H, 8), 1, 1), 256, o, g, delta, p)
+    compare(tag + " delta", delta, delta_r, 1e-4, 1e-4)
+    dq = np.zeros_like(q); dk = np.zeros_like(q); dv = np.zeros_like(q)
+    r2 = 32 if d64 else 16
+    launch('attention_bwd_dq_d64_f32' if d64 else 'attention_bwd_dq_d128_f32', (cdiv(N, r2), H, B), 128, q, k, v, g, lse, delta, dq, p)
+    launch('attention_bwd_dkdv_d64_f32' if d64 else 'attention_bwd_dkdv_d128_f32', (cdiv(N, r2), H, B), 128, q, k, v, g, lse, delta, dk, dv, p)
+    compare(tag + " dq", dq, dq_r, 1e-4, 1e-3, 1e-8); compare(tag + " dk", dk, dk_r, 1e-4, 1e-3, 1e-8); compare(tag + " dv", dv, dv_r, 1e-4, 1e-3, 1e-8)
+
+# ---------------------------------------------------------------- proto_nn
+def proto(qs, bank_arr, kind, Q, P, D, sm=132):
+    grid_x = cdiv(Q, 128); p_tiles = max(cdiv(P, 128), 1)
+    chunks = min(max(min(cdiv(8 * sm, grid_x), p_tiles), 1), 65535)
+    tpb = cdiv(p_tiles, chunks); chunks = cdiv(p_tiles, tpb)
+    prm = PnnP(Q, P, D, tpb)
+    best = np.zeros(Q, np.uint64)
+    launch('proto_nn_init_u64', (cdiv(Q, 256), 1, 1), 256, best, prm)
+    if P > 0: launch('proto_nn_' + kind, (grid_x, chunks, 1), 256, qs, bank_arr, best, prm)
+    idx = np.zeros(Q, np.uint32); dist = np.zeros(Q, np.float32)
+    launch('proto_nn_finalize_u64', (cdiv(Q, 256), 1, 1), 256, best, idx, dist, prm)
+    return idx, dist, tpb, chunks
+
+for (Q, P, D, sm) in [(300, 1000, 152, 132), (129, 257, 37, 132), (5, 3, 1, 132), (700, 3000, 20, 4)]:
+    qs = f32(rng.standard_normal((Q, D))); bank = f32(rng.standard_normal((P, D)))
+    for kind in ('f32', 'f16', 'bf16'):
+        if kind == 'f32': arr = bank; deq = bank.astype(np.float64)
+        elif kind == 'f16': h = bank.astype(np.float16); arr = h.view(np.uint16).copy(); deq = h.astype(np.float64)
+        else:
+            u = bank.view(np.uint32); r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)  # RNE
+            arr = r; deq = (r.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        idx, dist, tpb, chunks = proto(qs, arr, kind, Q, P, D, sm)
+        dd = ((qs.astype(np.float64)[:, None, :] - deq[None]) ** 2).sum(-1)
+        ref_i = dd.argmin(1); ref_d = dd.min(1)
+        mism = np.nonzero(idx != ref_i)[0]
+        near = all(dd[i, idx[i]] <= ref_d[i] + 1e-5 + 1e-5 * ref_d[i] for i in mism)
+        print(f"{'ok ' if near else 'BAD'} proto_nn {kind} Q{Q} P{P} D{D} tiles/block {tpb} chunks {chunks}: {len(mism)} index diffs (near ties)")
+        if not near: FAILS.append('proto idx')
+        compare(f"proto_nn {kind} Q{Q} P{P} D{D} dist", dist, ref_d, 1e-4, 1e-5)
+# ties
+P, D = 700, 45
+bank = f32(rng.standard_normal((P, D))); bank[600:700] = bank[0:100]
+picks = rng.integers(0, 100, 150); qs = f32(bank[picks])
+idx, dist, _, _ = proto(qs, bank, 'f32', 150, P, D)
+ok = (idx == picks).all() and (dist == 0).all()
+print(('ok ' if ok else 'BAD') + ' proto_nn ties'); ok or FAILS.append('ties')
+
+# ---------------------------------------------------------------- topk
+def round_half_away(x): return math.floor(x + 0.5)
+for (R, n, ratio) in [(5, 196, .16), (3, 784, .48), (4, 196, 0.0), (2, 196, 1.0), (3, 37, .5)]:
+    k = min(n, max(0, round_half_away(ratio * n)))
+    s = f32(np.round(rng.uniform(-1, 1, (R, n)) * 8) / 8)
+    s.ravel()[::29] = np.nan; s.ravel()[3::31] = -0.0
+    m = np.zeros_like(s)
+    launch('topk_mask_f32', (R, 1, 1), 256, s, m, TopP(R, n, k))
+    want = np.zeros_like(s)
+    for r in range(R):
+        order = sorted(range(n), key=lambda i: (math.isnan(s[r, i]), -s[r, i] if not math.isnan(s[r, i]) else 0, i))
+        want[r, order[:k]] = 1
+    compare(f"topk R{R} n{n} k{k}", m, want, 0, 0, 0)
+    assert (m.sum(1) == k).all()
+
+# ---------------------------------------------------------------- coupling
+for (R, Cc) in [(77, 136), (9, 37), (1, 1)]:
+    x2, t, dy, = [f32(rng.standard_normal((R, Cc))) for _ in range(3)]; sr = f32(3 * rng.standard_normal((R, Cc))); dl = f32(rng.standard_normal(R))
+    a = 1.9; u = sr.astype(np.float64) / a; s = 2 * a / np.pi * np.arctan(u); e = np.exp(s)
+    y = np.zeros_like(x2); ld = np.zeros(R, np.float32)
+    prm = CplP(R, Cc, a)
+    launch('coupling_fwd_f32', (cdiv(R, 8), 1, 1), 256, x2, sr, t, y, ld, prm)
+    compare(f"coupling fwd y R{R} C{Cc}", y, x2 * e + t, 1e-5, 1e-5); compare("coupling logdet", ld, s.sum(1), 1e-4, 1e-5)
+    dx = np.zeros_like(x2); ds = np.zeros_like(x2); dt = np.zeros_like(x2)
+    launch('coupling_bwd_f32', (cdiv(R, 8), 1, 1), 256, x2, sr, dy, dl, dx, ds, dt, prm)
+    compare("coupling dx2", dx, dy * e, 1e-5, 1e-5); compare("coupling dt", dt, dy, 0, 0, 0)
+    compare("coupling ds_raw", ds, (dy * x2 * e + dl[:, None]) * (2 / np.pi) / (1 + u * u), 1e-5, 1e-5)
+    # finite-difference check of the analytic backward (f64 reference of the forward)
+    def fwd64(sr_):
+        s_ = 2 * a / np.pi * np.arctan(sr_ / a); return (dy * (x2 * np.exp(s_) + t)).sum() + (dl * s_.sum(1)).sum()
+    i, j = R // 2, Cc // 2; h = 1e-6; sp = sr.astype(np.float64).copy(); sm_ = sp.copy(); sp[i, j] += h; sm_[i, j] -= h
+    fd = (fwd64(sp) - fwd64(sm_)) / (2 * h)
+    compare("coupling ds_raw finite-diff", [ds[i, j]], [fd], 1e-4, 1e-4)
+
+# ---------------------------------------------------------------- entropy
+for (R, V) in [(9, 8192), (13, 1000), (4, 37), (3, 1)]:
+    x = f32(3 * rng.standard_normal((R, V)))
+    if V > 2: x[0, 1] = -np.inf; x[1] += 1e4
+    tg = np.array([-1 if r % 4 == 3 else rng.integers(0, V) for r in range(R)], np.int32)
+    pr = np.zeros_like(x); lse = np.zeros(R, np.float32); ent = np.zeros(R, np.float32); ce = np.zeros(R, np.float32)
+    launch('entropy_fwd_f32', (R, 1, 1), 256, x, tg, pr, lse, ent, ce, EntP(R, V, 1, 1))
+    xd = x.astype(np.float64); m = xd.max(1, keepdims=True); lse_r = (m + np.log(np.exp(xd - m).sum(1, keepdims=True)))[:, 0]
+    p = np.exp(xd - lse_r[:, None]); ent_r = -(np.where(p > 0, p * (xd - lse_r[:, None]), 0)).sum(1)
+    ce_r = np.array([lse_r[r] - xd[r, tg[r]] if tg[r] >= 0 else 0 for r in range(R)])
+    tag = f"entropy R{R} V{V}"
+    compare(tag + " lse", lse, lse_r, 2e-5, 1e-6); compare(tag + " entropy", ent, ent_r, 1e-4, 2e-5)
+    compare(tag + " ce", ce, ce_r, 1e-4, 1e-6); compare(tag + " probs", pr, p, 1e-6, 1e-4)
+
+# ---------------------------------------------------------------- glue
+for (R, Cc) in [(33, 768), (10, 272), (3, 5)]:
+    x = f32(2 * rng.standard_normal((R, Cc)) + 3); ga = f32(rng.standard_normal(Cc)); be = f32(rng.standard_normal(Cc))
+    y = np.zeros_like(x); mu = np.zeros(R, np.float32); rs = np.zeros(R, np.float32)
+    launch('layernorm_fwd_f32', (cdiv(R, 8), 1, 1), 256, x, ga, be, y, mu, rs, LnP(R, Cc, 1e-6))
+    xd = x.astype(np.float64); mr = xd.mean(1); vr = ((xd - mr[:, None]) ** 2).mean(1); rr = 1 / np.sqrt(vr + 1e-6)
+    compare(f"layernorm R{R} C{Cc}", y, (xd - mr[:, None]) * rr[:, None] * ga + be, 2e-5, 1e-5)
+    compare("layernorm mean", mu, mr, 2e-5, 1e-5); compare("layernorm rstd", rs, rr, 2e-5, 1e-5)
+
+x = f32(rng.uniform(-6, 6, 10007)); y = np.zeros_like(x)
+launch('gelu_fwd_f32', (min(cdiv(10007, 256), 32 * 132), 1, 1), 256, x, y, GeP(10007))
+compare("gelu", y, 0.5 * x.astype(np.float64) * (1 + special.erf(x.astype(np.float64) / np.sqrt(2))), 1e-5, 1e-5)
+# grid-stride with a small grid
+y2 = np.zeros_like(x); launch('gelu_fwd_f32', (3, 1, 1), 256, x, y2, GeP(10007)); compare("gelu small grid", y2, y, 0, 0, 0)
+
+R, Cc = 31, 97
+x = f32(rng.standard_normal((R, Cc))); b = f32(rng.standard_normal(Cc)); r = f32(rng.standard_normal((R, Cc)))
+y = np.zeros_like(x); launch('bias_residual_add_f32', (cdiv(R * Cc, 256), 1, 1), 256, x, b, r, y, BrP(R, Cc, 1)); compare("bias+res", y, x.astype(np.float64) + b + r, 1e-6, 1e-6)
+y = np.zeros_like(x); launch('bias_residual_add_f32', (2, 1, 1), 256, x, b, x, y, BrP(R, Cc, 0)); compare("bias", y, x.astype(np.float64) + b, 1e-6, 1e-6)
+
+def dw_ref(x, w, b, N, Cn, H, W, kh, kw, sh, sw, pad, relu6):
+    t, bo, l, rr = pad
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (t, bo), (l, rr)))
+    OH = (H + t + bo - kh) // sh + 1; OW = (W + l + rr - kw) // sw + 1
+    y = np.zeros((N, Cn, OH, OW))
+    for a in range(kh):
+        for c in range(kw):
+            y += xp[:, :, a:a + sh * (OH - 1) + 1:sh, c:c + sw * (OW - 1) + 1:sw] * w[None, :, a, c, None, None]
+    y += b[None, :, None, None]
+    return np.clip(y, 0, 6) if relu6 else y, OH, OW
+for (N, Cn, H, W, kh, kw, sh, sw, pad, relu6) in [(2, 5, 17, 13, 3, 3, 1, 1, (1, 1, 1, 1), 1), (1, 7, 28, 23, 5, 5, 2, 2, (1, 2, 1, 2), 0), (3, 4, 9, 10, 3, 3, 2, 2, (0, 1, 0, 1), 1)]:
+    x = f32(2 * rng.standard_normal((N, Cn, H, W))); w = f32(rng.standard_normal((Cn, kh, kw))); b = f32(rng.standard_normal(Cn))
+    want, OH, OW = dw_ref(x, w, b, N, Cn, H, W, kh, kw, sh, sw, pad, relu6)
+    y = np.zeros((N, Cn, OH, OW), np.float32)
+    launch('dwconv2d_f32', (min(cdiv(y.size, 256), 32 * 132), 1, 1), 256, x, w, b, y, DwP(N, Cn, H, W, OH, OW, kh, kw, sh, sw, *pad, relu6))
+    compare(f"dwconv k{kh} s{sh} pad{pad}", y, want, 1e-5, 1e-5)
+
+def torch_bilinear(x, OH, OW):  # independent re-derivation of ATen's upsample_bilinear2d (align_corners=False)
+    P, IH, IW = x.shape
+    def idx(o, insz, outsz):
+        sc = np.float32(insz) / np.float32(outsz)
+        src = np.maximum(np.float32(sc) * (np.arange(outsz, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0).astype(np.float32)
+        i0 = src.astype(np.int64); lam = (src - i0).astype(np.float64); i1 = np.minimum(i0 + 1, insz - 1)
+        return i0, i1, lam
+    y0, y1, ly = idx(None, IH, OH); x0, x1, lx = idx(None, IW, OW)
+    xd = x.astype(np.float64)
+    top = xd[:, y0][:, :, x0] * (1 - lx) + xd[:, y0][:, :, x1] * lx
+    bot = xd[:, y1][:, :, x0] * (1 - lx) + xd[:, y1][:, :, x1] * lx
+    return top * (1 - ly)[None, :, None] + bot * ly[None, :, None]
+for (P, (IH, IW), (OH, OW)) in [(3, (14, 14), (224, 224)), (2, (28, 28), (224, 224)), (4, (17, 9), (5, 31)), (1, (1, 1), (3, 2))]:
+    x = f32(rng.standard_normal((P, IH, IW))); y = np.zeros((P, OH, OW), np.float32)
+    launch('resize_bilinear_f32', (min(cdiv(y.size, 256), 32 * 132), 1, 1), 256, x, y, RsP(P, IH, IW, OH, OW, IH / OH, IW / OW))
+    compare(f"resize {IH}x{IW}->{OH}x{OW}", y, torch_bilinear(x, OH, OW), 2e-5, 1e-5)
+
+def taps(sigma, truncate=4.0):
+    r = int(truncate * sigma + 0.5); xs = np.arange(-r, r + 1); w = np.exp(-0.5 * xs ** 2 / sigma ** 2); return f32(w / w.sum())
+for (P, H, W, sigma) in [(2, 224, 224, 4.0), (3, 57, 31, 4.0), (2, 5, 7, 4.0), (1, 30, 20, 1.5)]:
+    x = f32(rng.uniform(0, 1, (P, H, W))); tp = taps(sigma); prm = BlP(P, H, W, len(tp) // 2)
+    tmp = np.zeros_like(x); y = np.zeros_like(x)
+    g = min(cdiv(x.size, 256), 32 * 132)
+    launch('blur_v_f32', (g, 1, 1), 256, x, tp, tmp, prm); launch('blur_h_f32', (g, 1, 1), 256, tmp, tp, y, prm)
+    want = np.stack([ndimage.gaussian_filter(x[p].astype(np.float64), sigma, mode='reflect', truncate=4.0) for p in range(P)])
+    compare(f"blur {P}x{H}x{W} s{sigma} (scipy)", y, want, 1e-5, 1e-5)
+
+print("\nFAILS:", FAILS)
+sys.exit(1 if FAILS else 0)

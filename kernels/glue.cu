@@ -1,0 +1,182 @@
+// glue.cu — the small ops between the big ones (f32, NCHW / row-major, bounds-checked).
+//
+// layernorm_fwd_f32   y = (x - mean) * rstd * gamma + beta per row of C;
+//                     mean = sum x / C, var = sum (x - mean)^2 / C (biased, like torch),
+//                     rstd = 1 / sqrt(var + eps). Two passes over the row (no E[x^2]-E[x]^2
+//                     cancellation). mean and rstd are written for the backward pass.
+//                     One warp per row, 8 rows per 256-thread block.
+// gelu_fwd_f32        y = 0.5 x (1 + erf(x / sqrt 2))   (exact form, torch's default)
+// bias_residual_add_f32
+//                     y[r, c] = x[r, c] + bias[c] (+ residual[r, c])
+// dwconv2d_f32        depthwise conv, weight [C, 1, KH, KW], stride (sh, sw), explicit padding
+//                     (top, bottom, left, right) so TF-"same" asymmetric padding is expressible;
+//                     out = sum_{kh,kw} x[c, oh*sh - top + kh, ow*sw - left + kw] w[c, kh, kw]
+//                     + bias[c] (BN folded into the conv), then optionally ReLU6 = min(max(., 0), 6).
+//                     Taps outside the input read 0.
+// resize_bilinear_f32 torch F.interpolate(mode='bilinear', align_corners=False):
+//                     src = max(0, (dst + 0.5) * scale - 0.5), scale = in/out;
+//                     i0 = floor(src), i1 = min(i0 + 1, in - 1), l1 = src - i0, l0 = 1 - l1.
+// blur_h_f32, blur_v_f32
+//                     separable Gaussian (scipy.ndimage.gaussian_filter, mode='reflect'):
+//                     y[i] = sum_{t=-r..r} w[t + r] x[reflect(i + t)], with scipy 'reflect' =
+//                     half-sample symmetric (d c b a | a b c d | d c b a). Taps come from the
+//                     host (normalised exp(-t^2 / 2 sigma^2), r = int(4 sigma + 0.5)).
+#include "common.cuh"
+#include "params.cuh"
+
+#define GLUE_THREADS 256
+
+// ------------------------------------------------------------------------------- layernorm
+// grid ceil(R/8), block 256
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    layernorm_fwd_f32(const float* __restrict__ x, const float* __restrict__ gamma,
+                      const float* __restrict__ beta, float* __restrict__ y,
+                      float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                      const LayerNormParams p) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (GLUE_THREADS / 32) + (threadIdx.x >> 5);
+    if (row >= p.rows) return;  // whole warp
+    const int C = p.cols;
+    const float* xr = x + (size_t)row * C;
+    float* yr = y + (size_t)row * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32) s += xr[c];
+    const float mean = warp_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        const float d = xr[c] - mean;
+        v = fmaf(d, d, v);
+    }
+    const float rstd = 1.0f / sqrtf(warp_sum(v) / (float)C + p.eps);
+    for (int c = lane; c < C; c += 32) yr[c] = fmaf((xr[c] - mean) * rstd, gamma[c], beta[c]);
+    if (lane == 0) {
+        mean_out[row] = mean;
+        rstd_out[row] = rstd;
+    }
+}
+
+// ------------------------------------------------------------------------------------ gelu
+// grid-stride; grid min(ceil(n/256), 65535), block 256
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    gelu_fwd_f32(const float* __restrict__ x, float* __restrict__ y, const GeluParams p) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)p.n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    }
+}
+
+// ------------------------------------------------------------------------ bias + residual
+// grid-stride over rows*cols; residual is ignored (may be any buffer) when has_residual == 0
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    bias_residual_add_f32(const float* __restrict__ x, const float* __restrict__ bias,
+                          const float* __restrict__ residual, float* __restrict__ y,
+                          const BiasResidualParams p) {
+    const size_t n = (size_t)p.rows * p.cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i] + bias[i % p.cols];
+        if (p.has_residual) v += residual[i];
+        y[i] = v;
+    }
+}
+
+// ---------------------------------------------------------------------- depthwise conv 2d
+// grid-stride over N*C*OH*OW outputs (one thread each)
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    dwconv2d_f32(const float* __restrict__ x, const float* __restrict__ w,
+                 const float* __restrict__ bias, float* __restrict__ y,
+                 const DwConv2dParams p) {
+    const size_t total = (size_t)p.batch * p.channels * p.out_h * p.out_w;
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int ow = (int)(o % p.out_w);
+        const int oh = (int)((o / p.out_w) % p.out_h);
+        const size_t plane = o / ((size_t)p.out_w * p.out_h);  // n*C + c
+        const int c = (int)(plane % p.channels);
+        const float* xp = x + plane * p.in_h * p.in_w;
+        const float* wc = w + (size_t)c * p.k_h * p.k_w;
+        const int ih0 = oh * p.stride_h - p.pad_top;
+        const int iw0 = ow * p.stride_w - p.pad_left;
+        float acc = 0.0f;
+        for (int kh = 0; kh < p.k_h; ++kh) {
+            const int ih = ih0 + kh;
+            if (ih < 0 || ih >= p.in_h) continue;
+            for (int kw = 0; kw < p.k_w; ++kw) {
+                const int iw = iw0 + kw;
+                if (iw < 0 || iw >= p.in_w) continue;
+                acc = fmaf(xp[(size_t)ih * p.in_w + iw], wc[kh * p.k_w + kw], acc);
+            }
+        }
+        acc += bias[c];
+        if (p.relu6) acc = fminf(fmaxf(acc, 0.0f), 6.0f);
+        y[o] = acc;
+    }
+}
+
+// ------------------------------------------------------------------------ bilinear resize
+// grid-stride over planes*OH*OW
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    resize_bilinear_f32(const float* __restrict__ x, float* __restrict__ y,
+                        const ResizeBilinearParams p) {
+    const size_t total = (size_t)p.planes * p.out_h * p.out_w;
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int ox = (int)(o % p.out_w);
+        const int oy = (int)((o / p.out_w) % p.out_h);
+        const size_t plane = o / ((size_t)p.out_w * p.out_h);
+        const float sy = fmaxf(((float)oy + 0.5f) * p.scale_h - 0.5f, 0.0f);
+        const float sx = fmaxf(((float)ox + 0.5f) * p.scale_w - 0.5f, 0.0f);
+        const int y0 = min((int)sy, p.in_h - 1), x0 = min((int)sx, p.in_w - 1);
+        const int y1 = y0 + (y0 < p.in_h - 1 ? 1 : 0), x1 = x0 + (x0 < p.in_w - 1 ? 1 : 0);
+        const float ly1 = sy - (float)y0, lx1 = sx - (float)x0;
+        const float ly0 = 1.0f - ly1, lx0 = 1.0f - lx1;
+        const float* xp = x + plane * p.in_h * p.in_w;
+        const float v00 = xp[(size_t)y0 * p.in_w + x0], v01 = xp[(size_t)y0 * p.in_w + x1];
+        const float v10 = xp[(size_t)y1 * p.in_w + x0], v11 = xp[(size_t)y1 * p.in_w + x1];
+        y[o] = ly0 * (lx0 * v00 + lx1 * v01) + ly1 * (lx0 * v10 + lx1 * v11);
+    }
+}
+
+// ------------------------------------------------------------------------- gaussian blur
+// scipy 'reflect': ... d c b a | a b c d | d c b a ...  (period 2n)
+__device__ __forceinline__ int reflect_index(int i, int n) {
+    if (n == 1) return 0;
+    const int period = 2 * n;
+    i %= period;
+    if (i < 0) i += period;
+    return i < n ? i : period - 1 - i;
+}
+
+// along W: grid-stride over planes*H*W; taps has 2*radius+1 entries
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    blur_h_f32(const float* __restrict__ x, const float* __restrict__ taps,
+               float* __restrict__ y, const BlurParams p) {
+    const size_t total = (size_t)p.planes * p.h * p.w;
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(o % p.w);
+        const float* xr = x + (o - c);
+        float acc = 0.0f;
+        for (int t = -p.radius; t <= p.radius; ++t)
+            acc = fmaf(taps[t + p.radius], xr[reflect_index(c + t, p.w)], acc);
+        y[o] = acc;
+    }
+}
+
+// along H
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    blur_v_f32(const float* __restrict__ x, const float* __restrict__ taps,
+               float* __restrict__ y, const BlurParams p) {
+    const size_t total = (size_t)p.planes * p.h * p.w;
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(o % p.w);
+        const int r = (int)((o / p.w) % p.h);
+        const float* xp = x + (o - c - (size_t)r * p.w);
+        float acc = 0.0f;
+        for (int t = -p.radius; t <= p.radius; ++t)
+            acc = fmaf(taps[t + p.radius], xp[(size_t)reflect_index(r + t, p.h) * p.w + c], acc);
+        y[o] = acc;
+    }
+}

@@ -1,0 +1,106 @@
+// params.cuh — the parameter block of every kernel, mirrored field for field by the
+// `#[repr(C)]` structs of src/cuda/params.rs (same names in CamelCase, same order).
+//
+// Rules that keep the two sides in sync:
+//   * fields are only 4-byte `int` / `float` (no padding, no pointers, no bool);
+//   * device pointers are NOT in the structs: they are passed as separate kernel arguments
+//     ahead of the struct, so cudarc can track reads/writes of each buffer;
+//   * each struct's size is asserted here and in Rust (`const _: () = assert!(..)`).
+// A kernel takes exactly one of these, by value, as its last argument. Kernels of one family
+// that need the same numbers share the family's struct (e.g. all attention kernels).
+#pragma once
+
+// attention.cu: attention_fwd_*, attention_bwd_delta_f32, attention_bwd_dq_*, attention_bwd_dkdv_*
+struct AttentionParams {
+    int batch;     // B
+    int seq;       // N (tokens)
+    int heads;     // H; rows of q/k/v/o are H*head_dim wide
+    int head_dim;  // D: <= 64 for the *_d64 kernels, <= 128 for *_d128
+    float scale;   // softmax scale, normally 1/sqrt(D)
+};
+static_assert(sizeof(AttentionParams) == 20, "AttentionParams layout");
+
+// proto_nn.cu: proto_nn_init_u64, proto_nn_{f32,f16,bf16}, proto_nn_finalize_u64
+struct ProtoNnParams {
+    int num_queries;      // Q
+    int num_protos;       // P
+    int dim;              // D
+    int tiles_per_block;  // prototype tiles (of PROTO_TILE) each block scans
+};
+static_assert(sizeof(ProtoNnParams) == 16, "ProtoNnParams layout");
+
+// topk_mask.cu: topk_mask_f32
+struct TopkMaskParams {
+    int rows;  // images
+    int n;     // scores per image (196, 784, ...)
+    int k;     // how many to select per row, 0 <= k <= n
+};
+static_assert(sizeof(TopkMaskParams) == 12, "TopkMaskParams layout");
+
+// coupling.cu: coupling_fwd_f32, coupling_bwd_f32
+struct CouplingParams {
+    int rows;     // R
+    int cols;     // C (the transformed half of the features)
+    float alpha;  // soft-clamp bound (1.9)
+};
+static_assert(sizeof(CouplingParams) == 12, "CouplingParams layout");
+
+// entropy.cu: entropy_fwd_f32
+struct EntropyParams {
+    int rows;         // R
+    int vocab;        // V
+    int has_targets;  // 1: read targets[R] and write the cross-entropy
+    int write_probs;  // 1: write softmax probabilities [R, V]
+};
+static_assert(sizeof(EntropyParams) == 16, "EntropyParams layout");
+
+// glue.cu: layernorm_fwd_f32
+struct LayerNormParams {
+    int rows;
+    int cols;
+    float eps;
+};
+static_assert(sizeof(LayerNormParams) == 12, "LayerNormParams layout");
+
+// glue.cu: gelu_fwd_f32
+struct GeluParams {
+    int n;  // elements
+};
+static_assert(sizeof(GeluParams) == 4, "GeluParams layout");
+
+// glue.cu: bias_residual_add_f32
+struct BiasResidualParams {
+    int rows;
+    int cols;          // bias has `cols` entries
+    int has_residual;  // 0: y = x + bias
+};
+static_assert(sizeof(BiasResidualParams) == 12, "BiasResidualParams layout");
+
+// glue.cu: dwconv2d_f32
+struct DwConv2dParams {
+    int batch, channels;
+    int in_h, in_w;
+    int out_h, out_w;  // (in + pad_a + pad_b - k) / stride + 1, computed on the host
+    int k_h, k_w;
+    int stride_h, stride_w;
+    int pad_top, pad_bottom, pad_left, pad_right;
+    int relu6;  // 1: clamp to [0, 6] after the bias
+};
+static_assert(sizeof(DwConv2dParams) == 60, "DwConv2dParams layout");
+
+// glue.cu: resize_bilinear_f32
+struct ResizeBilinearParams {
+    int planes;  // N*C
+    int in_h, in_w;
+    int out_h, out_w;
+    float scale_h, scale_w;  // source/destination ratio, in/out (torch's 1/scale_factor)
+};
+static_assert(sizeof(ResizeBilinearParams) == 28, "ResizeBilinearParams layout");
+
+// glue.cu: blur_h_f32, blur_v_f32
+struct BlurParams {
+    int planes;  // independent HxW images
+    int h, w;
+    int radius;  // taps = 2*radius + 1
+};
+static_assert(sizeof(BlurParams) == 16, "BlurParams layout");

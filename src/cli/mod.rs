@@ -1,0 +1,34 @@
+//! The `pmad` command line: one file per verb. Each verb parses its own arguments (clap) and
+//! calls the library; nothing here computes anything the library API cannot.
+
+pub mod bench;
+pub mod classify;
+pub mod demo;
+pub mod eval;
+pub mod fetch_weights;
+pub mod import_torch;
+pub mod inspect;
+pub mod progress;
+pub mod register;
+pub mod synth;
+pub mod train;
+
+use pmad::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
+use std::path::PathBuf;
+
+/// The backbone weights file: an explicit `--weights` path, or the default folder's file.
+pub fn backbone_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit.unwrap_or_else(|| default_weights_dir().join(WEIGHTS_FILE))
+}
+
+/// Fails with a hint to run `pmad fetch-weights` when the backbone file is missing.
+pub fn require_backbone(explicit: Option<PathBuf>) -> pmad::Result<PathBuf> {
+    let p = backbone_path(explicit);
+    if !p.exists() {
+        return Err(pmad::Error::invalid(format!(
+            "{}: backbone weights not found; run `pmad fetch-weights` first",
+            p.display()
+        )));
+    }
+    Ok(p)
+}

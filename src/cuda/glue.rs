@@ -1,0 +1,347 @@
+//! Launchers of `kernels/glue.cu`: layernorm, GELU (erf), bias + residual, depthwise conv2d
+//! with folded-BN bias and ReLU6, bilinear resize (torch, `align_corners=False`) and the
+//! separable Gaussian blur (scipy `reflect`). Row ops use one warp per row (8 rows per
+//! 256-thread block); elementwise ops a grid-stride loop over at most `32 * SMs` blocks.
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::params::{
+    BiasResidualParams, BlurParams, DwConv2dParams, GeluParams, LayerNormParams,
+    ResizeBilinearParams,
+};
+use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
+
+/// Grid-stride configuration for `n` independent elements.
+fn elementwise(dev: &CudaDevice, n: usize) -> CudaResult<LaunchConfig> {
+    let cap = 32 * dev.sm_count() as usize;
+    Ok(LaunchConfig {
+        grid_dim: (blocks(n, 256)?.min(cap as u32).max(1), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Warp-per-row configuration.
+fn per_row(rows: usize) -> CudaResult<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (blocks(rows, 8)?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// LayerNorm over the last dim of `x [rows, cols]`: `(y, mean [rows], rstd [rows])`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_fwd(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> CudaResult<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
+    check_len("layernorm_fwd", "x", x.len(), rows * cols)?;
+    check_len("layernorm_fwd", "gamma", gamma.len(), cols)?;
+    check_len("layernorm_fwd", "beta", beta.len(), cols)?;
+    to_i32(rows * cols, "layernorm rows*cols")?;
+    let mut y = dev.alloc_out::<f32>(rows * cols)?;
+    let mut mean = dev.alloc_out::<f32>(rows)?;
+    let mut rstd = dev.alloc_out::<f32>(rows)?;
+    if rows == 0 || cols == 0 {
+        return Ok((y, mean, rstd));
+    }
+    let p = LayerNormParams {
+        rows: to_i32(rows, "rows")?,
+        cols: to_i32(cols, "cols")?,
+        eps,
+    };
+    let f = dev.function(KernelModule::Glue, "layernorm_fwd_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x)
+        .arg(gamma)
+        .arg(beta)
+        .arg(&mut y)
+        .arg(&mut mean)
+        .arg(&mut rstd)
+        .arg(&p);
+    // SAFETY: `(x, gamma, beta, float* y, float* mean, float* rstd, LayerNormParams)`;
+    // lengths checked/allocated above.
+    unsafe { b.launch(per_row(rows)?) }?;
+    Ok((y, mean, rstd))
+}
+
+/// `y = 0.5 x (1 + erf(x / sqrt 2))`.
+pub fn gelu_fwd(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<f32>> {
+    let n = x.len();
+    let p = GeluParams {
+        n: to_i32(n, "gelu n")?,
+    };
+    let mut y = dev.alloc_out::<f32>(n)?;
+    if n == 0 {
+        return Ok(y);
+    }
+    let f = dev.function(KernelModule::Glue, "gelu_fwd_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(&mut y).arg(&p);
+    // SAFETY: `(const float* x, float* y, GeluParams)`, both n elements.
+    unsafe { b.launch(elementwise(dev, n)?) }?;
+    Ok(y)
+}
+
+/// `y[r, c] = x[r, c] + bias[c] (+ residual[r, c])`.
+pub fn bias_residual_add(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    bias: &CudaSlice<f32>,
+    residual: Option<&CudaSlice<f32>>,
+    rows: usize,
+    cols: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    check_len("bias_residual_add", "x", x.len(), rows * cols)?;
+    check_len("bias_residual_add", "bias", bias.len(), cols)?;
+    if let Some(r) = residual {
+        check_len("bias_residual_add", "residual", r.len(), rows * cols)?;
+    }
+    to_i32(rows * cols, "bias_residual_add rows*cols")?;
+    let mut y = dev.alloc_out::<f32>(rows * cols)?;
+    if rows * cols == 0 {
+        return Ok(y);
+    }
+    let p = BiasResidualParams {
+        rows: to_i32(rows, "rows")?,
+        cols: to_i32(cols, "cols")?,
+        has_residual: residual.is_some() as i32,
+    };
+    let f = dev.function(KernelModule::Glue, "bias_residual_add_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    // Without a residual, `x` stands in for the unused pointer (never read: has_residual = 0).
+    b.arg(x)
+        .arg(bias)
+        .arg(residual.unwrap_or(x))
+        .arg(&mut y)
+        .arg(&p);
+    // SAFETY: `(x, bias, residual, float* y, BiasResidualParams)`; x/residual/y rows*cols and
+    // bias cols elements, checked above.
+    unsafe { b.launch(elementwise(dev, rows * cols)?) }?;
+    Ok(y)
+}
+
+/// Geometry of a depthwise convolution (NCHW, weight `[C, 1, KH, KW]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DwConv2dDims {
+    pub batch: usize,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    /// `(top, bottom, left, right)`.
+    pub pad: (usize, usize, usize, usize),
+}
+
+impl DwConv2dDims {
+    /// `(out_h, out_w)`; `None` when the padded input is smaller than the kernel.
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        let (t, b, l, r) = self.pad;
+        let ph = self.in_h + t + b;
+        let pw = self.in_w + l + r;
+        if self.k_h == 0 || self.k_w == 0 || self.stride_h == 0 || self.stride_w == 0 {
+            return None;
+        }
+        if ph < self.k_h || pw < self.k_w {
+            return None;
+        }
+        Some((
+            (ph - self.k_h) / self.stride_h + 1,
+            (pw - self.k_w) / self.stride_w + 1,
+        ))
+    }
+}
+
+/// Depthwise conv + per-channel bias (folded BN) + optional ReLU6: `y [N, C, OH, OW]`.
+pub fn dwconv2d(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    weight: &CudaSlice<f32>,
+    bias: &CudaSlice<f32>,
+    dims: DwConv2dDims,
+    relu6: bool,
+) -> CudaResult<CudaSlice<f32>> {
+    let (oh, ow) = dims
+        .out_hw()
+        .ok_or_else(|| CudaError::Invalid(format!("dwconv2d: bad geometry {dims:?}")))?;
+    let planes = dims.batch * dims.channels;
+    check_len("dwconv2d", "x", x.len(), planes * dims.in_h * dims.in_w)?;
+    check_len(
+        "dwconv2d",
+        "weight",
+        weight.len(),
+        dims.channels * dims.k_h * dims.k_w,
+    )?;
+    check_len("dwconv2d", "bias", bias.len(), dims.channels)?;
+    to_i32(planes * dims.in_h * dims.in_w, "dwconv2d input size")?;
+    let n_out = planes * oh * ow;
+    to_i32(n_out, "dwconv2d output size")?;
+    let mut y = dev.alloc_out::<f32>(n_out)?;
+    if n_out == 0 {
+        return Ok(y);
+    }
+    let (t, bo, l, r) = dims.pad;
+    let p = DwConv2dParams {
+        batch: to_i32(dims.batch, "batch")?,
+        channels: to_i32(dims.channels, "channels")?,
+        in_h: to_i32(dims.in_h, "in_h")?,
+        in_w: to_i32(dims.in_w, "in_w")?,
+        out_h: to_i32(oh, "out_h")?,
+        out_w: to_i32(ow, "out_w")?,
+        k_h: to_i32(dims.k_h, "k_h")?,
+        k_w: to_i32(dims.k_w, "k_w")?,
+        stride_h: to_i32(dims.stride_h, "stride_h")?,
+        stride_w: to_i32(dims.stride_w, "stride_w")?,
+        pad_top: to_i32(t, "pad_top")?,
+        pad_bottom: to_i32(bo, "pad_bottom")?,
+        pad_left: to_i32(l, "pad_left")?,
+        pad_right: to_i32(r, "pad_right")?,
+        relu6: relu6 as i32,
+    };
+    let f = dev.function(KernelModule::Glue, "dwconv2d_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(weight).arg(bias).arg(&mut y).arg(&p);
+    // SAFETY: `(x, w, bias, float* y, DwConv2dParams)`; all lengths checked; taps outside the
+    // input are skipped in the kernel.
+    unsafe { b.launch(elementwise(dev, n_out)?) }?;
+    Ok(y)
+}
+
+/// Bilinear resize of `planes` images `in_h x in_w` to `out_h x out_w` (torch
+/// `F.interpolate(size=(out_h, out_w), mode="bilinear", align_corners=False)`).
+pub fn resize_bilinear(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    planes: usize,
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+) -> CudaResult<CudaSlice<f32>> {
+    check_len("resize_bilinear", "x", x.len(), planes * in_h * in_w)?;
+    if planes > 0 && (in_h == 0 || in_w == 0) && out_h * out_w > 0 {
+        return Err(CudaError::Invalid(
+            "resize_bilinear: empty input image".into(),
+        ));
+    }
+    let n_out = planes * out_h * out_w;
+    to_i32(n_out, "resize output size")?;
+    to_i32(planes * in_h * in_w, "resize input size")?;
+    let mut y = dev.alloc_out::<f32>(n_out)?;
+    if n_out == 0 {
+        return Ok(y);
+    }
+    let p = ResizeBilinearParams {
+        planes: to_i32(planes, "planes")?,
+        in_h: to_i32(in_h, "in_h")?,
+        in_w: to_i32(in_w, "in_w")?,
+        out_h: to_i32(out_h, "out_h")?,
+        out_w: to_i32(out_w, "out_w")?,
+        scale_h: in_h as f32 / out_h as f32,
+        scale_w: in_w as f32 / out_w as f32,
+    };
+    let f = dev.function(KernelModule::Glue, "resize_bilinear_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(&mut y).arg(&p);
+    // SAFETY: `(const float* x, float* y, ResizeBilinearParams)`; sizes checked; source
+    // indices are clamped to the input in the kernel.
+    unsafe { b.launch(elementwise(dev, n_out)?) }?;
+    Ok(y)
+}
+
+/// scipy's Gaussian taps (`gaussian_filter(sigma, truncate=4.0)`): radius
+/// `int(truncate * sigma + 0.5)`, weights `exp(-x^2 / 2 sigma^2)` normalised to sum 1,
+/// computed in f64.
+pub fn gaussian_taps(sigma: f64, truncate: f64) -> Vec<f32> {
+    let radius = (truncate * sigma + 0.5) as usize;
+    if sigma <= 0.0 || radius == 0 {
+        return vec![1.0];
+    }
+    let w: Vec<f64> = (-(radius as i64)..=radius as i64)
+        .map(|x| (-0.5 * (x * x) as f64 / (sigma * sigma)).exp())
+        .collect();
+    let s: f64 = w.iter().sum();
+    w.iter().map(|v| (v / s) as f32).collect()
+}
+
+fn blur_pass(
+    dev: &CudaDevice,
+    name: &str,
+    x: &CudaSlice<f32>,
+    taps: &CudaSlice<f32>,
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    check_len(name, "x", x.len(), planes * h * w)?;
+    if taps.len().is_multiple_of(2) {
+        return Err(CudaError::Invalid(format!(
+            "{name}: taps must be odd, got {}",
+            taps.len()
+        )));
+    }
+    to_i32(planes * h * w, "blur size")?;
+    let mut y = dev.alloc_out::<f32>(planes * h * w)?;
+    if planes * h * w == 0 {
+        return Ok(y);
+    }
+    let p = BlurParams {
+        planes: to_i32(planes, "planes")?,
+        h: to_i32(h, "h")?,
+        w: to_i32(w, "w")?,
+        radius: to_i32(taps.len() / 2, "radius")?,
+    };
+    let f = dev.function(KernelModule::Glue, name)?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(taps).arg(&mut y).arg(&p);
+    // SAFETY: `(const float* x, const float* taps, float* y, BlurParams)`; x/y planes*h*w,
+    // taps 2*radius+1 elements; reflected indices stay inside each row/column.
+    unsafe { b.launch(elementwise(dev, planes * h * w)?) }?;
+    Ok(y)
+}
+
+/// Horizontal pass (along W) with the given odd-length taps.
+pub fn blur_h(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    taps: &CudaSlice<f32>,
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    blur_pass(dev, "blur_h_f32", x, taps, planes, h, w)
+}
+
+/// Vertical pass (along H) with the given odd-length taps.
+pub fn blur_v(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    taps: &CudaSlice<f32>,
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    blur_pass(dev, "blur_v_f32", x, taps, planes, h, w)
+}
+
+/// `scipy.ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=4.0)` over each of
+/// `planes` `h x w` images: the vertical pass, then the horizontal one (scipy's axis order).
+pub fn gaussian_blur(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    planes: usize,
+    h: usize,
+    w: usize,
+    sigma: f64,
+) -> CudaResult<CudaSlice<f32>> {
+    let taps = dev.upload(&gaussian_taps(sigma, 4.0))?;
+    let tmp = blur_v(dev, x, &taps, planes, h, w)?;
+    blur_h(dev, &tmp, &taps, planes, h, w)
+}

@@ -1,0 +1,125 @@
+//! Launcher of `kernels/proto_nn.cu`: for each query row, the index and squared L2 distance of
+//! the nearest prototype of a bank (f32, or f16/bf16 stored as raw `u16` bits).
+//!
+//! Three launches on the stream: `proto_nn_init_u64` (fill packed keys with `u64::MAX`), the
+//! search (`proto_nn_{f32,f16,bf16}`: 128 queries x 128 prototypes per tile, 256 threads,
+//! 8x8 register tile per thread, atomicMin of packed `(dist bits << 32) | idx` per query and
+//! block), then `proto_nn_finalize_u64` (unpack). Grid: `x = ceil(Q/128)` query tiles,
+//! `y` = bank chunks, chosen so that about 8 blocks per SM exist (2 fit per SM at 121
+//! registers x 256 threads): a few thousand queries still fill the GPU, and each block scans
+//! `tiles_per_block` consecutive tiles of 128 prototypes. Ties go to the lowest index, the
+//! result does not depend on the launch order (integer min of unique keys).
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::params::ProtoNnParams;
+use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
+
+/// Queries and prototypes per tile (`PNN_TQ`, `PNN_TP` in the kernel).
+const TILE: usize = 128;
+
+/// The prototype bank, `[P, D]` row-major, in one of the supported storage types.
+#[derive(Clone, Copy, Debug)]
+pub enum ProtoBank<'a> {
+    F32(&'a CudaSlice<f32>),
+    /// IEEE binary16 bits (e.g. `half::f16::to_bits`).
+    F16(&'a CudaSlice<u16>),
+    /// bfloat16 bits (e.g. `half::bf16::to_bits`).
+    Bf16(&'a CudaSlice<u16>),
+}
+
+impl ProtoBank<'_> {
+    fn len(&self) -> usize {
+        match self {
+            ProtoBank::F32(s) => s.len(),
+            ProtoBank::F16(s) | ProtoBank::Bf16(s) => s.len(),
+        }
+    }
+}
+
+/// Nearest prototype of each query: `(idx [Q] u32, dist [Q] f32 squared L2)`.
+/// `queries` is `[num_queries, dim]`, the bank `[num_protos, dim]`. With `num_protos == 0`
+/// every index is `u32::MAX` and every distance NaN.
+pub fn proto_nn(
+    dev: &CudaDevice,
+    queries: &CudaSlice<f32>,
+    bank: ProtoBank<'_>,
+    num_queries: usize,
+    num_protos: usize,
+    dim: usize,
+) -> CudaResult<(CudaSlice<u32>, CudaSlice<f32>)> {
+    check_len("proto_nn", "queries", queries.len(), num_queries * dim)?;
+    check_len("proto_nn", "bank", bank.len(), num_protos * dim)?;
+    if dim == 0 && num_queries > 0 {
+        return Err(CudaError::Invalid("proto_nn: dim must be >= 1".into()));
+    }
+    to_i32(num_queries * dim, "proto_nn Q*D")?;
+    to_i32(num_protos * dim, "proto_nn P*D")?;
+    let mut idx = dev.alloc_out::<u32>(num_queries)?;
+    let mut dist = dev.alloc_out::<f32>(num_queries)?;
+    if num_queries == 0 {
+        return Ok((idx, dist));
+    }
+
+    let grid_x = blocks(num_queries, TILE)?;
+    let p_tiles = num_protos.div_ceil(TILE).max(1);
+    let target_blocks = 8 * dev.sm_count() as usize;
+    let chunks = target_blocks
+        .div_ceil(grid_x as usize)
+        .clamp(1, p_tiles)
+        .min(65535);
+    let tiles_per_block = p_tiles.div_ceil(chunks);
+    let chunks = p_tiles.div_ceil(tiles_per_block);
+    let p = ProtoNnParams {
+        num_queries: to_i32(num_queries, "num_queries")?,
+        num_protos: to_i32(num_protos, "num_protos")?,
+        dim: to_i32(dim, "dim")?,
+        tiles_per_block: to_i32(tiles_per_block, "tiles_per_block")?,
+    };
+
+    let mut best = dev.alloc_out::<u64>(num_queries)?;
+    let small = LaunchConfig {
+        grid_dim: (blocks(num_queries, 256)?, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let init = dev.function(KernelModule::ProtoNn, "proto_nn_init_u64")?;
+    let mut b = dev.stream().launch_builder(&init);
+    b.arg(&mut best).arg(&p);
+    // SAFETY: `(unsigned long long* best, ProtoNnParams)`; best has num_queries elements and
+    // the kernel writes indices < num_queries.
+    unsafe { b.launch(small) }?;
+
+    if num_protos > 0 {
+        let cfg = LaunchConfig {
+            grid_dim: (grid_x, chunks as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let name = match bank {
+            ProtoBank::F32(_) => "proto_nn_f32",
+            ProtoBank::F16(_) => "proto_nn_f16",
+            ProtoBank::Bf16(_) => "proto_nn_bf16",
+        };
+        let f = dev.function(KernelModule::ProtoNn, name)?;
+        let mut b = dev.stream().launch_builder(&f);
+        b.arg(queries);
+        match bank {
+            ProtoBank::F32(s) => b.arg(s),
+            ProtoBank::F16(s) | ProtoBank::Bf16(s) => b.arg(s),
+        };
+        b.arg(&mut best).arg(&p);
+        // SAFETY: `(const float* queries, const T* bank, unsigned long long* best,
+        // ProtoNnParams)` with T = float / unsigned short matching the variant; queries holds
+        // Q*D, bank P*D, best Q elements (checked); the kernel bounds-checks rows and dims.
+        unsafe { b.launch(cfg) }?;
+    }
+
+    let fin = dev.function(KernelModule::ProtoNn, "proto_nn_finalize_u64")?;
+    let mut b = dev.stream().launch_builder(&fin);
+    b.arg(&best).arg(&mut idx).arg(&mut dist).arg(&p);
+    // SAFETY: `(const unsigned long long* best, unsigned* idx, float* dist, ProtoNnParams)`,
+    // all three of num_queries elements.
+    unsafe { b.launch(small) }?;
+    Ok((idx, dist))
+}

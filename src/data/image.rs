@@ -1,0 +1,180 @@
+//! Image decoding and preprocessing.
+//!
+//! Resizing follows Pillow's `Image.resize(..., BILINEAR)`, which the reference pipeline used:
+//! a separable triangle filter whose support *widens* by the scale factor when shrinking
+//! (antialiasing), horizontal pass first, each pass rounded back to 8 bits. Using plain
+//! 4-tap bilinear instead would alias on 512 -> 224 downsizing and shift the features.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use std::path::Path;
+
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Clone, Debug)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// Decodes any PNG/JPEG (gray, gray+alpha, RGB, RGBA, 8 or 16 bits) to 8-bit RGB.
+/// Alpha is dropped; 16-bit samples are scaled to 8 bits.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let img = ::image::load_from_memory(&bytes)
+        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    let rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(Error::format(path, "image has no pixels"));
+    }
+    Ok(RgbImage {
+        width: w,
+        height: h,
+        pixels: rgb.into_raw(),
+    })
+}
+
+impl RgbImage {
+    /// The centred square of side `min(w, h)`, offset `((w-c)/2, (h-c)/2)` as Pillow crops.
+    pub fn center_square(&self) -> RgbImage {
+        let c = self.width.min(self.height);
+        let (x0, y0) = ((self.width - c) / 2, (self.height - c) / 2);
+        let mut pixels = Vec::with_capacity(c * c * 3);
+        for y in y0..y0 + c {
+            let row = (y * self.width + x0) * 3;
+            pixels.extend_from_slice(&self.pixels[row..row + c * 3]);
+        }
+        RgbImage {
+            width: c,
+            height: c,
+            pixels,
+        }
+    }
+
+    /// Pillow-style antialiased bilinear resize.
+    pub fn resize(&self, out_w: usize, out_h: usize) -> RgbImage {
+        if out_w == self.width && out_h == self.height {
+            return self.clone();
+        }
+        // Horizontal pass: [height, out_w]; then vertical: [out_h, out_w].
+        let hx = filter_taps(self.width, out_w);
+        let mut tmp = vec![0u8; self.height * out_w * 3];
+        for y in 0..self.height {
+            for (ox, (start, weights)) in hx.iter().enumerate() {
+                for ch in 0..3 {
+                    let mut acc = 0.0f32;
+                    for (i, wt) in weights.iter().enumerate() {
+                        acc += wt * self.pixels[(y * self.width + start + i) * 3 + ch] as f32;
+                    }
+                    tmp[(y * out_w + ox) * 3 + ch] = round_u8(acc);
+                }
+            }
+        }
+        let vy = filter_taps(self.height, out_h);
+        let mut pixels = vec![0u8; out_h * out_w * 3];
+        for (oy, (start, weights)) in vy.iter().enumerate() {
+            for x in 0..out_w * 3 {
+                let mut acc = 0.0f32;
+                for (i, wt) in weights.iter().enumerate() {
+                    acc += wt * tmp[(start + i) * out_w * 3 + x] as f32;
+                }
+                pixels[oy * out_w * 3 + x] = round_u8(acc);
+            }
+        }
+        RgbImage {
+            width: out_w,
+            height: out_h,
+            pixels,
+        }
+    }
+}
+
+fn round_u8(v: f32) -> u8 {
+    (v + 0.5).floor().clamp(0.0, 255.0) as u8
+}
+
+/// Pillow's `precompute_coeffs` for the bilinear (triangle) filter: for every output index,
+/// the first input index and the normalised weights of the inputs it reads.
+fn filter_taps(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = n_in as f64 / n_out as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale; // triangle support 1.0, widened when shrinking
+    (0..n_out)
+        .map(|i| {
+            let center = (i as f64 + 0.5) * scale;
+            let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
+            let hi = ((center + support + 0.5).floor() as usize).min(n_in);
+            let mut w: Vec<f64> = (lo..hi)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) / filter_scale).abs();
+                    (1.0 - t).max(0.0)
+                })
+                .collect();
+            let s: f64 = w.iter().sum();
+            if s > 0.0 {
+                w.iter_mut().for_each(|v| *v /= s);
+            }
+            (lo, w.into_iter().map(|v| v as f32).collect())
+        })
+        .collect()
+}
+
+/// `[3, h, w]` float planes with `(x - mean) / std` (EfficientNet-Lite: mean 127, std 128).
+pub fn to_network_input(img: &RgbImage, mean: f32, std: f32) -> Vec<f32> {
+    let n = img.width * img.height;
+    let mut out = vec![0.0; 3 * n];
+    for (p, px) in img.pixels.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * n + p] = (px[c] as f32 - mean) / std;
+        }
+    }
+    out
+}
+
+/// The classification preprocessing of the fixtures: centre square crop, Pillow bilinear
+/// resize to `size`, `(x - 127) / 128`, NCHW with batch 1.
+pub fn classification_input(img: &RgbImage, size: usize) -> Tensor {
+    let sq = img.center_square().resize(size, size);
+    Tensor::from_parts(to_network_input(&sq, 127.0, 128.0), vec![1, 3, size, size])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_keeps_constant_and_weights_normalise() {
+        let img = RgbImage {
+            width: 50,
+            height: 30,
+            pixels: vec![77; 50 * 30 * 3],
+        };
+        let r = img.resize(20, 17);
+        assert!(r.pixels.iter().all(|&p| p == 77));
+        for (_, w) in filter_taps(512, 224)
+            .iter()
+            .chain(filter_taps(7, 19).iter())
+        {
+            assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn center_square_offsets() {
+        let mut px = Vec::new();
+        for y in 0..4u8 {
+            for x in 0..6u8 {
+                px.extend([x, y, 0]);
+            }
+        }
+        let img = RgbImage {
+            width: 6,
+            height: 4,
+            pixels: px,
+        };
+        let c = img.center_square();
+        assert_eq!((c.width, c.height), (4, 4));
+        assert_eq!(&c.pixels[..3], &[1, 0, 0]);
+    }
+}

@@ -1,0 +1,12 @@
+//! Images in, tensors out: decoding (PNG/JPEG, 8/16-bit, gray/RGB/RGBA) and the preprocessing
+//! the backbone expects.
+
+pub mod image;
+
+pub use image::{RgbImage, classification_input, load_rgb, to_network_input};
+
+pub mod dataset;
+pub mod synth;
+
+pub use dataset::{ClassData, TestItem, list_classes, load_image_input, load_mask};
+pub use synth::{SynthClass, SynthConfig, SynthSummary};

@@ -1,0 +1,78 @@
+//! Evaluation of a registered class on its labelled test set: image AUROC, pixel AUROC,
+//! AUPRO (FPR <= 0.3) and F1-max. Test labels are only *compared against* here — nothing
+//! computed from them flows back into the detector.
+
+use crate::data::dataset::{ClassData, load_mask};
+use crate::detector::model_dir::ScoreKind;
+use crate::detector::pipeline::{BATCH, Detector, image_input};
+use crate::error::Result;
+use crate::metrics::{DEFAULT_MAX_FPR, aupro, auroc, f1_max};
+use crate::tensor::Tensor;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Metrics of one class (field names are the `pmad eval --json` schema).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassReport {
+    pub image_auroc: f64,
+    pub pixel_auroc: f64,
+    pub aupro: f64,
+    /// Image-level F1-max (best threshold over the test set: a reported figure, never used
+    /// to set a deployment threshold).
+    pub f1_max: f64,
+    pub pixel_f1_max: f64,
+    pub n_images: usize,
+    pub seconds: f64,
+}
+
+/// Scores every test image of `data` against the registered class of the same name.
+pub fn evaluate_class(
+    det: &mut Detector,
+    data: &ClassData,
+    kind: ScoreKind,
+) -> Result<ClassReport> {
+    let start = Instant::now();
+    det.class(&data.name)?;
+    let size = det.config.features.input_size;
+    let map_size = det.config.map.size;
+    // Masks first: a missing or broken mask fails before the expensive part.
+    let masks: Vec<Vec<bool>> = data
+        .test
+        .iter()
+        .map(|t| match &t.mask {
+            Some(m) => load_mask(m, map_size, map_size),
+            None => Ok(vec![false; map_size * map_size]),
+        })
+        .collect::<Result<_>>()?;
+    let mut maps = Vec::with_capacity(data.test.len());
+    for (bi, chunk) in data.test.chunks(BATCH).enumerate() {
+        let inputs: Vec<Vec<f32>> = chunk
+            .iter()
+            .map(|t| crate::data::load_rgb(&t.path).map(|img| image_input(&img, size)))
+            .collect::<Result<_>>()?;
+        let x = Tensor::new(inputs.concat(), &[chunk.len(), 3, size, size])?;
+        maps.extend(det.score_inputs(&data.name, &x, kind)?);
+        if let Some(p) = &det.progress {
+            p(
+                "eval",
+                (bi * BATCH + chunk.len()).min(data.test.len()),
+                data.test.len(),
+            );
+        }
+    }
+    let image_scores: Vec<f32> = maps.iter().map(|m| m.score).collect();
+    let image_labels: Vec<bool> = data.test.iter().map(|t| t.is_defective()).collect();
+    let pixel_scores: Vec<f32> = maps.iter().flat_map(|m| m.values.iter().copied()).collect();
+    let pixel_labels: Vec<bool> = masks.iter().flatten().copied().collect();
+    let map_refs: Vec<&[f32]> = maps.iter().map(|m| &m.values[..]).collect();
+    let mask_refs: Vec<&[bool]> = masks.iter().map(|m| &m[..]).collect();
+    Ok(ClassReport {
+        image_auroc: auroc(&image_scores, &image_labels)?,
+        pixel_auroc: auroc(&pixel_scores, &pixel_labels)?,
+        aupro: aupro(&map_refs, &mask_refs, map_size, map_size, DEFAULT_MAX_FPR)?,
+        f1_max: f1_max(&image_scores, &image_labels)?,
+        pixel_f1_max: f1_max(&pixel_scores, &pixel_labels)?,
+        n_images: data.test.len(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,14 @@
+//! The anomaly detector: features -> prototypes -> (ProtoFlow) abnormality -> maps and scores.
+
+pub mod coreset;
+pub mod evaluate;
+pub mod features;
+pub mod flow;
+pub mod model_dir;
+pub mod pipeline;
+pub mod scoring;
+pub mod train;
+
+pub use coreset::{CoresetConfig, select_coreset};
+pub use features::{FeatureExtractor, FeatureSpec};
+pub use pipeline::{Detector, Inspection};

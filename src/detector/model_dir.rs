@@ -1,0 +1,221 @@
+//! The model directory: everything a trained detector needs, written atomically.
+//!
+//! ```text
+//! MODEL_DIR/
+//!   model.json                      ModelConfig (format version, features, maps, flow config)
+//!   flow.safetensors                ProtoFlow weights (when trained)
+//!   classes/<name>/prototypes.safetensors   the class's prototype bank [P, D]
+//!   classes/<name>/class.json       ClassInfo (calibrated threshold, normal-score statistics)
+//! ```
+//! Every file is written to a temporary name in the same folder and renamed into place, so a
+//! crash never leaves a half-written model; a class is registered by writing its folder under
+//! a temporary name and renaming it.
+
+use crate::detector::features::FeatureSpec;
+use crate::detector::scoring::MapSpec;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Bumped whenever the directory layout or a file's meaning changes.
+pub const FORMAT_VERSION: u32 = 1;
+pub const CONFIG_FILE: &str = "model.json";
+pub const FLOW_FILE: &str = "flow.safetensors";
+pub const CLASSES_DIR: &str = "classes";
+pub const BANK_FILE: &str = "prototypes.safetensors";
+pub const CLASS_FILE: &str = "class.json";
+
+/// How a patch's abnormality is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreKind {
+    /// Euclidean distance to the nearest prototype (PatchCore).
+    Distance,
+    /// ProtoFlow: likelihood of the residual to the nearest prototype under the flow (eq. 1).
+    Flow,
+}
+
+impl ScoreKind {
+    /// The name used on the command line and as a key in `class.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreKind::Distance => "distance",
+            ScoreKind::Flow => "flow",
+        }
+    }
+}
+
+impl std::str::FromStr for ScoreKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "distance" => Ok(ScoreKind::Distance),
+            "flow" => Ok(ScoreKind::Flow),
+            _ => Err(format!("unknown score '{s}' (distance | flow)")),
+        }
+    }
+}
+
+/// Coreset parameters used at registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CoresetParams {
+    pub ratio: f32,
+    pub proj_dim: usize,
+    pub seed: u64,
+}
+
+impl Default for CoresetParams {
+    fn default() -> Self {
+        CoresetParams {
+            ratio: 0.1,
+            proj_dim: 128,
+            seed: 0,
+        }
+    }
+}
+
+/// `model.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub format_version: u32,
+    pub pmad_version: String,
+    pub features: FeatureSpec,
+    pub map: MapSpec,
+    pub coreset: CoresetParams,
+    /// Default abnormality used by `inspect`/`eval` when not overridden.
+    pub score: ScoreKind,
+    /// Quantile of held-out normal image scores used as the per-class threshold.
+    pub threshold_quantile: f32,
+    /// Classes whose normal images trained the flow.
+    pub trained_on: Vec<String>,
+    /// Flow hyper-parameters (present when a flow was trained).
+    pub flow: Option<serde_json::Value>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            format_version: FORMAT_VERSION,
+            pmad_version: env!("CARGO_PKG_VERSION").to_string(),
+            features: FeatureSpec::default(),
+            map: MapSpec::default(),
+            coreset: CoresetParams::default(),
+            score: ScoreKind::Distance,
+            threshold_quantile: 0.99,
+            trained_on: Vec::new(),
+            flow: None,
+        }
+    }
+}
+
+/// `classes/<name>/class.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClassInfo {
+    pub name: String,
+    pub n_train_images: usize,
+    pub n_prototypes: usize,
+    /// Image score above which `inspect` says "anomalous", per score kind (from held-out
+    /// normal images only).
+    pub thresholds: std::collections::BTreeMap<String, f32>,
+    /// Held-out normal image scores per score kind (for reports and re-calibration).
+    pub normal_scores: std::collections::BTreeMap<String, Vec<f32>>,
+    /// Reference log-likelihood per dimension for the flow score (max over held-out normal
+    /// patches), so eq. 1 never needs test-set statistics.
+    pub flow_ref_ll: Option<f32>,
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+    write_atomic(path, text.as_bytes())
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+}
+
+/// Reads and checks `model.json` of `dir`.
+pub fn read_config(dir: &Path) -> Result<ModelConfig> {
+    let path = dir.join(CONFIG_FILE);
+    if !path.is_file() {
+        return Err(Error::format(
+            dir,
+            "not a pmad model directory (no model.json)",
+        ));
+    }
+    // Check the version before the full parse so an old/new layout gets a clear message.
+    let raw: serde_json::Value = read_json(&path)?;
+    let v = raw.get("format_version").and_then(|v| v.as_u64());
+    if v != Some(FORMAT_VERSION as u64) {
+        return Err(Error::format(
+            &path,
+            format!(
+                "model format version {} is not supported by this pmad (expects {FORMAT_VERSION}); retrain or use a matching pmad",
+                v.map_or("missing".to_string(), |v| v.to_string())
+            ),
+        ));
+    }
+    serde_json::from_value(raw)
+        .map_err(|e| Error::format(&path, format!("invalid model config: {e}")))
+}
+
+pub fn class_dir(dir: &Path, class: &str) -> PathBuf {
+    dir.join(CLASSES_DIR).join(class)
+}
+
+/// Class names registered in `dir` (sorted).
+pub fn registered_classes(dir: &Path) -> Result<Vec<String>> {
+    let cdir = dir.join(CLASSES_DIR);
+    if !cdir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(&cdir).map_err(|e| Error::io(&cdir, e))? {
+        let e = e.map_err(|e| Error::io(&cdir, e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with('.') && e.path().join(CLASS_FILE).is_file() {
+            v.push(name);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Class names must be plain folder names.
+pub fn check_class_name(class: &str) -> Result<()> {
+    let ok = !class.is_empty()
+        && !class.starts_with('.')
+        && class
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid class name '{class}' (letters, digits, _ and - only)"
+        )))
+    }
+}

@@ -1,0 +1,481 @@
+//! The embeddable detector API: open a model directory, register a class from its normal
+//! images, and score images (anomaly map + image score + verdict).
+//!
+//! ```no_run
+//! # fn main() -> pmad::Result<()> {
+//! use pmad::detector::Detector;
+//! let mut det = Detector::open("model".as_ref(), None)?;
+//! det.register("bottle", &pmad::detector::pipeline::list_images("data/bottle/train/good".as_ref())?)?;
+//! let img = pmad::data::load_rgb("photo.png".as_ref())?;
+//! let r = det.inspect_image("bottle", &img)?;
+//! println!("score {} anomalous {}", r.map.score, r.anomalous);
+//! # Ok(()) }
+//! ```
+
+use crate::data::image::{RgbImage, load_rgb, to_network_input};
+use crate::detector::coreset::{CoresetConfig, select_coreset};
+use crate::detector::features::FeatureExtractor;
+use crate::detector::flow::{FlowConfig, ProtoFlow, abnormality_from_ll, positional_encoding};
+use crate::detector::model_dir::{self as md, ClassInfo, ModelConfig, ScoreKind};
+use crate::detector::scoring::{AnomalyMap, patch_scores_to_map, quantile};
+use crate::error::{Error, Result};
+use crate::models::EfficientNetLite0;
+use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
+use crate::ops::nn_search::{nearest_rows, row_sq_norms};
+use crate::tensor::Tensor;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Images per backbone batch.
+pub const BATCH: usize = 8;
+
+/// A progress callback: (step name, done, total).
+pub type ProgressFn = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
+
+/// A registered class, loaded.
+pub struct ClassModel {
+    pub info: ClassInfo,
+    /// Prototype bank `[P, D]` and its squared row norms.
+    pub bank: Vec<f32>,
+    pub bank_sq: Vec<f32>,
+}
+
+/// Result of inspecting one image.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub map: AnomalyMap,
+    pub threshold: f32,
+    pub anomalous: bool,
+}
+
+pub struct Detector {
+    dir: PathBuf,
+    pub config: ModelConfig,
+    features: FeatureExtractor,
+    classes: HashMap<String, ClassModel>,
+    flow: Option<ProtoFlow>,
+    /// Positional encoding of the patch grid, `[grid², cond_dim]` (flow condition).
+    cond: Vec<f32>,
+    /// Reports progress of long steps (images embedded so far, total).
+    pub progress: Option<ProgressFn>,
+}
+
+/// Image files of a folder (png/jpg/jpeg), sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut v = Vec::new();
+    for e in rd {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        if matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+            v.push(p);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Decodes an image and makes the `[3, S, S]` network input (direct resize, no crop).
+pub fn image_input(img: &RgbImage, size: usize) -> Vec<f32> {
+    to_network_input(&img.resize(size, size), 127.0, 128.0)
+}
+
+impl Detector {
+    /// Creates a new model directory (must not exist or be empty) with `config`.
+    pub fn create(dir: &Path, config: &ModelConfig) -> Result<()> {
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .next()
+                .is_some()
+        {
+            return Err(Error::invalid(format!(
+                "{}: already exists and is not empty",
+                dir.display()
+            )));
+        }
+        config.features.geometry()?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        md::write_json(&dir.join(md::CONFIG_FILE), config)
+    }
+
+    /// Opens a model directory. `backbone` defaults to the fetched EfficientNet-Lite0 weights.
+    pub fn open(dir: &Path, backbone: Option<&Path>) -> Result<Detector> {
+        let config = md::read_config(dir)?;
+        let bpath = backbone
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| default_weights_dir().join(WEIGHTS_FILE));
+        if !bpath.is_file() {
+            return Err(Error::invalid(format!(
+                "{}: backbone weights not found; run `pmad fetch-weights`",
+                bpath.display()
+            )));
+        }
+        let net = Arc::new(EfficientNetLite0::load(&bpath)?);
+        let features = FeatureExtractor::new(net, config.features.clone())?;
+        let flow = match &config.flow {
+            None => None,
+            Some(v) => {
+                let fc: FlowConfig = serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::format(
+                        dir.join(md::CONFIG_FILE),
+                        format!("invalid flow config: {e}"),
+                    )
+                })?;
+                let st = crate::weights::SafeTensors::open(dir.join(md::FLOW_FILE))?;
+                Some(ProtoFlow::from_tensors(fc, |n, s| {
+                    st.tensor_f32_checked(n, s)
+                })?)
+            }
+        };
+        let cond = flow.as_ref().map_or(Vec::new(), |f| {
+            positional_encoding(features.grid(), f.config.cond_dim)
+        });
+        Ok(Detector {
+            dir: dir.to_path_buf(),
+            config,
+            features,
+            classes: HashMap::new(),
+            flow,
+            cond,
+            progress: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn features(&self) -> &FeatureExtractor {
+        &self.features
+    }
+
+    fn report(&self, what: &str, done: usize, total: usize) {
+        if let Some(p) = &self.progress {
+            p(what, done, total);
+        }
+    }
+
+    /// Patch features of images on disk: `[n_images * grid², dim]`, batched through the
+    /// backbone. Every image is decoded first so a bad file fails before any work.
+    pub fn embed_paths(&self, paths: &[PathBuf], what: &str) -> Result<Vec<f32>> {
+        let size = self.config.features.input_size;
+        let mut out = Vec::new();
+        for (bi, chunk) in paths.chunks(BATCH).enumerate() {
+            let inputs: Vec<Vec<f32>> = chunk
+                .iter()
+                .map(|p| load_rgb(p).map(|i| image_input(&i, size)))
+                .collect::<Result<_>>()?;
+            let x = Tensor::new(inputs.concat(), &[chunk.len(), 3, size, size])?;
+            out.extend_from_slice(&self.features.extract(&x)?.f32s());
+            self.report(
+                what,
+                (bi * BATCH + chunk.len()).min(paths.len()),
+                paths.len(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Registers `class` from its normal images: prototypes by greedy k-center coreset, and a
+    /// per-class threshold from held-out normal images (never test images). Writes the class
+    /// folder atomically and replaces an older registration of the same name.
+    pub fn register(&mut self, class: &str, normal_images: &[PathBuf]) -> Result<ClassInfo> {
+        self.register_with_holdout(class, normal_images)
+            .map(|(info, _)| info)
+    }
+
+    /// [`register`](Self::register), also returning the held-out normal images' patch
+    /// features (`[n * grid², dim]`), which flow training uses as out-of-bank residuals.
+    pub fn register_with_holdout(
+        &mut self,
+        class: &str,
+        normal_images: &[PathBuf],
+    ) -> Result<(ClassInfo, Vec<f32>)> {
+        md::check_class_name(class)?;
+        if normal_images.len() < 2 {
+            return Err(Error::invalid(format!(
+                "class '{class}': registration needs at least 2 normal images, got {}",
+                normal_images.len()
+            )));
+        }
+        // Seeded split: ~15% (at least 1) held out for calibration, the rest builds the bank.
+        let mut order: Vec<usize> = (0..normal_images.len()).collect();
+        crate::rng::Rng::new(self.config.coreset.seed ^ 0xCA1B).shuffle(&mut order);
+        let n_hold = (normal_images.len() * 15 / 100).max(1);
+        let (hold_idx, fit_idx) = order.split_at(n_hold);
+        let pick = |idx: &[usize]| -> Vec<PathBuf> {
+            let mut v: Vec<usize> = idx.to_vec();
+            v.sort();
+            v.iter().map(|&i| normal_images[i].clone()).collect()
+        };
+        let (fit, hold) = (pick(fit_idx), pick(hold_idx));
+        let dim = self.features.dim();
+        let pool = self.embed_paths(&fit, "embed")?;
+        let cfg = CoresetConfig {
+            ratio: self.config.coreset.ratio,
+            proj_dim: self.config.coreset.proj_dim,
+            seed: self.config.coreset.seed,
+        };
+        self.report("coreset", 0, 1);
+        let sel = select_coreset(&pool, dim, &cfg);
+        self.report("coreset", 1, 1);
+        let mut bank = Vec::with_capacity(sel.len() * dim);
+        for &i in &sel {
+            bank.extend_from_slice(&pool[i * dim..(i + 1) * dim]);
+        }
+        drop(pool);
+        let bank_sq = row_sq_norms(&bank, dim);
+        let mut model = ClassModel {
+            info: ClassInfo {
+                name: class.to_string(),
+                n_train_images: normal_images.len(),
+                n_prototypes: sel.len(),
+                thresholds: BTreeMap::new(),
+                normal_scores: BTreeMap::new(),
+                flow_ref_ll: None,
+            },
+            bank,
+            bank_sq,
+        };
+        // Calibrate on the held-out normals.
+        let hold_feats = self.embed_paths(&hold, "calibrate")?;
+        let per_image = self.features.grid() * self.features.grid() * dim;
+        self.calibrate(&mut model, &hold_feats, per_image)?;
+        self.save_class(&model)?;
+        let info = model.info.clone();
+        self.classes.insert(class.to_string(), model);
+        Ok((info, hold_feats))
+    }
+
+    /// Thresholds (quantile of held-out normal image scores) for every available score kind.
+    fn calibrate(
+        &self,
+        model: &mut ClassModel,
+        hold_feats: &[f32],
+        per_image: usize,
+    ) -> Result<()> {
+        let mut kinds = vec![ScoreKind::Distance];
+        if self.flow.is_some() {
+            kinds.push(ScoreKind::Flow);
+        }
+        for kind in kinds {
+            let mut scores = Vec::new();
+            for f in hold_feats.chunks(per_image) {
+                let patch = self.patch_abnormality(model, f, kind)?;
+                scores.push(
+                    patch_scores_to_map(&patch, self.features.grid(), &self.config.map).score,
+                );
+            }
+            let key = kind.name().to_string();
+            model.info.thresholds.insert(
+                key.clone(),
+                quantile(&scores, self.config.threshold_quantile),
+            );
+            model.info.normal_scores.insert(key, scores);
+        }
+        Ok(())
+    }
+
+    /// Residuals to the nearest prototype of `class` for image features `[n * grid², dim]`,
+    /// with each patch's positional condition. Used to train the flow.
+    pub fn residuals(
+        &mut self,
+        class: &str,
+        feats: &[f32],
+        cond_dim: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.class(class)?;
+        let dim = self.features.dim();
+        let model = &self.classes[class];
+        let nn = nearest_rows(feats, &model.bank, &model.bank_sq, dim);
+        let mut r = feats.to_vec();
+        for (row, &j) in r.chunks_mut(dim).zip(&nn.index) {
+            let p = &model.bank[j as usize * dim..(j as usize + 1) * dim];
+            row.iter_mut().zip(p).for_each(|(a, b)| *a -= b);
+        }
+        let g2 = self.features.grid() * self.features.grid();
+        let pe = positional_encoding(self.features.grid(), cond_dim);
+        let n_images = feats.len() / (g2 * dim);
+        Ok((r, pe.repeat(n_images)))
+    }
+
+    /// Installs a trained flow: saves it (atomically) and records its config in `model.json`.
+    pub fn set_flow(&mut self, flow: ProtoFlow) -> Result<()> {
+        let tensors = flow.to_tensors()?;
+        crate::weights::write_safetensors(
+            self.dir.join(md::FLOW_FILE),
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            None,
+        )?;
+        self.config.flow =
+            Some(serde_json::to_value(&flow.config).map_err(|e| Error::invalid(e.to_string()))?);
+        md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
+        self.cond = positional_encoding(self.features.grid(), flow.config.cond_dim);
+        self.flow = Some(flow);
+        Ok(())
+    }
+
+    /// Re-calibrates the thresholds of every loaded class (after a new flow was installed).
+    pub fn recalibrate(&mut self, class: &str, hold_feats: &[f32]) -> Result<()> {
+        self.class(class)?;
+        let per_image = self.features.grid() * self.features.grid() * self.features.dim();
+        let mut model = self.classes.remove(class).expect("loaded above");
+        let r = self
+            .calibrate(&mut model, hold_feats, per_image)
+            .and_then(|_| self.save_class(&model));
+        self.classes.insert(class.to_string(), model);
+        r
+    }
+
+    fn save_class(&self, model: &ClassModel) -> Result<()> {
+        let name = &model.info.name;
+        let final_dir = md::class_dir(&self.dir, name);
+        let parent = self.dir.join(md::CLASSES_DIR);
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let write = || -> Result<()> {
+            let dim = self.features.dim();
+            let bank = Tensor::new(model.bank.clone(), &[model.bank.len() / dim, dim])?;
+            crate::weights::write_safetensors(
+                tmp.join(md::BANK_FILE),
+                [("prototypes", &bank)],
+                None,
+            )?;
+            md::write_json(&tmp.join(md::CLASS_FILE), &model.info)?;
+            if final_dir.exists() {
+                std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+            }
+            std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))
+        };
+        let r = write();
+        if r.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        r
+    }
+
+    /// Loads (once) and returns a registered class.
+    pub fn class(&mut self, class: &str) -> Result<&ClassModel> {
+        if !self.classes.contains_key(class) {
+            md::check_class_name(class)?;
+            let cdir = md::class_dir(&self.dir, class);
+            if !cdir.join(md::CLASS_FILE).is_file() {
+                let known = md::registered_classes(&self.dir)?;
+                return Err(Error::invalid(format!(
+                    "{}: class '{class}' is not registered (registered: {})",
+                    self.dir.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+            let info: ClassInfo = md::read_json(&cdir.join(md::CLASS_FILE))?;
+            let st = crate::weights::SafeTensors::open(cdir.join(md::BANK_FILE))?;
+            let dim = self.features.dim();
+            let p = st
+                .info("prototypes")
+                .map(|i| i.shape.first().copied().unwrap_or(0))
+                .unwrap_or(0);
+            let bank = st
+                .tensor_f32_checked("prototypes", &[p, dim])?
+                .into_f32_vec();
+            if bank.is_empty() {
+                return Err(Error::format(
+                    cdir.join(md::BANK_FILE),
+                    "empty prototype bank",
+                ));
+            }
+            let bank_sq = row_sq_norms(&bank, dim);
+            self.classes.insert(
+                class.to_string(),
+                ClassModel {
+                    info,
+                    bank,
+                    bank_sq,
+                },
+            );
+        }
+        Ok(&self.classes[class])
+    }
+
+    /// Per-patch abnormality of one image's features `[grid², dim]`.
+    pub fn patch_abnormality(
+        &self,
+        model: &ClassModel,
+        feats: &[f32],
+        kind: ScoreKind,
+    ) -> Result<Vec<f32>> {
+        let dim = self.features.dim();
+        let nn = nearest_rows(feats, &model.bank, &model.bank_sq, dim);
+        match kind {
+            ScoreKind::Distance => Ok(nn.dist2.iter().map(|d| d.sqrt()).collect()),
+            ScoreKind::Flow => {
+                let flow = self.flow.as_ref().ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{}: the flow score needs a trained flow (none in this model)",
+                        self.dir.display()
+                    ))
+                })?;
+                let mut r = feats.to_vec();
+                for (row, &j) in r.chunks_mut(dim).zip(&nn.index) {
+                    let p = &model.bank[j as usize * dim..(j as usize + 1) * dim];
+                    row.iter_mut().zip(p).for_each(|(a, b)| *a -= b);
+                }
+                let ll = flow.log_likelihood(&r, &self.cond)?;
+                // Eq. 1 over the patches of this image: a_i = max_j p_j - p_i.
+                let top = ll.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                Ok(abnormality_from_ll(&ll, top))
+            }
+        }
+    }
+
+    /// Anomaly maps of a batch of network inputs `[B, 3, S, S]`.
+    pub fn score_inputs(
+        &mut self,
+        class: &str,
+        x: &Tensor,
+        kind: ScoreKind,
+    ) -> Result<Vec<AnomalyMap>> {
+        self.class(class)?;
+        let feats = self.features.extract(x)?;
+        let fv = feats.f32s();
+        let per = self.features.grid() * self.features.grid() * self.features.dim();
+        let model = &self.classes[class];
+        fv.chunks(per)
+            .map(|f| {
+                Ok(patch_scores_to_map(
+                    &self.patch_abnormality(model, f, kind)?,
+                    self.features.grid(),
+                    &self.config.map,
+                ))
+            })
+            .collect()
+    }
+
+    /// Scores one decoded image against `class` with the model's default score.
+    pub fn inspect_image(&mut self, class: &str, img: &RgbImage) -> Result<Inspection> {
+        let kind = self.config.score;
+        let size = self.config.features.input_size;
+        let x = Tensor::new(image_input(img, size), &[1, 3, size, size])?;
+        let map = self.score_inputs(class, &x, kind)?.remove(0);
+        let threshold = self.classes[class]
+            .info
+            .thresholds
+            .get(kind.name())
+            .copied()
+            .unwrap_or(f32::INFINITY);
+        Ok(Inspection {
+            anomalous: map.score > threshold,
+            threshold,
+            map,
+        })
+    }
+}

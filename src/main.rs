@@ -1,0 +1,75 @@
+//! `pmad` — command line front end. Every verb lives in `src/cli/<verb>.rs`.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pmad",
+    version,
+    about = "Cross-class industrial anomaly detection (PMAD)"
+)]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The main job on an embedded default: synthetic data, train, register an unseen class, evaluate.
+    Demo(cli::demo::DemoArgs),
+    /// Download and convert the pretrained EfficientNet-Lite0 backbone.
+    FetchWeights(cli::fetch_weights::FetchWeightsArgs),
+    /// ImageNet top-k classes of images (checks the backbone end to end).
+    Classify(cli::classify::ClassifyArgs),
+    /// Time the engine's kernels and the backbone; JSON for side-by-side comparisons.
+    Bench(cli::bench::BenchArgs),
+    /// Create a model: register the seen classes and train the ProtoFlow.
+    Train(cli::train::TrainArgs),
+    /// Register a (new) class from its normal images, without retraining.
+    Register(cli::register::RegisterArgs),
+    /// Evaluate registered classes on their labelled test sets.
+    Eval(cli::eval::EvalArgs),
+    /// Score images: one JSON line each, optional heatmap overlays.
+    Inspect(cli::inspect::InspectArgs),
+    /// Convert a PyTorch checkpoint (.pth/.pt) to safetensors.
+    ImportTorch(cli::import_torch::ImportTorchArgs),
+    /// Generate a synthetic defect dataset in the MVTec-AD layout.
+    Synth(cli::synth::SynthArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    if let Some(n) = args.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+    {
+        eprintln!("error: cannot set {n} threads: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match args.command {
+        Command::Demo(a) => cli::demo::run(a),
+        Command::FetchWeights(a) => cli::fetch_weights::run(a),
+        Command::Classify(a) => cli::classify::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Register(a) => cli::register::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
+        Command::ImportTorch(a) => cli::import_torch::run(a),
+        Command::Synth(a) => cli::synth::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Networks built from [`crate::ops`]. Model code never names a backend.
+
+pub mod efficientnet;
+
+pub use efficientnet::EfficientNetLite0;

@@ -1,0 +1,53 @@
+//! Paths shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The project's `shared/` folder (fixtures, real data): `$PMAD_SHARED`, else `../shared`
+/// beside the repository. A fresh user machine does not have it; tests that need it skip.
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = match std::env::var_os("PMAD_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    };
+    p.is_dir().then_some(p)
+}
+
+/// The converted backbone weights (made by `pmad fetch-weights`, which `.ci/run` runs first).
+pub fn backbone_weights() -> Option<PathBuf> {
+    let p = pmad::models::efficientnet::default_weights_dir()
+        .join(pmad::models::efficientnet::WEIGHTS_FILE);
+    p.is_file().then_some(p)
+}
+
+/// Whether tests that need data must fail instead of skipping (set in CI).
+pub fn required() -> bool {
+    std::env::var_os("PMAD_REQUIRE_ASSETS").is_some()
+}
+
+/// The backbone weights, or None (skip, with a printed reason). In CI (`PMAD_REQUIRE_ASSETS`)
+/// a missing file fails the test: the test command fetches it first.
+pub fn need_backbone() -> Option<PathBuf> {
+    let w = backbone_weights();
+    if w.is_none() {
+        assert!(
+            !required(),
+            "backbone weights are required (PMAD_REQUIRE_ASSETS) but missing"
+        );
+        eprintln!("skipped: backbone weights not found (run `pmad fetch-weights`)");
+    }
+    w
+}
+
+/// The shared/ folder, or None (skip, with a printed reason): a user's clone may not have it.
+pub fn need_shared() -> Option<PathBuf> {
+    let s = shared_dir();
+    if s.is_none() {
+        eprintln!("skipped: ../shared (fixtures and real data) not found; set PMAD_SHARED");
+    }
+    s
+}
+
+pub fn pmad_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pmad"))
+}

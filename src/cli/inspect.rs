@@ -7,6 +7,7 @@ use pmad::detector::Detector;
 use pmad::detector::pipeline::list_images;
 use pmad::detector::scoring::AnomalyMap;
 use pmad::{Error, Result};
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -87,31 +88,36 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if let Some(o) = &args.out {
         std::fs::create_dir_all(o).map_err(|e| Error::io(o, e))?;
     }
-    for path in &paths {
-        let img = load_rgb(path)?;
-        let r = det.inspect_image(&args.class, &img)?;
-        let mut line = serde_json::json!({
-            "path": path.display().to_string(),
-            "score": r.map.score,
-            "threshold": r.threshold,
-            "verdict": if r.anomalous { "anomalous" } else { "normal" },
-        });
-        if let Some(o) = &args.out {
-            // `<folder>_<stem>`: test folders of one class reuse file names (000.png ...).
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let parent = path
-                .parent()
-                .and_then(|p| p.file_name())
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let hp = o.join(format!("{parent}_{stem}_heatmap.png"));
-            write_overlay(&img, &r.map, r.threshold, &hp)?;
-            line["heatmap"] = hp.display().to_string().into();
+    // Batches of images: decoded in parallel, one backbone pass each.
+    for chunk in paths.chunks(pmad::detector::pipeline::BATCH) {
+        let imgs: Vec<pmad::data::RgbImage> = chunk
+            .par_iter()
+            .map(|p| load_rgb(p))
+            .collect::<Result<_>>()?;
+        let results = det.inspect_batch(&args.class, &imgs)?;
+        for ((path, img), r) in chunk.iter().zip(&imgs).zip(results) {
+            let mut line = serde_json::json!({
+                "path": path.display().to_string(),
+                "score": r.map.score,
+                "threshold": r.threshold,
+                "verdict": if r.anomalous { "anomalous" } else { "normal" },
+            });
+            if let Some(o) = &args.out {
+                // `<folder>_<stem>`: test folders of one class reuse file names (000.png ...).
+                let name = |p: Option<&std::ffi::OsStr>| {
+                    p.map(|s| s.to_string_lossy().to_string())
+                        .unwrap_or_default()
+                };
+                let hp = o.join(format!(
+                    "{}_{}_heatmap.png",
+                    name(path.parent().and_then(|p| p.file_name())),
+                    name(path.file_stem())
+                ));
+                write_overlay(img, &r.map, r.threshold, &hp)?;
+                line["heatmap"] = hp.display().to_string().into();
+            }
+            println!("{line}");
         }
-        println!("{line}");
     }
     Ok(())
 }

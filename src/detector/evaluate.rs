@@ -8,6 +8,7 @@ use crate::detector::pipeline::{BATCH, Detector, image_input};
 use crate::error::Result;
 use crate::metrics::{DEFAULT_MAX_FPR, aupro, auroc, f1_max};
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -47,7 +48,7 @@ pub fn evaluate_class(
     let mut maps = Vec::with_capacity(data.test.len());
     for (bi, chunk) in data.test.chunks(BATCH).enumerate() {
         let inputs: Vec<Vec<f32>> = chunk
-            .iter()
+            .par_iter()
             .map(|t| crate::data::load_rgb(&t.path).map(|img| image_input(&img, size)))
             .collect::<Result<_>>()?;
         let x = Tensor::new(inputs.concat(), &[chunk.len(), 3, size, size])?;

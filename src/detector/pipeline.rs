@@ -23,6 +23,7 @@ use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
 use crate::ops::nn_search::{nearest_rows, row_sq_norms};
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -166,7 +167,7 @@ impl Detector {
         let mut out = Vec::new();
         for (bi, chunk) in paths.chunks(BATCH).enumerate() {
             let inputs: Vec<Vec<f32>> = chunk
-                .iter()
+                .par_iter()
                 .map(|p| load_rgb(p).map(|i| image_input(&i, size)))
                 .collect::<Result<_>>()?;
             let x = Tensor::new(inputs.concat(), &[chunk.len(), 3, size, size])?;
@@ -462,20 +463,33 @@ impl Detector {
 
     /// Scores one decoded image against `class` with the model's default score.
     pub fn inspect_image(&mut self, class: &str, img: &RgbImage) -> Result<Inspection> {
+        let mut v = self.inspect_batch(class, std::slice::from_ref(img))?;
+        Ok(v.remove(0))
+    }
+
+    /// Scores decoded images against `class` in one backbone batch (faster than one by one).
+    pub fn inspect_batch(&mut self, class: &str, imgs: &[RgbImage]) -> Result<Vec<Inspection>> {
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
         let kind = self.config.score;
         let size = self.config.features.input_size;
-        let x = Tensor::new(image_input(img, size), &[1, 3, size, size])?;
-        let map = self.score_inputs(class, &x, kind)?.remove(0);
+        let inputs: Vec<Vec<f32>> = imgs.par_iter().map(|img| image_input(img, size)).collect();
+        let x = Tensor::new(inputs.concat(), &[imgs.len(), 3, size, size])?;
+        let maps = self.score_inputs(class, &x, kind)?;
         let threshold = self.classes[class]
             .info
             .thresholds
             .get(kind.name())
             .copied()
             .unwrap_or(f32::INFINITY);
-        Ok(Inspection {
-            anomalous: map.score > threshold,
-            threshold,
-            map,
-        })
+        Ok(maps
+            .into_iter()
+            .map(|map| Inspection {
+                anomalous: map.score > threshold,
+                threshold,
+                map,
+            })
+            .collect())
     }
 }

@@ -12,12 +12,20 @@
 //! split); head `h` owns columns `h*D .. h*D+D`. `lse` is `[B, H, N]`.
 
 use crate::error::{Error, Result};
+use crate::ops::fastexp::{exp_shifted_sum, fast_exp};
 use crate::ops::matmul::{Trans, gemm};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
+/// Largest query block and key tile. Actual sizes are balanced so the last block is not a
+/// sliver (196 tokens -> key tiles of 49, not 64+64+64+4).
 pub const Q_BLOCK: usize = 32;
 pub const K_TILE: usize = 64;
+
+/// `n` split into equal-as-possible pieces of at most `max`.
+fn balanced(n: usize, max: usize) -> usize {
+    n.div_ceil(n.div_ceil(max).max(1)).max(1)
+}
 
 /// Problem size of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,13 +84,14 @@ pub fn attention_forward(
             let mut scores = vec![0.0; Q_BLOCK * K_TILE];
             let mut m = [0.0f32; Q_BLOCK];
             let mut l = [0.0f32; Q_BLOCK];
-            for q0 in (0..n).step_by(Q_BLOCK) {
-                let qb = Q_BLOCK.min(n - q0);
+            let (q_block, k_tile) = (balanced(n, Q_BLOCK), balanced(n, K_TILE));
+            for q0 in (0..n).step_by(q_block) {
+                let qb = q_block.min(n - q0);
                 m[..qb].fill(f32::NEG_INFINITY);
                 l[..qb].fill(0.0);
                 let acc = &mut out[q0 * d..(q0 + qb) * d];
-                for k0 in (0..n).step_by(K_TILE) {
-                    let kt = K_TILE.min(n - k0);
+                for k0 in (0..n).step_by(k_tile) {
+                    let kt = k_tile.min(n - k0);
                     let st = &mut scores[..qb * kt];
                     // S = (Q/√D) · K_tileᵀ : [qb, kt]
                     gemm(
@@ -100,12 +109,8 @@ pub fn attention_forward(
                         let row = &mut st[i * kt..(i + 1) * kt];
                         let tile_max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
                         let m_new = m[i].max(tile_max);
-                        let correction = (m[i] - m_new).exp();
-                        let mut sum = 0.0;
-                        for x in row.iter_mut() {
-                            *x = (*x - m_new).exp();
-                            sum += *x;
-                        }
+                        let correction = fast_exp(m[i] - m_new);
+                        let sum = exp_shifted_sum(row, m_new);
                         l[i] = l[i] * correction + sum;
                         m[i] = m_new;
                         if correction != 1.0 {
@@ -174,10 +179,11 @@ pub fn attention_backward(
             let (mut gq, mut gk, mut gv) = (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d]);
             let mut p = vec![0.0; Q_BLOCK * K_TILE];
             let mut dp = vec![0.0; Q_BLOCK * K_TILE];
-            for q0 in (0..n).step_by(Q_BLOCK) {
-                let qb = Q_BLOCK.min(n - q0);
-                for k0 in (0..n).step_by(K_TILE) {
-                    let kt = K_TILE.min(n - k0);
+            let (q_block, k_tile) = (balanced(n, Q_BLOCK), balanced(n, K_TILE));
+            for q0 in (0..n).step_by(q_block) {
+                let qb = q_block.min(n - q0);
+                for k0 in (0..n).step_by(k_tile) {
+                    let kt = k_tile.min(n - k0);
                     let (pt, dpt) = (&mut p[..qb * kt], &mut dp[..qb * kt]);
                     gemm(
                         qb,
@@ -192,7 +198,7 @@ pub fn attention_backward(
                     );
                     for i in 0..qb {
                         for j in 0..kt {
-                            pt[i * kt + j] = (pt[i * kt + j] * scale - row_lse[q0 + i]).exp();
+                            pt[i * kt + j] = fast_exp(pt[i * kt + j] * scale - row_lse[q0 + i]);
                         }
                     }
                     // dV_tile += Pᵀ dO_block

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod blur;
 pub mod conv;
 pub mod elementwise;
+pub mod fastexp;
 pub mod layernorm;
 pub mod matmul;
 pub mod nn_search;

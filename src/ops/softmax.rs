@@ -3,6 +3,7 @@
 //! `-log p[target]` over selected rows.
 
 use crate::error::{Error, Result};
+use crate::ops::fastexp::{exp_shifted_sum, fast_exp};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -13,7 +14,7 @@ pub fn logsumexp(row: &[f32]) -> f32 {
     if m == f32::NEG_INFINITY {
         return m;
     }
-    m + row.iter().map(|&v| (v - m).exp()).sum::<f32>().ln()
+    m + row.iter().map(|&v| fast_exp(v - m)).sum::<f32>().ln()
 }
 
 pub fn softmax_rows(x: &[f32], d: usize, y: &mut [f32]) {
@@ -21,12 +22,8 @@ pub fn softmax_rows(x: &[f32], d: usize, y: &mut [f32]) {
         .zip(x.par_chunks(d))
         .for_each(|(yr, xr)| {
             let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut s = 0.0;
-            for (o, &v) in yr.iter_mut().zip(xr) {
-                *o = (v - m).exp();
-                s += *o;
-            }
-            let inv = 1.0 / s;
+            yr.copy_from_slice(xr);
+            let inv = 1.0 / exp_shifted_sum(yr, m);
             yr.iter_mut().for_each(|o| *o *= inv);
         });
 }
@@ -58,7 +55,7 @@ pub fn entropy_rows(x: &[f32], d: usize) -> Vec<f32> {
             let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let (mut s, mut sx) = (0.0f32, 0.0f32);
             for &v in xr {
-                let e = (v - m).exp();
+                let e = fast_exp(v - m);
                 s += e;
                 sx += e * (v - m);
             }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Leave-one-class-out (cross-class) protocol over a dataset root in the MVTec-AD layout:
 # for each class C, train a model on all the OTHER classes (prototypes + ProtoFlow), register C
-# from its normal images only, evaluate C with both scores (distance, flow).
+# from its normal images only, evaluate C with each score (distance, flow, flow-nll).
 #
 #   bash scripts/leave_one_out.sh ROOT OUT [CLASS...]     (default: every class under ROOT)
 #   e.g. bash scripts/leave_one_out.sh ../shared/data/real loo_out
@@ -24,7 +24,7 @@ for c in "${classes[@]}"; do
     # shellcheck disable=SC2086
     /usr/bin/time -v "$pmad" train --data "$root" --classes "$seen" --out "$model" ${PMAD_TRAIN_ARGS:-} 2> "$out/$c/train.time"
     /usr/bin/time -v "$pmad" register --model "$model" --data "$root" --class "$c" 2> "$out/$c/register.time"
-    for score in distance flow; do
+    for score in distance flow flow-nll; do
         /usr/bin/time -v "$pmad" eval --model "$model" --data "$root" --classes "$c" --score "$score" --json "$out/$c/eval_$score.json" 2> "$out/$c/eval_$score.time"
     done
 done
@@ -37,13 +37,13 @@ def peak(f):
     return (int(m.group(1)) / 1024 if m else float('nan')), (w.group(1) if w else '?')
 print(f"{'class':<16}{'score':<10}{'img_auroc':>10}{'pix_auroc':>10}{'aupro':>8}{'f1_max':>8}")
 for c in classes:
-    for s in ("distance", "flow"):
+    for s in ("distance", "flow", "flow-nll"):
         r = json.load(open(f"{out}/{c}/eval_{s}.json"))["classes"][c]
         print(f"{c:<16}{s:<10}{r['image_auroc']:>10.3f}{r['pixel_auroc']:>10.3f}{r['aupro']:>8.3f}{r['f1_max']:>8.3f}")
 print("\nwall time / peak RSS (MiB):")
 for c in classes:
     parts = []
-    for step in ("train", "register", "eval_distance", "eval_flow"):
+    for step in ("train", "register", "eval_distance", "eval_flow", "eval_flow-nll"):
         mib, wall = peak(f"{out}/{c}/{step}.time")
         parts.append(f"{step} {wall} {mib:.0f}")
     print(f"  {c}: " + ", ".join(parts))

@@ -108,7 +108,7 @@ fn unseen_class_is_detected_well_above_chance() {
     let Some((data, model)) = fixture() else {
         return;
     };
-    for score in ["distance", "flow"] {
+    for score in ["distance", "flow", "flow-nll"] {
         let r = eval_json(data, model, "synth_wood", score);
         let c = &r["classes"]["synth_wood"];
         let (img, pix) = (

@@ -96,7 +96,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     for c in SEEN.iter().chain([UNSEEN].iter()) {
         let d = ClassData::open(&data, c)?;
-        for kind in [ScoreKind::Distance, ScoreKind::Flow] {
+        for kind in [ScoreKind::Distance, ScoreKind::Flow, ScoreKind::FlowNll] {
             let r = evaluate_class(&mut det, &d, kind)?;
             let tag = if *c == UNSEEN { " (unseen)" } else { "" };
             println!(

@@ -27,12 +27,17 @@ pub const CLASS_FILE: &str = "class.json";
 
 /// How a patch's abnormality is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum ScoreKind {
     /// Euclidean distance to the nearest prototype (PatchCore).
     Distance,
-    /// ProtoFlow: likelihood of the residual to the nearest prototype under the flow (eq. 1).
+    /// ProtoFlow, eq. 1 as written: `a_i = max_j p_j - p_i` over the image's patches, with
+    /// `p = exp(ll/D)` the flow density of the residual to the nearest prototype.
     Flow,
+    /// ProtoFlow in log space: `a_i = -ll_i/D`, the residual's negative log-likelihood per
+    /// dimension. Monotone in eq. 1's `p_i` but without its per-image reference, so image
+    /// scores are comparable across images.
+    FlowNll,
 }
 
 impl ScoreKind {
@@ -41,7 +46,13 @@ impl ScoreKind {
         match self {
             ScoreKind::Distance => "distance",
             ScoreKind::Flow => "flow",
+            ScoreKind::FlowNll => "flow-nll",
         }
+    }
+
+    /// Whether this score needs the trained flow.
+    pub fn uses_flow(self) -> bool {
+        matches!(self, ScoreKind::Flow | ScoreKind::FlowNll)
     }
 }
 
@@ -51,7 +62,8 @@ impl std::str::FromStr for ScoreKind {
         match s {
             "distance" => Ok(ScoreKind::Distance),
             "flow" => Ok(ScoreKind::Flow),
-            _ => Err(format!("unknown score '{s}' (distance | flow)")),
+            "flow-nll" => Ok(ScoreKind::FlowNll),
+            _ => Err(format!("unknown score '{s}' (distance | flow | flow-nll)")),
         }
     }
 }

@@ -262,6 +262,7 @@ impl Detector {
         let mut kinds = vec![ScoreKind::Distance];
         if self.flow.is_some() {
             kinds.push(ScoreKind::Flow);
+            kinds.push(ScoreKind::FlowNll);
         }
         for kind in kinds {
             let mut scores = Vec::new();
@@ -418,7 +419,7 @@ impl Detector {
         let nn = nearest_rows(feats, &model.bank, &model.bank_sq, dim);
         match kind {
             ScoreKind::Distance => Ok(nn.dist2.iter().map(|d| d.sqrt()).collect()),
-            ScoreKind::Flow => {
+            ScoreKind::Flow | ScoreKind::FlowNll => {
                 let flow = self.flow.as_ref().ok_or_else(|| {
                     Error::invalid(format!(
                         "{}: the flow score needs a trained flow (none in this model)",
@@ -431,6 +432,9 @@ impl Detector {
                     row.iter_mut().zip(p).for_each(|(a, b)| *a -= b);
                 }
                 let ll = flow.log_likelihood(&r, &self.cond)?;
+                if kind == ScoreKind::FlowNll {
+                    return Ok(ll.iter().map(|l| -l).collect());
+                }
                 // Eq. 1 over the patches of this image: a_i = max_j p_j - p_i.
                 let top = ll.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                 Ok(abnormality_from_ll(&ll, top))

@@ -13,10 +13,10 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const P: [f32; 6] = [
     1.987_569_1e-4,
     1.398_199_9e-3,
-    8.333_451_9e-3,
+    8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    5e-1,
 ];
 
 /// `exp(x)`, written without branches so loops over it vectorise.

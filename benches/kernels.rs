@@ -15,7 +15,7 @@ fn kernels(c: &mut Criterion) {
             Spec::Gemm { .. } => "gemm",
             Spec::Attention { .. } => "attention",
             Spec::Conv { .. } => "conv",
-            Spec::Nearest { .. } => "nn",
+            Spec::Nearest { .. } | Spec::ClusteredNearest { .. } => "nn",
             Spec::Backbone { .. } => continue, // benches/backbone.rs
         };
         let mut f = case.prepare(&cfg).expect("kernel cases always prepare");

@@ -18,7 +18,7 @@ use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
 use crate::ops::attention::{AttnShape, attention_forward};
 use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into};
 use crate::ops::matmul::{Trans, gemm};
-use crate::ops::nn_search::{nearest_rows, row_sq_norms};
+use crate::ops::nn_search::{BankIndex, nearest_rows, row_sq_norms};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use serde::Serialize;
@@ -60,6 +60,16 @@ pub enum Spec {
         bank: usize,
         dim: usize,
     },
+    /// Nearest bank row on clustered, low-rank data shaped like real patch features (where
+    /// the index's bounds bite; on uniform noise nothing can be pruned), by brute force or
+    /// through a prebuilt [`BankIndex`] (built untimed). Work is counted as the brute force's
+    /// `2·Q·P·D`, so the two cases' GFLOP/s compare directly as speed.
+    ClusteredNearest {
+        queries: usize,
+        bank: usize,
+        dim: usize,
+        indexed: bool,
+    },
     /// EfficientNet-Lite0 on `[batch, 3, size, size]`: the full pass to logits when `tap` is
     /// `None`, else only as far as that tap (what anomaly detection runs).
     Backbone {
@@ -84,7 +94,10 @@ impl Spec {
             } => 4.0 * (batch * heads * tokens * tokens * head_dim) as f64,
             Spec::Conv { .. } => 2.0 * self.conv_shape().macs() as f64,
             // The cross term q·p dominates; norms and the argmin are not counted.
-            Spec::Nearest { queries, bank, dim } => 2.0 * (queries * bank * dim) as f64,
+            Spec::Nearest { queries, bank, dim }
+            | Spec::ClusteredNearest {
+                queries, bank, dim, ..
+            } => 2.0 * (queries * bank * dim) as f64,
             Spec::Backbone { batch, .. } => *batch as f64,
         }
     }
@@ -315,6 +328,21 @@ pub fn cases() -> Vec<Case> {
             dim: 272,
         },
     });
+    // One image's patches against a bottle-sized bank, brute force vs index, same data.
+    for indexed in [false, true] {
+        v.push(Case {
+            name: format!(
+                "nn_{}_clustered_784x14000x152",
+                if indexed { "index" } else { "brute" }
+            ),
+            spec: Spec::ClusteredNearest {
+                queries: 784,
+                bank: 14000,
+                dim: 152,
+                indexed,
+            },
+        });
+    }
     v.push(Case {
         name: format!("backbone_b{BATCH}_{IMAGE_SIZE}"),
         spec: Spec::Backbone {
@@ -343,6 +371,26 @@ pub fn select(filter: Option<&str>) -> Vec<Case> {
 }
 
 /// `n` values uniform in [-1, 1), reproducible.
+/// `n` rows of `dim` drawn like patch features: one of 64 cluster centres, plus a point of a
+/// shared 16-dimensional subspace, plus small isotropic noise.
+fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    const CLUSTERS: usize = 64;
+    const RANK: usize = 16;
+    let centres = random(CLUSTERS * dim, 101);
+    let basis = random(RANK * dim, 102);
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(n * dim);
+    for _ in 0..n {
+        let c = &centres[rng.below(CLUSTERS) * dim..][..dim];
+        let w: Vec<f32> = (0..RANK).map(|_| rng.normal() * 0.5).collect();
+        for k in 0..dim {
+            let low: f32 = (0..RANK).map(|r| w[r] * basis[r * dim + k]).sum();
+            out.push(2.0 * c[k] + low + 0.05 * rng.normal());
+        }
+    }
+    out
+}
+
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.range(-1.0, 1.0)).collect()
@@ -405,6 +453,26 @@ impl Case {
                 Box::new(move || {
                     black_box(nearest_rows(&q, &p, &p_sq, dim));
                 })
+            }
+            Spec::ClusteredNearest {
+                queries,
+                bank,
+                dim,
+                indexed,
+            } => {
+                let q = clustered(queries, dim, 1);
+                let p = clustered(bank, dim, 2);
+                if indexed {
+                    let index = BankIndex::build(&p, dim);
+                    Box::new(move || {
+                        black_box(index.nearest(&q));
+                    })
+                } else {
+                    let p_sq = row_sq_norms(&p, dim);
+                    Box::new(move || {
+                        black_box(nearest_rows(&q, &p, &p_sq, dim));
+                    })
+                }
             }
             Spec::Backbone { batch, size, tap } => {
                 if !cfg.weights.exists() {
@@ -580,6 +648,12 @@ mod tests {
                 queries: 3,
                 bank: 7,
                 dim: 4,
+            },
+            Spec::ClusteredNearest {
+                queries: 5,
+                bank: 300,
+                dim: 6,
+                indexed: true,
             },
         ];
         let mut list: Vec<Case> = small

@@ -21,7 +21,7 @@ use crate::detector::scoring::{AnomalyMap, patch_scores_to_map, quantile};
 use crate::error::{Error, Result};
 use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
-use crate::ops::nn_search::{nearest_rows, row_sq_norms};
+use crate::ops::nn_search::{BankIndex, IndexParams};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -31,15 +31,20 @@ use std::sync::Arc;
 /// Images per backbone batch.
 pub const BATCH: usize = 8;
 
+/// Tensor name of the bank index's k-means centroids in `prototypes.safetensors`.
+const INDEX_CENTROIDS: &str = "index_centroids";
+
 /// A progress callback: (step name, done, total).
 pub type ProgressFn = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
 
 /// A registered class, loaded.
 pub struct ClassModel {
     pub info: ClassInfo,
-    /// Prototype bank `[P, D]` and its squared row norms.
+    /// Prototype bank `[P, D]`.
     pub bank: Vec<f32>,
-    pub bank_sq: Vec<f32>,
+    /// The bank prepared for exact nearest-prototype search (built at registration; its
+    /// k-means centroids are saved beside the bank so loading skips k-means).
+    pub index: BankIndex,
 }
 
 /// Result of inspecting one image.
@@ -164,7 +169,9 @@ impl Detector {
     /// backbone. Every image is decoded first so a bad file fails before any work.
     pub fn embed_paths(&self, paths: &[PathBuf], what: &str) -> Result<Vec<f32>> {
         let size = self.config.features.input_size;
-        let mut out = Vec::new();
+        let grid = self.features.grid();
+        // Reserved up front: growing by doubling would briefly hold ~2x the pool.
+        let mut out = Vec::with_capacity(paths.len() * grid * grid * self.features.dim());
         for (bi, chunk) in paths.chunks(BATCH).enumerate() {
             let inputs: Vec<Vec<f32>> = chunk
                 .par_iter()
@@ -229,7 +236,9 @@ impl Detector {
             bank.extend_from_slice(&pool[i * dim..(i + 1) * dim]);
         }
         drop(pool);
-        let bank_sq = row_sq_norms(&bank, dim);
+        self.report("index", 0, 1);
+        let index = BankIndex::build(&bank, dim);
+        self.report("index", 1, 1);
         let mut model = ClassModel {
             info: ClassInfo {
                 name: class.to_string(),
@@ -240,12 +249,11 @@ impl Detector {
                 flow_ref_ll: None,
             },
             bank,
-            bank_sq,
+            index,
         };
         // Calibrate on the held-out normals.
         let hold_feats = self.embed_paths(&hold, "calibrate")?;
-        let per_image = self.features.grid() * self.features.grid() * dim;
-        self.calibrate(&mut model, &hold_feats, per_image)?;
+        self.calibrate(&mut model, &hold_feats)?;
         self.save_class(&model)?;
         let info = model.info.clone();
         self.classes.insert(class.to_string(), model);
@@ -253,25 +261,20 @@ impl Detector {
     }
 
     /// Thresholds (quantile of held-out normal image scores) for every available score kind.
-    fn calibrate(
-        &self,
-        model: &mut ClassModel,
-        hold_feats: &[f32],
-        per_image: usize,
-    ) -> Result<()> {
+    fn calibrate(&self, model: &mut ClassModel, hold_feats: &[f32]) -> Result<()> {
         let mut kinds = vec![ScoreKind::Distance];
         if self.flow.is_some() {
             kinds.push(ScoreKind::Flow);
             kinds.push(ScoreKind::FlowNll);
         }
-        for kind in kinds {
-            let mut scores = Vec::new();
-            for f in hold_feats.chunks(per_image) {
-                let patch = self.patch_abnormality(model, f, kind)?;
-                scores.push(
-                    patch_scores_to_map(&patch, self.features.grid(), &self.config.map).score,
-                );
-            }
+        self.report("thresholds", 0, 1);
+        let all = self.patch_abnormalities(model, hold_feats, &kinds)?;
+        let grid = self.features.grid();
+        for (&kind, patches) in kinds.iter().zip(all) {
+            let scores: Vec<f32> = patches
+                .par_chunks(grid * grid)
+                .map(|patch| patch_scores_to_map(patch, grid, &self.config.map).score)
+                .collect();
             let key = kind.name().to_string();
             model.info.thresholds.insert(
                 key.clone(),
@@ -279,6 +282,7 @@ impl Detector {
             );
             model.info.normal_scores.insert(key, scores);
         }
+        self.report("thresholds", 1, 1);
         Ok(())
     }
 
@@ -293,7 +297,7 @@ impl Detector {
         self.class(class)?;
         let dim = self.features.dim();
         let model = &self.classes[class];
-        let nn = nearest_rows(feats, &model.bank, &model.bank_sq, dim);
+        let nn = model.index.nearest(feats);
         let mut r = feats.to_vec();
         for (row, &j) in r.chunks_mut(dim).zip(&nn.index) {
             let p = &model.bank[j as usize * dim..(j as usize + 1) * dim];
@@ -324,10 +328,9 @@ impl Detector {
     /// Re-calibrates the thresholds of every loaded class (after a new flow was installed).
     pub fn recalibrate(&mut self, class: &str, hold_feats: &[f32]) -> Result<()> {
         self.class(class)?;
-        let per_image = self.features.grid() * self.features.grid() * self.features.dim();
         let mut model = self.classes.remove(class).expect("loaded above");
         let r = self
-            .calibrate(&mut model, hold_feats, per_image)
+            .calibrate(&mut model, hold_feats)
             .and_then(|_| self.save_class(&model));
         self.classes.insert(class.to_string(), model);
         r
@@ -344,9 +347,11 @@ impl Detector {
         let write = || -> Result<()> {
             let dim = self.features.dim();
             let bank = Tensor::new(model.bank.clone(), &[model.bank.len() / dim, dim])?;
+            let centroids = model.index.centroids();
+            let centroids = Tensor::new(centroids.clone(), &[centroids.len() / dim, dim])?;
             crate::weights::write_safetensors(
                 tmp.join(md::BANK_FILE),
-                [("prototypes", &bank)],
+                [("prototypes", &bank), (INDEX_CENTROIDS, &centroids)],
                 None,
             )?;
             md::write_json(&tmp.join(md::CLASS_FILE), &model.info)?;
@@ -395,51 +400,86 @@ impl Detector {
                     "empty prototype bank",
                 ));
             }
-            let bank_sq = row_sq_norms(&bank, dim);
-            self.classes.insert(
-                class.to_string(),
-                ClassModel {
-                    info,
-                    bank,
-                    bank_sq,
-                },
-            );
+            // The saved centroids rebuild the same index without k-means; a bank written
+            // without them (or with a malformed entry) gets a fresh index.
+            let index = match st.info(INDEX_CENTROIDS).map(|i| i.shape.clone()) {
+                Some(shape) if shape.len() == 2 && shape[0] > 0 && shape[1] == dim => {
+                    let c = st
+                        .tensor_f32_checked(INDEX_CENTROIDS, &shape)?
+                        .into_f32_vec();
+                    BankIndex::with_centroids(&bank, dim, &c, IndexParams::default().proj_dim)
+                }
+                _ => BankIndex::build(&bank, dim),
+            };
+            self.classes
+                .insert(class.to_string(), ClassModel { info, bank, index });
         }
         Ok(&self.classes[class])
     }
 
-    /// Per-patch abnormality of one image's features `[grid², dim]`.
+    /// Per-patch abnormality of the features `[n * grid², dim]` of `n` whole images (one
+    /// search for all of them: the index amortises better over many queries).
     pub fn patch_abnormality(
         &self,
         model: &ClassModel,
         feats: &[f32],
         kind: ScoreKind,
     ) -> Result<Vec<f32>> {
+        Ok(self.patch_abnormalities(model, feats, &[kind])?.remove(0))
+    }
+
+    /// [`patch_abnormality`](Self::patch_abnormality) for several score kinds at once: the
+    /// nearest-prototype search and the flow's log-likelihoods are computed once for all.
+    pub fn patch_abnormalities(
+        &self,
+        model: &ClassModel,
+        feats: &[f32],
+        kinds: &[ScoreKind],
+    ) -> Result<Vec<Vec<f32>>> {
         let dim = self.features.dim();
-        let nn = nearest_rows(feats, &model.bank, &model.bank_sq, dim);
-        match kind {
-            ScoreKind::Distance => Ok(nn.dist2.iter().map(|d| d.sqrt()).collect()),
-            ScoreKind::Flow | ScoreKind::FlowNll => {
-                let flow = self.flow.as_ref().ok_or_else(|| {
-                    Error::invalid(format!(
-                        "{}: the flow score needs a trained flow (none in this model)",
-                        self.dir.display()
-                    ))
-                })?;
-                let mut r = feats.to_vec();
-                for (row, &j) in r.chunks_mut(dim).zip(&nn.index) {
-                    let p = &model.bank[j as usize * dim..(j as usize + 1) * dim];
-                    row.iter_mut().zip(p).for_each(|(a, b)| *a -= b);
-                }
-                let ll = flow.log_likelihood(&r, &self.cond)?;
-                if kind == ScoreKind::FlowNll {
-                    return Ok(ll.iter().map(|l| -l).collect());
-                }
-                // Eq. 1 over the patches of this image: a_i = max_j p_j - p_i.
-                let top = ll.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                Ok(abnormality_from_ll(&ll, top))
-            }
+        let per = self.features.grid() * self.features.grid();
+        if !feats.len().is_multiple_of(per * dim) {
+            return Err(Error::shape(format!(
+                "patch_abnormality: {} features are not whole images of {per} x {dim}",
+                feats.len()
+            )));
         }
+        let nn = model.index.nearest(feats);
+        // Per-patch log-likelihood of the residual to the nearest prototype, if asked for.
+        let mut ll: Option<Vec<f32>> = None;
+        if kinds.iter().any(|k| *k != ScoreKind::Distance) {
+            let flow = self.flow.as_ref().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: the flow score needs a trained flow (none in this model)",
+                    self.dir.display()
+                ))
+            })?;
+            let mut r = feats.to_vec();
+            for (row, &j) in r.chunks_mut(dim).zip(&nn.index) {
+                let p = &model.bank[j as usize * dim..(j as usize + 1) * dim];
+                row.iter_mut().zip(p).for_each(|(a, b)| *a -= b);
+            }
+            let mut all = Vec::with_capacity(nn.index.len());
+            for image in r.chunks(per * dim) {
+                all.extend(flow.log_likelihood(image, &self.cond)?);
+            }
+            ll = Some(all);
+        }
+        Ok(kinds
+            .iter()
+            .map(|kind| match (kind, &ll) {
+                (ScoreKind::Distance, _) | (_, None) => nn.dist2.iter().map(|d| d.sqrt()).collect(),
+                (ScoreKind::FlowNll, Some(ll)) => ll.iter().map(|l| -l).collect(),
+                // Eq. 1 over the patches of each image: a_i = max_j p_j - p_i.
+                (ScoreKind::Flow, Some(ll)) => ll
+                    .chunks(per)
+                    .flat_map(|img| {
+                        let top = img.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                        abnormality_from_ll(img, top)
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 
     /// Anomaly maps of a batch of network inputs `[B, 3, S, S]`.
@@ -452,17 +492,12 @@ impl Detector {
         self.class(class)?;
         let feats = self.features.extract(x)?;
         let fv = feats.f32s();
-        let per = self.features.grid() * self.features.grid() * self.features.dim();
-        let model = &self.classes[class];
-        fv.chunks(per)
-            .map(|f| {
-                Ok(patch_scores_to_map(
-                    &self.patch_abnormality(model, f, kind)?,
-                    self.features.grid(),
-                    &self.config.map,
-                ))
-            })
-            .collect()
+        let grid = self.features.grid();
+        let patches = self.patch_abnormality(&self.classes[class], &fv, kind)?;
+        Ok(patches
+            .par_chunks(grid * grid)
+            .map(|p| patch_scores_to_map(p, grid, &self.config.map))
+            .collect())
     }
 
     /// Scores one decoded image against `class` with the model's default score.

@@ -9,6 +9,19 @@
 //! Exactness note: the expansion loses a few ulps against a direct `Σ (q-p)²`; distances are
 //! clamped at 0 and ties may resolve differently from a direct loop only for near-equal
 //! distances (the tests check the chosen distance is within tolerance of the true minimum).
+//!
+//! [`nearest_rows`] is the brute force: it reads every bank row for every query. For a bank
+//! searched many times, [`BankIndex`] (built once) gives the same answer several times
+//! faster: two exact lower bounds (cluster balls, and a principal-subspace projection) skip
+//! the rows that provably lie farther than one already found.
+
+mod index;
+mod kmeans;
+mod subspace;
+
+pub use index::{BankIndex, IndexParams, SearchStats};
+pub use kmeans::kmeans;
+pub use subspace::{scatter_matrix, top_eigenspace};
 
 use crate::error::{Error, Result};
 use crate::ops::matmul::{Trans, gemm};

@@ -18,6 +18,7 @@ pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod ops;
+pub mod recon;
 pub mod rng;
 pub mod tensor;
 pub mod weights;

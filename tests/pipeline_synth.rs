@@ -67,6 +67,10 @@ fn fixture() -> Option<&'static (PathBuf, PathBuf)> {
             "2",
             "--flow-hidden",
             "64",
+            "--preset",
+            "tiny",
+            "--vit-epochs",
+            "3",
         ]);
         ok(&[
             "register",
@@ -108,7 +112,8 @@ fn unseen_class_is_detected_well_above_chance() {
     let Some((data, model)) = fixture() else {
         return;
     };
-    for score in ["distance", "flow", "flow-nll"] {
+    // `product` is the full two-stage PMAD (tiny ViT, 3 epochs on two other classes).
+    for score in ["distance", "flow", "flow-nll", "product"] {
         let r = eval_json(data, model, "synth_wood", score);
         let c = &r["classes"]["synth_wood"];
         let (img, pix) = (
@@ -122,6 +127,50 @@ fn unseen_class_is_detected_well_above_chance() {
         assert!(img > 0.75 && pix > 0.75, "{score}: image {img} pixel {pix}");
         assert_eq!(c["n_images"].as_u64(), Some(16));
         assert!(r["mean"]["image_auroc"].as_f64().is_some());
+    }
+}
+
+#[test]
+fn the_reconstruction_stage_runs_with_every_inference_mask() {
+    let Some((data, model)) = fixture() else {
+        return;
+    };
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(cfg["recon"]["preset"], "tiny");
+    assert!(
+        model.join("vit.safetensors").is_file() && model.join("tokenizer.safetensors").is_file()
+    );
+    assert!(
+        !model.join("vit.checkpoint.safetensors").exists(),
+        "spent checkpoint removed"
+    );
+    for mask in ["proposal", "random", "blockwise"] {
+        for score in ["product", "entropy"] {
+            let json = model
+                .parent()
+                .unwrap()
+                .join(format!("eval-{mask}-{score}.json"));
+            ok(&[
+                "eval",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--classes",
+                "synth_wood",
+                "--score",
+                score,
+                "--inference-mask",
+                mask,
+                "--json",
+                json.to_str().unwrap(),
+            ]);
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+            let img = r["classes"]["synth_wood"]["image_auroc"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&img), "{mask}/{score}: {img}");
+        }
     }
 }
 

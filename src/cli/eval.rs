@@ -5,7 +5,7 @@ use clap::Args;
 use pmad::data::dataset::ClassData;
 use pmad::detector::Detector;
 use pmad::detector::evaluate::{ClassReport, evaluate_class};
-use pmad::detector::model_dir::ScoreKind;
+use pmad::detector::model_dir::{InferenceMask, ScoreKind};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -21,9 +21,14 @@ pub struct EvalArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Patch abnormality (default: the model's).
+    /// Patch score (default: the model's): distance | flow | flow-nll (proposal stage),
+    /// product (full PMAD: token entropy x abnormality on proposal-masked patches), entropy,
+    /// abnormality (= distance: the proposal stage alone).
     #[arg(long)]
     pub score: Option<ScoreKind>,
+    /// Which patches the ViT reconstructs (ablation): proposal | random | blockwise.
+    #[arg(long, default_value = "proposal")]
+    pub inference_mask: InferenceMask,
     /// Register any class that is not registered yet (from its train/good) before evaluating.
     #[arg(long)]
     pub register: bool,
@@ -46,6 +51,7 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         .collect::<pmad::Result<_>>()?;
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
     det.progress = Some(super::progress::bar_callback());
+    det.inference_mask = args.inference_mask;
     let kind = args.score.unwrap_or(det.config.score);
     let mut report = Report {
         classes: BTreeMap::new(),

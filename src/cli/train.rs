@@ -1,11 +1,13 @@
 //! `pmad train --data ROOT --classes a,b,... --out MODEL_DIR`: creates a model directory,
-//! registers the seen classes (their prototypes), and trains the ProtoFlow on residuals of
-//! their normal patches.
+//! registers the seen classes (their prototypes), trains the ProtoFlow on residuals of their
+//! normal patches, fits the visual-token codebook and trains the masked-token ViT. Stages can
+//! be skipped (`--skip flow,tokenizer,vit`); `--resume` continues a stopped run.
 
 use clap::Args;
 use pmad::data::dataset::ClassData;
 use pmad::detector::model_dir::{ModelConfig, ScoreKind};
-use pmad::detector::train::{TrainOptions, TrainReport, train};
+use pmad::detector::train::{ReconOptions, Stages, TrainOptions, TrainReport, train};
+use pmad::recon::trainer::TrainConfig;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -39,6 +41,41 @@ pub struct TrainArgs {
     /// Peak learning rate of the flow (AdamW, cosine schedule with warm-up).
     #[arg(long, default_value_t = 1e-3)]
     pub flow_lr: f32,
+    /// Stages to skip: any of flow, tokenizer, vit (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
+    /// ViT preset: tiny (tests), small (CPU default), base (the paper's ViT-B).
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Visual-token vocabulary size (default: sized to the data; at most 8192).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// Token ids made elsewhere (safetensors: one integer tensor [196] per image, named by
+    /// the image path relative to --data) instead of our k-means codebook.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// ViT training epochs.
+    #[arg(long, default_value_t = 20)]
+    pub vit_epochs: usize,
+    /// ViT batch size.
+    #[arg(long, default_value_t = 8)]
+    pub vit_batch: usize,
+    /// ViT peak learning rate (AdamW, cosine with warm-up).
+    #[arg(long)]
+    pub vit_lr: Option<f32>,
+    /// Fraction of patches masked while training the ViT.
+    #[arg(long, default_value_t = 0.4)]
+    pub train_mask_ratio: f32,
+    /// Default fraction of patches the proposal stage masks at inference.
+    #[arg(long, default_value_t = 0.3)]
+    pub mask_ratio: f32,
+    /// Write a ViT checkpoint every N steps (0: at each epoch's end).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Continue a stopped run in --out: finished stages are kept, the ViT resumes from its
+    /// checkpoint and ends with the same weights as an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub fn run(args: TrainArgs) -> pmad::Result<()> {
@@ -53,12 +90,51 @@ pub fn run(args: TrainArgs) -> pmad::Result<()> {
     };
     config.coreset.ratio = args.coreset_ratio;
     config.coreset.seed = args.seed;
+    let mut stages = Stages::default();
+    for s in &args.skip {
+        match s.as_str() {
+            "flow" => stages.flow = false,
+            "tokenizer" => stages.tokenizer = false,
+            "vit" => stages.vit = false,
+            other => {
+                return Err(pmad::Error::invalid(format!(
+                    "--skip: unknown stage '{other}' (flow | tokenizer | vit)"
+                )));
+            }
+        }
+    }
+    if !stages.tokenizer && stages.vit && args.tokens.is_none() {
+        return Err(pmad::Error::invalid(
+            "--skip tokenizer needs --tokens FILE (the ViT trains on token ids)",
+        ));
+    }
+    let mut train_cfg = TrainConfig {
+        epochs: args.vit_epochs,
+        batch_size: args.vit_batch,
+        checkpoint_every: args.checkpoint_every,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    if let Some(lr) = args.vit_lr {
+        train_cfg.peak_lr = lr;
+    }
     let opts = TrainOptions {
         config,
+        stages,
         flow_epochs: args.flow_epochs,
         flow_blocks: args.flow_blocks,
         flow_hidden: args.flow_hidden,
         flow_lr: args.flow_lr,
+        recon: ReconOptions {
+            preset: args.preset.clone(),
+            vocab: args.vocab,
+            tokens_file: args.tokens.clone(),
+            train_mask_ratio: args.train_mask_ratio,
+            mask_ratio: args.mask_ratio,
+            train: train_cfg,
+            ..ReconOptions::default()
+        },
+        resume: args.resume,
         seed: args.seed,
     };
     let r = train(
@@ -87,6 +163,23 @@ pub fn print_report(r: &TrainReport) {
         println!(
             "flow: {} residuals, NLL/dim per epoch {nll:?} ({:.1} s)",
             r.flow_residuals, r.flow_seconds
+        );
+    }
+    if r.vocab > 0 {
+        println!(
+            "tokenizer: {} visual tokens ({:.1} s)",
+            r.vocab, r.tokenizer_seconds
+        );
+    }
+    if !r.vit_loss.is_empty() {
+        let loss: Vec<f32> = r
+            .vit_loss
+            .iter()
+            .map(|v| (v * 1000.0).round() / 1000.0)
+            .collect();
+        println!(
+            "vit: masked-token CE per epoch {loss:?}, {:.2} images/s ({:.1} s)",
+            r.vit_images_per_s, r.vit_seconds
         );
     }
 }

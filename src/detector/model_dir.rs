@@ -4,6 +4,9 @@
 //! MODEL_DIR/
 //!   model.json                      ModelConfig (format version, features, maps, flow config)
 //!   flow.safetensors                ProtoFlow weights (when trained)
+//!   tokenizer.safetensors           visual-token codebook (when the ViT was trained)
+//!   vit.safetensors                 masked-token ViT weights (when trained)
+//!   vit.checkpoint.safetensors      training checkpoint (params, optimiser, step), for --resume
 //!   classes/<name>/prototypes.safetensors   the class's prototype bank [P, D]
 //!   classes/<name>/class.json       ClassInfo (calibrated threshold, normal-score statistics)
 //! ```
@@ -21,6 +24,9 @@ use std::path::{Path, PathBuf};
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_FILE: &str = "model.json";
 pub const FLOW_FILE: &str = "flow.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.safetensors";
+pub const VIT_FILE: &str = "vit.safetensors";
+pub const CHECKPOINT_FILE: &str = "vit.checkpoint.safetensors";
 pub const CLASSES_DIR: &str = "classes";
 pub const BANK_FILE: &str = "prototypes.safetensors";
 pub const CLASS_FILE: &str = "class.json";
@@ -38,6 +44,12 @@ pub enum ScoreKind {
     /// dimension. Monotone in eq. 1's `p_i` but without its per-image reference, so image
     /// scores are comparable across images.
     FlowNll,
+    /// Full PMAD (METHOD.md §7): on the patches masked by the proposal stage, the entropy of
+    /// the ViT's predicted token distribution times the patch's abnormality (distance);
+    /// unmasked patches score 0.
+    Product,
+    /// The entropy alone on the proposal-masked patches (ablation).
+    Entropy,
 }
 
 impl ScoreKind {
@@ -47,7 +59,14 @@ impl ScoreKind {
             ScoreKind::Distance => "distance",
             ScoreKind::Flow => "flow",
             ScoreKind::FlowNll => "flow-nll",
+            ScoreKind::Product => "product",
+            ScoreKind::Entropy => "entropy",
         }
+    }
+
+    /// Whether this score runs the reconstruction stage (needs the trained ViT).
+    pub fn uses_vit(self) -> bool {
+        matches!(self, ScoreKind::Product | ScoreKind::Entropy)
     }
 
     /// Whether this score needs the trained flow.
@@ -63,9 +82,60 @@ impl std::str::FromStr for ScoreKind {
             "distance" => Ok(ScoreKind::Distance),
             "flow" => Ok(ScoreKind::Flow),
             "flow-nll" => Ok(ScoreKind::FlowNll),
-            _ => Err(format!("unknown score '{s}' (distance | flow | flow-nll)")),
+            "product" => Ok(ScoreKind::Product),
+            "entropy" => Ok(ScoreKind::Entropy),
+            // The proposal stage's abnormality alone (the ablation "proposal-only").
+            "abnormality" => Ok(ScoreKind::Distance),
+            _ => Err(format!(
+                "unknown score '{s}' (distance | flow | flow-nll | product | entropy | abnormality)"
+            )),
         }
     }
+}
+
+/// Which patches the ViT is asked to reconstruct at inference (METHOD.md §4; the
+/// alternatives are the paper's ablations).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InferenceMask {
+    /// The top `m` fraction of patches by proposal abnormality.
+    #[default]
+    Proposal,
+    /// `m` of the patches drawn uniformly at random.
+    Random,
+    /// `m` of the patches covered by random blocks (appendix Algorithm 1).
+    Blockwise,
+}
+
+impl std::str::FromStr for InferenceMask {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "proposal" => Ok(InferenceMask::Proposal),
+            "random" => Ok(InferenceMask::Random),
+            "blockwise" => Ok(InferenceMask::Blockwise),
+            _ => Err(format!(
+                "unknown inference mask '{s}' (proposal | random | blockwise)"
+            )),
+        }
+    }
+}
+
+/// The reconstruction stage's settings, in `model.json` once the ViT is trained.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReconConfig {
+    /// The ViT's shape (preset name and sizes).
+    pub preset: String,
+    pub vit: crate::recon::vit::VitConfig,
+    /// Visual-token vocabulary size.
+    pub vocab: usize,
+    /// Fraction of patches masked at inference for classes registered without their own
+    /// ratio (METHOD.md §4; the paper's per-class MVTec ratios range .04-.48).
+    pub mask_ratio: f32,
+    /// Where the training tokens came from: "codebook" (ours) or the external file's path.
+    pub tokens: String,
+    /// Classes whose normal images trained the tokenizer and the ViT.
+    pub trained_on: Vec<String>,
 }
 
 /// Coreset parameters used at registration.
@@ -102,6 +172,9 @@ pub struct ModelConfig {
     pub trained_on: Vec<String>,
     /// Flow hyper-parameters (present when a flow was trained).
     pub flow: Option<serde_json::Value>,
+    /// Reconstruction stage (present when the ViT was trained).
+    #[serde(default)]
+    pub recon: Option<ReconConfig>,
 }
 
 impl Default for ModelConfig {
@@ -116,6 +189,7 @@ impl Default for ModelConfig {
             threshold_quantile: 0.99,
             trained_on: Vec::new(),
             flow: None,
+            recon: None,
         }
     }
 }
@@ -134,6 +208,9 @@ pub struct ClassInfo {
     /// Reference log-likelihood per dimension for the flow score (max over held-out normal
     /// patches), so eq. 1 never needs test-set statistics.
     pub flow_ref_ll: Option<f32>,
+    /// Inference mask ratio of this class (None: the model's default).
+    #[serde(default)]
+    pub mask_ratio: Option<f32>,
 }
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).

@@ -16,17 +16,21 @@ use crate::data::image::{RgbImage, load_rgb, to_network_input};
 use crate::detector::coreset::{CoresetConfig, select_coreset};
 use crate::detector::features::FeatureExtractor;
 use crate::detector::flow::{FlowConfig, ProtoFlow, abnormality_from_ll, positional_encoding};
-use crate::detector::model_dir::{self as md, ClassInfo, ModelConfig, ScoreKind};
+use crate::detector::model_dir::{self as md, ClassInfo, InferenceMask, ModelConfig, ScoreKind};
 use crate::detector::scoring::{AnomalyMap, patch_scores_to_map, quantile};
 use crate::error::{Error, Result};
 use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
 use crate::ops::nn_search::{BankIndex, IndexParams};
+use crate::recon::masking::{blockwise_mask, downsample_max, proposal_mask, random_mask};
+use crate::recon::vit::Vit;
+use crate::rng::Rng;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Images per backbone batch.
 pub const BATCH: usize = 8;
@@ -63,6 +67,14 @@ pub struct Detector {
     flow: Option<ProtoFlow>,
     /// Positional encoding of the patch grid, `[grid², cond_dim]` (flow condition).
     cond: Vec<f32>,
+    /// The reconstruction stage's masked-token ViT (when trained).
+    vit: Option<Vit>,
+    /// Which patches the ViT reconstructs at inference (the proposal by default; random and
+    /// blockwise are the paper's ablations).
+    pub inference_mask: InferenceMask,
+    /// Images masked so far with a random inference mask (seeds the next one, so a run is
+    /// reproducible).
+    masks_drawn: AtomicU64,
     /// Reports progress of long steps (images embedded so far, total).
     pub progress: Option<ProgressFn>,
 }
@@ -82,6 +94,55 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     v.sort();
     Ok(v)
+}
+
+/// Seeded split of a class's normal images into (bank images, held-out calibration images):
+/// ~15% (at least 1) held out. The same images and seed always give the same split.
+pub fn holdout_split(normal_images: &[PathBuf], seed: u64) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut order: Vec<usize> = (0..normal_images.len()).collect();
+    Rng::new(seed ^ 0xCA1B).shuffle(&mut order);
+    let n_hold = (normal_images.len() * 15 / 100)
+        .max(1)
+        .min(normal_images.len());
+    let (hold_idx, fit_idx) = order.split_at(n_hold);
+    let pick = |idx: &[usize]| -> Vec<PathBuf> {
+        let mut v: Vec<usize> = idx.to_vec();
+        v.sort();
+        v.iter().map(|&i| normal_images[i].clone()).collect()
+    };
+    (pick(fit_idx), pick(hold_idx))
+}
+
+/// The held-out normal images of a registration and their patch features.
+pub struct Holdout {
+    pub paths: Vec<PathBuf>,
+    /// `[n * grid², dim]`.
+    pub feats: Vec<f32>,
+}
+
+/// Decodes images (in parallel) into one `[n, 3, S, S]` batch of network inputs.
+pub fn load_inputs(paths: &[PathBuf], size: usize) -> Result<Tensor> {
+    let inputs: Vec<Vec<f32>> = paths
+        .par_iter()
+        .map(|p| load_rgb(p).map(|i| image_input(&i, size)))
+        .collect::<Result<_>>()?;
+    Tensor::new(inputs.concat(), &[paths.len(), 3, size, size])
+}
+
+/// The ViT must see the backbone's input (same size) on a grid that tiles the feature grid.
+fn check_vit_fits(vit: &Vit, config: &ModelConfig, dir: &Path) -> Result<()> {
+    let (size, patch) = (vit.config().image_size, vit.config().patch);
+    let fgrid = config.features.geometry()?.0;
+    if size != config.features.input_size || patch == 0 || fgrid % (size / patch) != 0 {
+        return Err(Error::format(
+            dir.join(md::VIT_FILE),
+            format!(
+                "ViT input {size} / patch {patch} does not fit the features ({} input, grid {fgrid})",
+                config.features.input_size
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Decodes an image and makes the `[3, S, S]` network input (direct resize, no crop).
@@ -140,6 +201,15 @@ impl Detector {
         let cond = flow.as_ref().map_or(Vec::new(), |f| {
             positional_encoding(features.grid(), f.config.cond_dim)
         });
+        let vit = match &config.recon {
+            None => None,
+            Some(rc) => {
+                let vit = Vit::load(&dir.join(md::VIT_FILE))?;
+                check_vit_fits(&vit, &config, dir)?;
+                let _ = rc;
+                Some(vit)
+            }
+        };
         Ok(Detector {
             dir: dir.to_path_buf(),
             config,
@@ -147,6 +217,9 @@ impl Detector {
             classes: HashMap::new(),
             flow,
             cond,
+            vit,
+            inference_mask: InferenceMask::default(),
+            masks_drawn: AtomicU64::new(0),
             progress: None,
         })
     }
@@ -159,7 +232,7 @@ impl Detector {
         &self.features
     }
 
-    fn report(&self, what: &str, done: usize, total: usize) {
+    pub(crate) fn report(&self, what: &str, done: usize, total: usize) {
         if let Some(p) = &self.progress {
             p(what, done, total);
         }
@@ -196,13 +269,13 @@ impl Detector {
             .map(|(info, _)| info)
     }
 
-    /// [`register`](Self::register), also returning the held-out normal images' patch
-    /// features (`[n * grid², dim]`), which flow training uses as out-of-bank residuals.
+    /// [`register`](Self::register), also returning the held-out normal images and their
+    /// patch features (`[n * grid², dim]`), which flow training uses as out-of-bank residuals.
     pub fn register_with_holdout(
         &mut self,
         class: &str,
         normal_images: &[PathBuf],
-    ) -> Result<(ClassInfo, Vec<f32>)> {
+    ) -> Result<(ClassInfo, Holdout)> {
         md::check_class_name(class)?;
         if normal_images.len() < 2 {
             return Err(Error::invalid(format!(
@@ -210,17 +283,7 @@ impl Detector {
                 normal_images.len()
             )));
         }
-        // Seeded split: ~15% (at least 1) held out for calibration, the rest builds the bank.
-        let mut order: Vec<usize> = (0..normal_images.len()).collect();
-        crate::rng::Rng::new(self.config.coreset.seed ^ 0xCA1B).shuffle(&mut order);
-        let n_hold = (normal_images.len() * 15 / 100).max(1);
-        let (hold_idx, fit_idx) = order.split_at(n_hold);
-        let pick = |idx: &[usize]| -> Vec<PathBuf> {
-            let mut v: Vec<usize> = idx.to_vec();
-            v.sort();
-            v.iter().map(|&i| normal_images[i].clone()).collect()
-        };
-        let (fit, hold) = (pick(fit_idx), pick(hold_idx));
+        let (fit, hold) = holdout_split(normal_images, self.config.coreset.seed);
         let dim = self.features.dim();
         let pool = self.embed_paths(&fit, "embed")?;
         let cfg = CoresetConfig {
@@ -247,34 +310,49 @@ impl Detector {
                 thresholds: BTreeMap::new(),
                 normal_scores: BTreeMap::new(),
                 flow_ref_ll: None,
+                mask_ratio: None,
             },
             bank,
             index,
         };
         // Calibrate on the held-out normals.
-        let hold_feats = self.embed_paths(&hold, "calibrate")?;
-        self.calibrate(&mut model, &hold_feats)?;
+        let feats = self.calibrate(&mut model, &hold)?;
         self.save_class(&model)?;
         let info = model.info.clone();
         self.classes.insert(class.to_string(), model);
-        Ok((info, hold_feats))
+        Ok((info, Holdout { paths: hold, feats }))
     }
 
-    /// Thresholds (quantile of held-out normal image scores) for every available score kind.
-    fn calibrate(&self, model: &mut ClassModel, hold_feats: &[f32]) -> Result<()> {
+    /// The score kinds this model can compute (those that get a threshold).
+    pub fn available_scores(&self) -> Vec<ScoreKind> {
         let mut kinds = vec![ScoreKind::Distance];
         if self.flow.is_some() {
-            kinds.push(ScoreKind::Flow);
-            kinds.push(ScoreKind::FlowNll);
+            kinds.extend([ScoreKind::Flow, ScoreKind::FlowNll]);
         }
-        self.report("thresholds", 0, 1);
-        let all = self.patch_abnormalities(model, hold_feats, &kinds)?;
-        let grid = self.features.grid();
-        for (&kind, patches) in kinds.iter().zip(all) {
-            let scores: Vec<f32> = patches
-                .par_chunks(grid * grid)
-                .map(|patch| patch_scores_to_map(patch, grid, &self.config.map).score)
-                .collect();
+        if self.vit.is_some() {
+            kinds.extend([ScoreKind::Product, ScoreKind::Entropy]);
+        }
+        kinds
+    }
+
+    /// Thresholds (quantile of held-out normal image scores) for every available score kind,
+    /// from the held-out normal images `hold`. Returns their patch features.
+    fn calibrate(&self, model: &mut ClassModel, hold: &[PathBuf]) -> Result<Vec<f32>> {
+        let kinds = self.available_scores();
+        let size = self.config.features.input_size;
+        let mut feats = Vec::new();
+        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); kinds.len()];
+        for (bi, chunk) in hold.chunks(BATCH).enumerate() {
+            let x = load_inputs(chunk, size)?;
+            let f = self.features.extract(&x)?;
+            let maps = self.maps_from_features(model, &x, &f.f32s(), &kinds)?;
+            for (s, m) in scores.iter_mut().zip(maps) {
+                s.extend(m.iter().map(|m| m.score));
+            }
+            feats.extend_from_slice(&f.f32s());
+            self.report("calibrate", bi * BATCH + chunk.len(), hold.len());
+        }
+        for (kind, scores) in kinds.iter().zip(scores) {
             let key = kind.name().to_string();
             model.info.thresholds.insert(
                 key.clone(),
@@ -282,8 +360,7 @@ impl Detector {
             );
             model.info.normal_scores.insert(key, scores);
         }
-        self.report("thresholds", 1, 1);
-        Ok(())
+        Ok(feats)
     }
 
     /// Residuals to the nearest prototype of `class` for image features `[n * grid², dim]`,
@@ -325,12 +402,43 @@ impl Detector {
         Ok(())
     }
 
-    /// Re-calibrates the thresholds of every loaded class (after a new flow was installed).
-    pub fn recalibrate(&mut self, class: &str, hold_feats: &[f32]) -> Result<()> {
+    /// Installs a trained ViT (and saves it) with its reconstruction-stage settings.
+    pub fn set_vit(&mut self, vit: Vit, recon: md::ReconConfig) -> Result<()> {
+        check_vit_fits(&vit, &self.config, &self.dir)?;
+        vit.save(&self.dir.join(md::VIT_FILE))?;
+        self.config.recon = Some(recon);
+        md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
+        self.vit = Some(vit);
+        Ok(())
+    }
+
+    /// The trained ViT, if any.
+    pub fn vit(&self) -> Option<&Vit> {
+        self.vit.as_ref()
+    }
+
+    /// Sets the inference mask ratio of a registered class (saved with the class).
+    pub fn set_mask_ratio(&mut self, class: &str, ratio: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Error::invalid(format!(
+                "mask ratio must be in [0, 1], got {ratio}"
+            )));
+        }
+        self.class(class)?;
+        let mut model = self.classes.remove(class).expect("loaded above");
+        model.info.mask_ratio = Some(ratio);
+        let r = self.save_class(&model);
+        self.classes.insert(class.to_string(), model);
+        r
+    }
+
+    /// Re-calibrates the thresholds of `class` from its held-out normal images `hold` (after
+    /// a new flow or ViT was installed).
+    pub fn recalibrate(&mut self, class: &str, hold: &[PathBuf]) -> Result<()> {
         self.class(class)?;
         let mut model = self.classes.remove(class).expect("loaded above");
         let r = self
-            .calibrate(&mut model, hold_feats)
+            .calibrate(&mut model, hold)
             .and_then(|_| self.save_class(&model));
         self.classes.insert(class.to_string(), model);
         r
@@ -444,10 +552,17 @@ impl Detector {
                 feats.len()
             )));
         }
+        if let Some(k) = kinds.iter().find(|k| k.uses_vit()) {
+            return Err(Error::invalid(format!(
+                "patch_abnormality computes proposal-stage scores; '{}' needs the images \
+                 (use score_inputs)",
+                k.name()
+            )));
+        }
         let nn = model.index.nearest(feats);
         // Per-patch log-likelihood of the residual to the nearest prototype, if asked for.
         let mut ll: Option<Vec<f32>> = None;
-        if kinds.iter().any(|k| *k != ScoreKind::Distance) {
+        if kinds.iter().any(|k| k.uses_flow()) {
             let flow = self.flow.as_ref().ok_or_else(|| {
                 Error::invalid(format!(
                     "{}: the flow score needs a trained flow (none in this model)",
@@ -468,7 +583,9 @@ impl Detector {
         Ok(kinds
             .iter()
             .map(|kind| match (kind, &ll) {
-                (ScoreKind::Distance, _) | (_, None) => nn.dist2.iter().map(|d| d.sqrt()).collect(),
+                (ScoreKind::Distance | ScoreKind::Product | ScoreKind::Entropy, _) | (_, None) => {
+                    nn.dist2.iter().map(|d| d.sqrt()).collect()
+                }
                 (ScoreKind::FlowNll, Some(ll)) => ll.iter().map(|l| -l).collect(),
                 // Eq. 1 over the patches of each image: a_i = max_j p_j - p_i.
                 (ScoreKind::Flow, Some(ll)) => ll
@@ -491,13 +608,111 @@ impl Detector {
     ) -> Result<Vec<AnomalyMap>> {
         self.class(class)?;
         let feats = self.features.extract(x)?;
-        let fv = feats.f32s();
+        let model = &self.classes[class];
+        Ok(self
+            .maps_from_features(model, x, &feats.f32s(), &[kind])?
+            .remove(0))
+    }
+
+    /// Anomaly maps for each of `kinds` (outer) and each image (inner) of the inputs `x`
+    /// `[B, 3, S, S]` whose patch features are `feats`. The nearest-prototype search, the
+    /// flow and the ViT each run once, whatever the kinds share.
+    fn maps_from_features(
+        &self,
+        model: &ClassModel,
+        x: &Tensor,
+        feats: &[f32],
+        kinds: &[ScoreKind],
+    ) -> Result<Vec<Vec<AnomalyMap>>> {
         let grid = self.features.grid();
-        let patches = self.patch_abnormality(&self.classes[class], &fv, kind)?;
-        Ok(patches
-            .par_chunks(grid * grid)
-            .map(|p| patch_scores_to_map(p, grid, &self.config.map))
-            .collect())
+        // The proposal-stage scores asked for, plus the distance the ViT scores build on.
+        let mut base: Vec<ScoreKind> = kinds.iter().filter(|k| !k.uses_vit()).copied().collect();
+        let needs_vit = kinds.iter().any(|k| k.uses_vit());
+        if needs_vit && !base.contains(&ScoreKind::Distance) {
+            base.push(ScoreKind::Distance);
+        }
+        let base_patches = self.patch_abnormalities(model, feats, &base)?;
+        let distance = base
+            .iter()
+            .position(|k| *k == ScoreKind::Distance)
+            .map(|i| &base_patches[i]);
+        let entropy = match (needs_vit, distance) {
+            (true, Some(a)) => Some(self.reconstruction_entropy(model, x, a)?),
+            _ => None,
+        };
+        kinds
+            .iter()
+            .map(|kind| {
+                let patches: Vec<f32> = match (kind, &entropy, distance) {
+                    (ScoreKind::Entropy, Some(e), _) => e.clone(),
+                    // Full PMAD (METHOD.md §7): entropy x abnormality, 0 where unmasked.
+                    (ScoreKind::Product, Some(e), Some(a)) => {
+                        e.iter().zip(a).map(|(e, a)| e * a).collect()
+                    }
+                    _ => {
+                        let i = base.iter().position(|k| k == kind).expect("computed above");
+                        base_patches[i].clone()
+                    }
+                };
+                Ok(patches
+                    .par_chunks(grid * grid)
+                    .map(|p| patch_scores_to_map(p, grid, &self.config.map))
+                    .collect())
+            })
+            .collect()
+    }
+
+    /// Stage 2 (METHOD.md §4-7): per image, mask the patches the proposal stage finds most
+    /// abnormal (or random/blockwise ones, for ablations), let the ViT predict their visual
+    /// tokens, and return the entropy of each prediction (0 for unmasked patches), on the
+    /// feature grid (`[B * grid²]`, each ViT patch covering a block of feature cells).
+    fn reconstruction_entropy(
+        &self,
+        model: &ClassModel,
+        x: &Tensor,
+        abnormality: &[f32],
+    ) -> Result<Vec<f32>> {
+        let vit = self.vit.as_ref().ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: the product/entropy scores need a trained ViT (none in this model; \
+                 train with the ViT stage)",
+                self.dir.display()
+            ))
+        })?;
+        let grid = self.features.grid();
+        let vgrid = vit.config().image_size / vit.config().patch;
+        let ratio = model
+            .info
+            .mask_ratio
+            .or(self.config.recon.as_ref().map(|r| r.mask_ratio))
+            .unwrap_or(0.3);
+        let mut masks = Vec::with_capacity(abnormality.len() / (grid * grid) * vgrid * vgrid);
+        for a in abnormality.chunks(grid * grid) {
+            let m = match self.inference_mask {
+                InferenceMask::Proposal => proposal_mask(&downsample_max(a, grid, vgrid), ratio),
+                other => {
+                    let k = self.masks_drawn.fetch_add(1, Ordering::Relaxed);
+                    let mut rng = Rng::new(self.config.coreset.seed ^ 0x3A5C ^ k);
+                    if other == InferenceMask::Random {
+                        random_mask(ratio, &mut rng)
+                    } else {
+                        blockwise_mask(ratio, &mut rng)
+                    }
+                }
+            };
+            masks.extend(m);
+        }
+        let ent = vit.token_entropy(&x.f32s(), &masks)?;
+        // Nearest upsampling from the ViT grid to the feature grid.
+        let mut out = Vec::with_capacity(abnormality.len());
+        for e in ent.chunks(vgrid * vgrid) {
+            for r in 0..grid {
+                for c in 0..grid {
+                    out.push(e[(r * vgrid / grid) * vgrid + c * vgrid / grid]);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Scores one decoded image against `class` with the model's default score.

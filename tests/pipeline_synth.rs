@@ -31,7 +31,7 @@ fn fixture() -> Option<&'static (PathBuf, PathBuf)> {
     static F: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
     F.get_or_init(|| {
         common::need_backbone()?;
-        let base = std::env::temp_dir().join(format!("pmad-pipeline-{}", std::process::id()));
+        let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pmad-pipeline");
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         let data = base.join("data");

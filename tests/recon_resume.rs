@@ -109,7 +109,7 @@ fn killed_training_resumes_to_identical_weights() {
     )
     .unwrap();
 
-    let dir = std::env::temp_dir().join(format!("pmad_recon_resume_{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pmad_recon_resume");
     std::fs::create_dir_all(&dir).unwrap();
     let ckpt = dir.join("recon.ckpt.safetensors");
     let mut vit = Vit::new(c.clone(), 2).unwrap();

@@ -139,6 +139,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             class: UNSEEN.into(),
             out: Some(heat.clone()),
             weights: None,
+            score: None,
             inputs: vec![dir],
         })?;
         println!("heatmaps of {UNSEEN} defects: {}", heat.display());

@@ -4,6 +4,7 @@
 use clap::Args;
 use pmad::data::load_rgb;
 use pmad::detector::Detector;
+use pmad::detector::model_dir::ScoreKind;
 use pmad::detector::pipeline::list_images;
 use pmad::detector::scoring::AnomalyMap;
 use pmad::{Error, Result};
@@ -21,6 +22,9 @@ pub struct InspectArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Score to use (default: the model's); e.g. `product` for full two-stage PMAD.
+    #[arg(long)]
+    pub score: Option<ScoreKind>,
     /// Images, or folders of images.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -84,6 +88,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         return Err(Error::invalid("no images to inspect"));
     }
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
+    if let Some(kind) = args.score {
+        // For this run only (model.json keeps its default).
+        det.config.score = kind;
+    }
     det.class(&args.class)?;
     if let Some(o) = &args.out {
         std::fs::create_dir_all(o).map_err(|e| Error::io(o, e))?;

@@ -87,10 +87,10 @@ fn fixture() -> Option<&'static (PathBuf, PathBuf)> {
 }
 
 fn eval_json(data: &Path, model: &Path, classes: &str, score: &str) -> serde_json::Value {
-    let json = model
-        .parent()
-        .unwrap()
-        .join(format!("eval-{score}-{classes}.json"));
+    let json = model.parent().unwrap().join(format!(
+        "eval-{}-{score}-{classes}.json",
+        model.file_name().unwrap().to_string_lossy()
+    ));
     ok(&[
         "eval",
         "--model",
@@ -172,6 +172,49 @@ fn the_reconstruction_stage_runs_with_every_inference_mask() {
             assert!((0.0..=1.0).contains(&img), "{mask}/{score}: {img}");
         }
     }
+}
+
+#[test]
+fn a_feature_input_vit_trains_and_scores() {
+    let Some((data, model)) = fixture() else {
+        return;
+    };
+    let other = model.parent().unwrap().join("model-features");
+    let _ = std::fs::remove_dir_all(&other);
+    let (d, m) = (data.to_str().unwrap(), other.to_str().unwrap());
+    ok(&[
+        "train",
+        "--data",
+        d,
+        "--classes",
+        "synth_fabric,synth_cap",
+        "--out",
+        m,
+        "--skip",
+        "flow",
+        "--preset",
+        "tiny",
+        "--vit-input",
+        "features",
+        "--vit-epochs",
+        "2",
+    ]);
+    ok(&[
+        "register",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--class",
+        "synth_wood",
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(other.join("model.json")).unwrap()).unwrap();
+    assert_eq!(cfg["recon"]["vit"]["input_dim"], 152);
+    assert!(cfg["flow"].is_null(), "flow skipped");
+    let r = eval_json(data, &other, "synth_wood", "product");
+    let img = r["classes"]["synth_wood"]["image_auroc"].as_f64().unwrap();
+    assert!(img > 0.75, "product with a feature-input ViT: {img}");
 }
 
 #[test]

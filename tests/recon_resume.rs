@@ -83,6 +83,7 @@ fn killed_training_resumes_to_identical_weights() {
         heads: 2,
         mlp: 32,
         vocab: 6,
+        input_dim: 0,
     };
     let data = random_data(&c, 7, 1);
     // 3 steps per epoch (3 + 3 + 1 images), 4 epochs: 12 steps; checkpoints every 2 steps

@@ -54,6 +54,11 @@ pub struct TrainArgs {
     /// the image path relative to --data) instead of our k-means codebook.
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// What the ViT reads per patch: `pixels` (the paper: 16x16x3 patch embedding) or
+    /// `features` (the frozen backbone's features pooled to the 14x14 grid; learns in far
+    /// fewer CPU epochs).
+    #[arg(long, default_value = "pixels", value_parser = ["pixels", "features"])]
+    pub vit_input: String,
     /// ViT training epochs.
     #[arg(long, default_value_t = 20)]
     pub vit_epochs: usize,
@@ -131,6 +136,7 @@ pub fn run(args: TrainArgs) -> pmad::Result<()> {
             tokens_file: args.tokens.clone(),
             train_mask_ratio: args.train_mask_ratio,
             mask_ratio: args.mask_ratio,
+            feature_input: args.vit_input == "features",
             train: train_cfg,
             ..ReconOptions::default()
         },

@@ -23,6 +23,7 @@ use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
 use crate::ops::nn_search::{BankIndex, IndexParams};
 use crate::recon::masking::{blockwise_mask, downsample_max, proposal_mask, random_mask};
+use crate::recon::tokenizer::pool_to_vit_grid;
 use crate::recon::vit::Vit;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -132,12 +133,18 @@ pub fn load_inputs(paths: &[PathBuf], size: usize) -> Result<Tensor> {
 /// The ViT must see the backbone's input (same size) on a grid that tiles the feature grid.
 fn check_vit_fits(vit: &Vit, config: &ModelConfig, dir: &Path) -> Result<()> {
     let (size, patch) = (vit.config().image_size, vit.config().patch);
-    let fgrid = config.features.geometry()?.0;
-    if size != config.features.input_size || patch == 0 || fgrid % (size / patch) != 0 {
+    let (fgrid, fdim) = config.features.geometry()?;
+    let input = vit.config().input_dim;
+    if size != config.features.input_size
+        || patch == 0
+        || fgrid % (size / patch) != 0
+        || (input > 0 && input != fdim)
+    {
         return Err(Error::format(
             dir.join(md::VIT_FILE),
             format!(
-                "ViT input {size} / patch {patch} does not fit the features ({} input, grid {fgrid})",
+                "ViT input {size} / patch {patch} (input dim {input}) does not fit the \
+                 features ({} input, grid {fgrid}, dim {fdim})",
                 config.features.input_size
             ),
         ));
@@ -637,7 +644,7 @@ impl Detector {
             .position(|k| *k == ScoreKind::Distance)
             .map(|i| &base_patches[i]);
         let entropy = match (needs_vit, distance) {
-            (true, Some(a)) => Some(self.reconstruction_entropy(model, x, a)?),
+            (true, Some(a)) => Some(self.reconstruction_entropy(model, x, feats, a)?),
             _ => None,
         };
         kinds
@@ -670,6 +677,7 @@ impl Detector {
         &self,
         model: &ClassModel,
         x: &Tensor,
+        feats: &[f32],
         abnormality: &[f32],
     ) -> Result<Vec<f32>> {
         let vit = self.vit.as_ref().ok_or_else(|| {
@@ -702,7 +710,13 @@ impl Detector {
             };
             masks.extend(m);
         }
-        let ent = vit.token_entropy(&x.f32s(), &masks)?;
+        // The ViT sees the pixels, or (feature-input models) the features on its grid.
+        let ent = if vit.config().input_dim > 0 {
+            let pooled = pool_to_vit_grid(feats, grid, self.features.dim())?;
+            vit.token_entropy(&pooled, &masks)?
+        } else {
+            vit.token_entropy(&x.f32s(), &masks)?
+        };
         // Nearest upsampling from the ViT grid to the feature grid.
         let mut out = Vec::with_capacity(abnormality.len());
         for e in ent.chunks(vgrid * vgrid) {

@@ -56,6 +56,9 @@ pub struct ReconOptions {
     /// Default inference mask ratio stored in the model (per class overridable at register).
     pub mask_ratio: f32,
     pub kmeans_iters: usize,
+    /// Feed the ViT the backbone's features pooled to its grid instead of pixels (see
+    /// `VitConfig::input_dim`).
+    pub feature_input: bool,
     pub train: TrainConfig,
 }
 
@@ -68,6 +71,7 @@ impl Default for ReconOptions {
             train_mask_ratio: 0.4,
             mask_ratio: 0.3,
             kmeans_iters: 10,
+            feature_input: false,
             train: TrainConfig::default(),
         }
     }
@@ -184,7 +188,8 @@ pub fn train(
     } else if opts.stages.tokenizer && !opts.stages.vit {
         // Tokenizer alone (e.g. to inspect the codebook): fitted and saved, no ViT.
         let (inputs, _) = load_class_images(&det, classes)?;
-        tokens_for(&det, data, classes, &inputs, opts, &mut report)?;
+        let pooled = pooled_features(&det, &inputs)?;
+        tokens_for(&det, data, classes, &pooled, opts, &mut report)?;
     }
 
     // Thresholds for the new scores, from the same held-out normal images.
@@ -265,13 +270,27 @@ fn load_class_images(
     Ok((inputs, paths))
 }
 
+/// Backbone features of network inputs pooled onto the ViT grid: `[n, vit patches, dim]`.
+fn pooled_features(det: &Detector, inputs: &[Vec<f32>]) -> Result<Vec<f32>> {
+    let size = det.config.features.input_size;
+    let (grid, dim) = (det.features().grid(), det.features().dim());
+    let mut rows = Vec::new();
+    for (bi, chunk) in inputs.chunks(BATCH).enumerate() {
+        let x = crate::tensor::Tensor::new(chunk.concat(), &[chunk.len(), 3, size, size])?;
+        let f = det.features().extract(&x)?;
+        rows.extend(pool_to_vit_grid(&f.f32s(), grid, dim)?);
+        det.report("features", bi * BATCH + chunk.len(), inputs.len());
+    }
+    Ok(rows)
+}
+
 /// Token ids `[n][patches]` for the training images: from the external file when given,
 /// else from a codebook fitted on (or, when resuming, loaded from) the model directory.
 fn tokens_for(
     det: &Detector,
     data: &Path,
     classes: &[ClassData],
-    inputs: &[Vec<f32>],
+    pooled: &[f32],
     opts: &TrainOptions,
     report: &mut TrainReport,
 ) -> Result<(Vec<Vec<u32>>, usize, String)> {
@@ -298,16 +317,8 @@ fn tokens_for(
         return Ok((out, vocab, file.display().to_string()));
     }
     let t = Instant::now();
-    let size = det.config.features.input_size;
-    let (grid, dim) = (det.features().grid(), det.features().dim());
-    // Backbone features pooled onto the ViT grid, batch by batch.
-    let mut rows = Vec::new();
-    for (bi, chunk) in inputs.chunks(BATCH).enumerate() {
-        let x = crate::tensor::Tensor::new(chunk.concat(), &[chunk.len(), 3, size, size])?;
-        let f = det.features().extract(&x)?;
-        rows.extend(pool_to_vit_grid(&f.f32s(), grid, dim)?);
-        det.report("tokens", bi * BATCH + chunk.len(), inputs.len());
-    }
+    let dim = det.features().dim();
+    let rows = pooled;
     let file = det.dir().join(md::TOKENIZER_FILE);
     let codebook = if opts.resume && file.is_file() {
         Codebook::load(&file)?
@@ -317,13 +328,13 @@ fn tokens_for(
             .vocab
             .unwrap_or_else(|| default_vocab(rows.len() / dim));
         det.report("codebook", 0, 1);
-        let cb = Codebook::fit(&rows, dim, vocab, opts.recon.kmeans_iters, opts.seed)?;
+        let cb = Codebook::fit(rows, dim, vocab, opts.recon.kmeans_iters, opts.seed)?;
         det.report("codebook", 1, 1);
         cb.save(&file)?;
         cb
     };
-    let ids = codebook.assign(&rows)?;
-    let per = ids.len() / inputs.len().max(1);
+    let ids = codebook.assign(rows)?;
+    let per = ids.len() / paths.len().max(1);
     report.vocab = codebook.k();
     report.tokenizer_seconds = t.elapsed().as_secs_f64();
     Ok((
@@ -351,16 +362,29 @@ fn train_recon(
     report: &mut TrainReport,
 ) -> Result<()> {
     let (inputs, _) = load_class_images(det, classes)?;
-    let (tokens, vocab, source) = tokens_for(det, data, classes, &inputs, opts, report)?;
+    let pooled = pooled_features(det, &inputs)?;
+    let (tokens, vocab, source) = tokens_for(det, data, classes, &pooled, opts, report)?;
     let t = Instant::now();
-    let vit_cfg = VitConfig::preset(&opts.recon.preset, vocab)?;
+    let mut vit_cfg = VitConfig::preset(&opts.recon.preset, vocab)?;
+    if opts.recon.feature_input {
+        vit_cfg.input_dim = det.features().dim();
+    }
     let mut vit = Vit::new(vit_cfg.clone(), opts.seed)?;
     // Per-image cues of the combinational masking, computed once.
     let freq: Vec<Vec<f32>> = inputs.iter().map(|x| frequency_weights(x)).collect();
     let fg: Vec<Vec<bool>> = inputs.iter().map(|x| foreground(x)).collect();
     let mut masker =
         CombinationalMasker::new(freq, fg, MaskingConfig::new(opts.recon.train_mask_ratio))?;
-    let samples: Vec<TrainSample> = inputs
+    // What the ViT sees of each image: its pixels, or its pooled backbone features.
+    let per_image = pooled.len() / inputs.len().max(1);
+    let views: Vec<Vec<f32>> = if opts.recon.feature_input {
+        drop(inputs);
+        pooled.chunks(per_image).map(|c| c.to_vec()).collect()
+    } else {
+        inputs
+    };
+    drop(pooled);
+    let samples: Vec<TrainSample> = views
         .into_iter()
         .zip(tokens)
         .map(|(image, tokens)| TrainSample { image, tokens })

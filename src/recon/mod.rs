@@ -22,7 +22,8 @@ pub const PATCHES: usize = GRID * GRID;
 /// reports back each masked patch's loss (dynamic weighting learns from it); the state goes
 /// into checkpoints so a resumed run draws exactly the masks an uninterrupted one would.
 pub trait MaskSource {
-    /// A mask of [`PATCHES`] booleans (true = masked) for training sample `sample`.
+    /// A mask of the model's patch count of booleans (true = masked; [`PATCHES`] at the
+    /// default 224 input) for training sample `sample`.
     fn mask(&mut self, sample: usize, rng: &mut crate::rng::Rng) -> Vec<bool>;
     /// Per-patch cross-entropy of the last step for `sample` (`f32::NAN` where unmasked).
     fn observe(&mut self, _sample: usize, _patch_loss: &[f32]) {}

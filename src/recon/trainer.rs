@@ -604,6 +604,7 @@ mod tests {
             heads: 2,
             mlp: 32,
             vocab: 4,
+            input_dim: 0,
         }
     }
 

@@ -66,6 +66,13 @@ pub struct VitConfig {
     pub mlp: usize,
     /// Visual-token vocabulary size |V| (8192 in the paper).
     pub vocab: usize,
+    /// What a patch token is made from. 0: its pixels (the paper: a `3·patch²` vector, the
+    /// input is `[B, 3, S, S]` images). `k > 0`: a `k`-dim feature per patch given directly
+    /// (the input is `[B, N, k]`, e.g. the frozen backbone's features pooled to the ViT grid)
+    /// — our CPU-sized variant: the ViT then learns only the context model, not vision from
+    /// pixels, which a few hundred images and minutes of CPU cannot teach it.
+    #[serde(default)]
+    pub input_dim: usize,
 }
 
 impl VitConfig {
@@ -95,6 +102,7 @@ impl VitConfig {
             heads,
             mlp,
             vocab,
+            input_dim: 0,
         };
         c.validate()?;
         Ok(c)
@@ -145,14 +153,22 @@ impl VitConfig {
         self.grid() * self.grid()
     }
 
-    /// Values of one flattened patch, `3·patch²`.
+    /// Values of one patch's input vector: `3·patch²` pixels, or `input_dim` features.
     pub fn patch_dim(&self) -> usize {
-        3 * self.patch * self.patch
+        if self.input_dim > 0 {
+            self.input_dim
+        } else {
+            3 * self.patch * self.patch
+        }
     }
 
-    /// Values of one `[3, S, S]` image.
+    /// Values of one image's input: a `[3, S, S]` image, or `[N, input_dim]` features.
     pub fn image_len(&self) -> usize {
-        3 * self.image_size * self.image_size
+        if self.input_dim > 0 {
+            self.patches() * self.input_dim
+        } else {
+            3 * self.image_size * self.image_size
+        }
     }
 
     /// Total blocks (encoder + decoder).
@@ -418,7 +434,12 @@ impl Vit {
         let (n, d) = (c.patches(), c.width);
         let mut w = Weights { w, next: 0 };
         // Patch embedding: a stride-p conv = unfold + linear.
-        let patches = t.constant(unfold(images, c), &[batch * n, c.patch_dim()])?;
+        let patch_rows = if c.input_dim > 0 {
+            images.to_vec()
+        } else {
+            unfold(images, c)
+        };
+        let patches = t.constant(patch_rows, &[batch * n, c.patch_dim()])?;
         let [pe_w, pe_b, mask_token, pos] = w.take_n()?;
         let x = t.linear(patches, pe_w, Some(pe_b))?;
         // §5: masked patches are replaced by the one shared [M] embedding (their pixels are
@@ -642,6 +663,7 @@ mod tests {
             heads: 2,
             mlp: 12,
             vocab: 5,
+            input_dim: 0,
         }
     }
 
@@ -759,6 +781,33 @@ mod tests {
         let mut visible = img.clone();
         visible[0] += 1.0;
         assert_ne!(run(&visible), base);
+    }
+
+    #[test]
+    fn feature_input_reads_one_vector_per_patch_and_ignores_masked_ones() {
+        let c = VitConfig {
+            input_dim: 6,
+            ..micro(1)
+        };
+        assert_eq!((c.patch_dim(), c.image_len()), (6, 4 * 6));
+        let vit = Vit::new(c.clone(), 3).unwrap();
+        let mask = [true, false, false, true];
+        let feats = images(&c, 2, 4);
+        let run = |f: &[f32]| {
+            let t = Tape::no_grad();
+            let o = vit.forward(&t, f, &[mask, mask].concat()).unwrap();
+            assert_eq!(t.shape(o.logits), vec![4, c.vocab]);
+            t.to_vec(o.logits)
+        };
+        let base = run(&feats);
+        let mut changed = feats.clone();
+        changed[..6].iter_mut().for_each(|v| *v = 7.0); // image 0, masked patch 0
+        assert_eq!(run(&changed), base);
+        changed[6] += 1.0; // image 0, visible patch 1
+        assert_ne!(run(&changed), base);
+        // A pixel-sized input is a shape error, not a panic.
+        let t = Tape::no_grad();
+        assert!(vit.forward(&t, &images(&micro(1), 1, 1), &mask).is_err());
     }
 
     #[test]

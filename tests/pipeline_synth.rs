@@ -146,7 +146,7 @@ fn the_reconstruction_stage_runs_with_every_inference_mask() {
         "spent checkpoint removed"
     );
     for mask in ["proposal", "random", "blockwise"] {
-        for score in ["product", "entropy"] {
+        for score in ["product", "entropy", "product-ce", "cross-entropy"] {
             let json = model
                 .parent()
                 .unwrap()

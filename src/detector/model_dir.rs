@@ -50,6 +50,13 @@ pub enum ScoreKind {
     Product,
     /// The entropy alone on the proposal-masked patches (ablation).
     Entropy,
+    /// The authors' release's variant of [`Product`](Self::Product): the cross-entropy of
+    /// the patch's own visual token (`-log p(token)`, from our codebook) instead of the
+    /// entropy — it looks at what the hidden patch really is, not only at how sure the
+    /// context is — times the abnormality.
+    ProductCe,
+    /// That cross-entropy alone (ablation).
+    CrossEntropy,
 }
 
 impl ScoreKind {
@@ -61,12 +68,25 @@ impl ScoreKind {
             ScoreKind::FlowNll => "flow-nll",
             ScoreKind::Product => "product",
             ScoreKind::Entropy => "entropy",
+            ScoreKind::ProductCe => "product-ce",
+            ScoreKind::CrossEntropy => "cross-entropy",
         }
     }
 
     /// Whether this score runs the reconstruction stage (needs the trained ViT).
     pub fn uses_vit(self) -> bool {
-        matches!(self, ScoreKind::Product | ScoreKind::Entropy)
+        matches!(
+            self,
+            ScoreKind::Product
+                | ScoreKind::Entropy
+                | ScoreKind::ProductCe
+                | ScoreKind::CrossEntropy
+        )
+    }
+
+    /// Whether this score reads the patch's own visual token (needs the codebook).
+    pub fn uses_own_token(self) -> bool {
+        matches!(self, ScoreKind::ProductCe | ScoreKind::CrossEntropy)
     }
 
     /// Whether this score needs the trained flow.
@@ -84,10 +104,13 @@ impl std::str::FromStr for ScoreKind {
             "flow-nll" => Ok(ScoreKind::FlowNll),
             "product" => Ok(ScoreKind::Product),
             "entropy" => Ok(ScoreKind::Entropy),
+            "product-ce" => Ok(ScoreKind::ProductCe),
+            "cross-entropy" => Ok(ScoreKind::CrossEntropy),
             // The proposal stage's abnormality alone (the ablation "proposal-only").
             "abnormality" => Ok(ScoreKind::Distance),
             _ => Err(format!(
-                "unknown score '{s}' (distance | flow | flow-nll | product | entropy | abnormality)"
+                "unknown score '{s}' (distance | flow | flow-nll | product | entropy | \
+                 product-ce | cross-entropy | abnormality)"
             )),
         }
     }

@@ -23,7 +23,7 @@ use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
 use crate::ops::nn_search::{BankIndex, IndexParams};
 use crate::recon::masking::{blockwise_mask, downsample_max, proposal_mask, random_mask};
-use crate::recon::tokenizer::pool_to_vit_grid;
+use crate::recon::tokenizer::{Codebook, pool_to_vit_grid};
 use crate::recon::vit::Vit;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -70,6 +70,8 @@ pub struct Detector {
     cond: Vec<f32>,
     /// The reconstruction stage's masked-token ViT (when trained).
     vit: Option<Vit>,
+    /// The visual-token codebook the ViT was trained on (absent for external token ids).
+    codebook: Option<Codebook>,
     /// Which patches the ViT reconstructs at inference (the proposal by default; random and
     /// blockwise are the paper's ablations).
     pub inference_mask: InferenceMask,
@@ -217,6 +219,13 @@ impl Detector {
                 Some(vit)
             }
         };
+        let cb_file = dir.join(md::TOKENIZER_FILE);
+        let codebook = match &config.recon {
+            Some(rc) if rc.tokens == "codebook" && cb_file.is_file() => {
+                Some(Codebook::load(&cb_file)?)
+            }
+            _ => None,
+        };
         Ok(Detector {
             dir: dir.to_path_buf(),
             config,
@@ -225,6 +234,7 @@ impl Detector {
             flow,
             cond,
             vit,
+            codebook,
             inference_mask: InferenceMask::default(),
             masks_drawn: AtomicU64::new(0),
             progress: None,
@@ -338,6 +348,9 @@ impl Detector {
         }
         if self.vit.is_some() {
             kinds.extend([ScoreKind::Product, ScoreKind::Entropy]);
+            if self.codebook.is_some() {
+                kinds.extend([ScoreKind::ProductCe, ScoreKind::CrossEntropy]);
+            }
         }
         kinds
     }
@@ -413,6 +426,12 @@ impl Detector {
     pub fn set_vit(&mut self, vit: Vit, recon: md::ReconConfig) -> Result<()> {
         check_vit_fits(&vit, &self.config, &self.dir)?;
         vit.save(&self.dir.join(md::VIT_FILE))?;
+        let cb_file = self.dir.join(md::TOKENIZER_FILE);
+        self.codebook = if recon.tokens == "codebook" && cb_file.is_file() {
+            Some(Codebook::load(&cb_file)?)
+        } else {
+            None
+        };
         self.config.recon = Some(recon);
         md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
         self.vit = Some(vit);
@@ -590,9 +609,16 @@ impl Detector {
         Ok(kinds
             .iter()
             .map(|kind| match (kind, &ll) {
-                (ScoreKind::Distance | ScoreKind::Product | ScoreKind::Entropy, _) | (_, None) => {
-                    nn.dist2.iter().map(|d| d.sqrt()).collect()
-                }
+                // (The reconstruction-stage kinds were rejected above.)
+                (
+                    ScoreKind::Distance
+                    | ScoreKind::Product
+                    | ScoreKind::Entropy
+                    | ScoreKind::ProductCe
+                    | ScoreKind::CrossEntropy,
+                    _,
+                )
+                | (_, None) => nn.dist2.iter().map(|d| d.sqrt()).collect(),
                 (ScoreKind::FlowNll, Some(ll)) => ll.iter().map(|l| -l).collect(),
                 // Eq. 1 over the patches of each image: a_i = max_j p_j - p_i.
                 (ScoreKind::Flow, Some(ll)) => ll
@@ -643,17 +669,30 @@ impl Detector {
             .iter()
             .position(|k| *k == ScoreKind::Distance)
             .map(|i| &base_patches[i]);
-        let entropy = match (needs_vit, distance) {
-            (true, Some(a)) => Some(self.reconstruction_entropy(model, x, feats, a)?),
-            _ => None,
+        let own = kinds.iter().any(|k| k.uses_own_token());
+        let plain = kinds.iter().any(|k| k.uses_vit() && !k.uses_own_token());
+        let stage2 = |own_token: bool| -> Result<Option<Vec<f32>>> {
+            match distance {
+                Some(a) => Ok(Some(
+                    self.reconstruction_entropy(model, x, feats, a, own_token)?,
+                )),
+                None => Ok(None),
+            }
         };
+        let entropy = if plain { stage2(false)? } else { None };
+        let cross = if own { stage2(true)? } else { None };
         kinds
             .iter()
             .map(|kind| {
-                let patches: Vec<f32> = match (kind, &entropy, distance) {
-                    (ScoreKind::Entropy, Some(e), _) => e.clone(),
-                    // Full PMAD (METHOD.md §7): entropy x abnormality, 0 where unmasked.
-                    (ScoreKind::Product, Some(e), Some(a)) => {
+                let stage2 = if kind.uses_own_token() {
+                    &cross
+                } else {
+                    &entropy
+                };
+                let patches: Vec<f32> = match (kind, stage2, distance) {
+                    (ScoreKind::Entropy | ScoreKind::CrossEntropy, Some(e), _) => e.clone(),
+                    // Full PMAD (METHOD.md §7): uncertainty x abnormality, 0 where unmasked.
+                    (ScoreKind::Product | ScoreKind::ProductCe, Some(e), Some(a)) => {
                         e.iter().zip(a).map(|(e, a)| e * a).collect()
                     }
                     _ => {
@@ -679,6 +718,7 @@ impl Detector {
         x: &Tensor,
         feats: &[f32],
         abnormality: &[f32],
+        own_token: bool,
     ) -> Result<Vec<f32>> {
         let vit = self.vit.as_ref().ok_or_else(|| {
             Error::invalid(format!(
@@ -711,11 +751,26 @@ impl Detector {
             masks.extend(m);
         }
         // The ViT sees the pixels, or (feature-input models) the features on its grid.
-        let ent = if vit.config().input_dim > 0 {
-            let pooled = pool_to_vit_grid(feats, grid, self.features.dim())?;
-            vit.token_entropy(&pooled, &masks)?
+        let pooled = pool_to_vit_grid(feats, grid, self.features.dim())?;
+        let pixels = x.f32s();
+        let input: &[f32] = if vit.config().input_dim > 0 {
+            &pooled
         } else {
-            vit.token_entropy(&x.f32s(), &masks)?
+            &pixels
+        };
+        let ent = if own_token {
+            let codebook = self.codebook.as_ref().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: the cross-entropy scores need our codebook ({}); this model was \
+                     trained on external token ids",
+                    self.dir.display(),
+                    md::TOKENIZER_FILE
+                ))
+            })?;
+            let tokens = codebook.assign(&pooled)?;
+            vit.token_cross_entropy(input, &masks, &tokens)?
+        } else {
+            vit.token_entropy(input, &masks)?
         };
         // Nearest upsampling from the ViT grid to the feature grid.
         let mut out = Vec::with_capacity(abnormality.len());

@@ -55,8 +55,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub tokens: Option<PathBuf>,
     /// What the ViT reads per patch: `pixels` (the paper: 16x16x3 patch embedding) or
-    /// `features` (the frozen backbone's features pooled to the 14x14 grid; learns in far
-    /// fewer CPU epochs).
+    /// `features` (the frozen backbone's features pooled to the 14x14 grid, a CPU-sized
+    /// variant: the ViT then only learns the context model).
     #[arg(long, default_value = "pixels", value_parser = ["pixels", "features"])]
     pub vit_input: String,
     /// ViT training epochs.

@@ -29,22 +29,7 @@ pub fn run(args: RegisterArgs) -> pmad::Result<()> {
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
     det.progress = Some(super::progress::bar_callback());
     let t = std::time::Instant::now();
-    if let Some(r) = args.mask_ratio
-        && !(0.0..=1.0).contains(&r)
-    {
-        return Err(pmad::Error::invalid(format!(
-            "--mask-ratio must be in [0, 1], got {r}"
-        )));
-    }
-    let mut info = det.register(&args.class, &data.train)?;
-    if let Some(r) = args.mask_ratio {
-        // Thresholds depend on the ratio: recalibrate with it set.
-        det.set_mask_ratio(&args.class, r)?;
-        let (_, hold) =
-            pmad::detector::pipeline::holdout_split(&data.train, det.config.coreset.seed);
-        det.recalibrate(&args.class, &hold)?;
-        info = det.class(&args.class)?.info.clone();
-    }
+    let info = det.register_with_mask_ratio(&args.class, &data.train, args.mask_ratio)?;
     println!(
         "registered '{}': {} prototypes from {} normal images, threshold {:?} ({:.1} s)",
         info.name,

@@ -212,10 +212,9 @@ impl Detector {
         });
         let vit = match &config.recon {
             None => None,
-            Some(rc) => {
+            Some(_) => {
                 let vit = Vit::load(&dir.join(md::VIT_FILE))?;
                 check_vit_fits(&vit, &config, dir)?;
-                let _ = rc;
                 Some(vit)
             }
         };
@@ -263,11 +262,7 @@ impl Detector {
         // Reserved up front: growing by doubling would briefly hold ~2x the pool.
         let mut out = Vec::with_capacity(paths.len() * grid * grid * self.features.dim());
         for (bi, chunk) in paths.chunks(BATCH).enumerate() {
-            let inputs: Vec<Vec<f32>> = chunk
-                .par_iter()
-                .map(|p| load_rgb(p).map(|i| image_input(&i, size)))
-                .collect::<Result<_>>()?;
-            let x = Tensor::new(inputs.concat(), &[chunk.len(), 3, size, size])?;
+            let x = load_inputs(chunk, size)?;
             out.extend_from_slice(&self.features.extract(&x)?.f32s());
             self.report(
                 what,
@@ -282,7 +277,20 @@ impl Detector {
     /// per-class threshold from held-out normal images (never test images). Writes the class
     /// folder atomically and replaces an older registration of the same name.
     pub fn register(&mut self, class: &str, normal_images: &[PathBuf]) -> Result<ClassInfo> {
-        self.register_with_holdout(class, normal_images)
+        self.register_with_holdout(class, normal_images, None)
+            .map(|(info, _)| info)
+    }
+
+    /// [`register`](Self::register) with the class's own inference mask ratio (the fraction
+    /// of patches the proposal stage masks; `None`: the model's default). Thresholds are
+    /// calibrated with it.
+    pub fn register_with_mask_ratio(
+        &mut self,
+        class: &str,
+        normal_images: &[PathBuf],
+        mask_ratio: Option<f32>,
+    ) -> Result<ClassInfo> {
+        self.register_with_holdout(class, normal_images, mask_ratio)
             .map(|(info, _)| info)
     }
 
@@ -292,8 +300,16 @@ impl Detector {
         &mut self,
         class: &str,
         normal_images: &[PathBuf],
+        mask_ratio: Option<f32>,
     ) -> Result<(ClassInfo, Holdout)> {
         md::check_class_name(class)?;
+        if let Some(r) = mask_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(Error::invalid(format!(
+                "class '{class}': mask ratio must be in [0, 1], got {r}"
+            )));
+        }
         if normal_images.len() < 2 {
             return Err(Error::invalid(format!(
                 "class '{class}': registration needs at least 2 normal images, got {}",
@@ -327,7 +343,7 @@ impl Detector {
                 thresholds: BTreeMap::new(),
                 normal_scores: BTreeMap::new(),
                 flow_ref_ll: None,
-                mask_ratio: None,
+                mask_ratio,
             },
             bank,
             index,
@@ -441,21 +457,6 @@ impl Detector {
     /// The trained ViT, if any.
     pub fn vit(&self) -> Option<&Vit> {
         self.vit.as_ref()
-    }
-
-    /// Sets the inference mask ratio of a registered class (saved with the class).
-    pub fn set_mask_ratio(&mut self, class: &str, ratio: f32) -> Result<()> {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(Error::invalid(format!(
-                "mask ratio must be in [0, 1], got {ratio}"
-            )));
-        }
-        self.class(class)?;
-        let mut model = self.classes.remove(class).expect("loaded above");
-        model.info.mask_ratio = Some(ratio);
-        let r = self.save_class(&model);
-        self.classes.insert(class.to_string(), model);
-        r
     }
 
     /// Re-calibrates the thresholds of `class` from its held-out normal images `hold` (after
@@ -670,17 +671,13 @@ impl Detector {
             .position(|k| *k == ScoreKind::Distance)
             .map(|i| &base_patches[i]);
         let own = kinds.iter().any(|k| k.uses_own_token());
-        let plain = kinds.iter().any(|k| k.uses_vit() && !k.uses_own_token());
-        let stage2 = |own_token: bool| -> Result<Option<Vec<f32>>> {
-            match distance {
-                Some(a) => Ok(Some(
-                    self.reconstruction_entropy(model, x, feats, a, own_token)?,
-                )),
-                None => Ok(None),
+        let (entropy, cross) = match (needs_vit, distance) {
+            (true, Some(a)) => {
+                let (e, c) = self.reconstruction_uncertainty(model, x, feats, a, own)?;
+                (Some(e), c)
             }
+            _ => (None, None),
         };
-        let entropy = if plain { stage2(false)? } else { None };
-        let cross = if own { stage2(true)? } else { None };
         kinds
             .iter()
             .map(|kind| {
@@ -710,16 +707,18 @@ impl Detector {
 
     /// Stage 2 (METHOD.md §4-7): per image, mask the patches the proposal stage finds most
     /// abnormal (or random/blockwise ones, for ablations), let the ViT predict their visual
-    /// tokens, and return the entropy of each prediction (0 for unmasked patches), on the
-    /// feature grid (`[B * grid²]`, each ViT patch covering a block of feature cells).
-    fn reconstruction_entropy(
+    /// tokens, and return the entropy of each prediction (0 for unmasked patches) and, with
+    /// `own_token`, the cross-entropy of each patch's own codebook token — both from one
+    /// forward pass, on the feature grid (`[B * grid²]`, each ViT patch covering a block of
+    /// feature cells).
+    fn reconstruction_uncertainty(
         &self,
         model: &ClassModel,
         x: &Tensor,
         feats: &[f32],
         abnormality: &[f32],
         own_token: bool,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let vit = self.vit.as_ref().ok_or_else(|| {
             Error::invalid(format!(
                 "{}: the product/entropy scores need a trained ViT (none in this model; \
@@ -750,15 +749,14 @@ impl Detector {
             };
             masks.extend(m);
         }
-        // The ViT sees the pixels, or (feature-input models) the features on its grid.
-        let pooled = pool_to_vit_grid(feats, grid, self.features.dim())?;
-        let pixels = x.f32s();
-        let input: &[f32] = if vit.config().input_dim > 0 {
-            &pooled
+        // Features on the ViT grid: the input of feature-input models, and what the codebook
+        // reads to find each patch's own token.
+        let pooled = if vit.config().input_dim > 0 || own_token {
+            pool_to_vit_grid(feats, grid, self.features.dim())?
         } else {
-            &pixels
+            Vec::new()
         };
-        let ent = if own_token {
+        let tokens = if own_token {
             let codebook = self.codebook.as_ref().ok_or_else(|| {
                 Error::invalid(format!(
                     "{}: the cross-entropy scores need our codebook ({}); this model was \
@@ -767,21 +765,31 @@ impl Detector {
                     md::TOKENIZER_FILE
                 ))
             })?;
-            let tokens = codebook.assign(&pooled)?;
-            vit.token_cross_entropy(input, &masks, &tokens)?
+            Some(codebook.assign(&pooled)?)
         } else {
-            vit.token_entropy(input, &masks)?
+            None
         };
+        let pixels;
+        let input: &[f32] = if vit.config().input_dim > 0 {
+            &pooled
+        } else {
+            pixels = x.f32s();
+            &pixels
+        };
+        let (ent, cross) = vit.token_uncertainty(input, &masks, tokens.as_deref())?;
         // Nearest upsampling from the ViT grid to the feature grid.
-        let mut out = Vec::with_capacity(abnormality.len());
-        for e in ent.chunks(vgrid * vgrid) {
-            for r in 0..grid {
-                for c in 0..grid {
-                    out.push(e[(r * vgrid / grid) * vgrid + c * vgrid / grid]);
+        let to_feature_grid = |v: &[f32]| -> Vec<f32> {
+            let mut out = Vec::with_capacity(abnormality.len());
+            for e in v.chunks(vgrid * vgrid) {
+                for r in 0..grid {
+                    for c in 0..grid {
+                        out.push(e[(r * vgrid / grid) * vgrid + c * vgrid / grid]);
+                    }
                 }
             }
-        }
-        Ok(out)
+            out
+        };
+        Ok((to_feature_grid(&ent), cross.as_deref().map(to_feature_grid)))
     }
 
     /// Scores one decoded image against `class` with the model's default score.

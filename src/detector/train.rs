@@ -156,7 +156,7 @@ pub fn train(
             continue;
         }
         let t = Instant::now();
-        let (info, hold) = det.register_with_holdout(&d.name, &d.train)?;
+        let (info, hold) = det.register_with_holdout(&d.name, &d.train, None)?;
         report.classes.push((
             info.name.clone(),
             info.n_prototypes,

@@ -518,36 +518,10 @@ impl Vit {
             .collect()
     }
 
-    /// Logits of the masked patches (no-grad), `chunk` images at a time, scattered into a
-    /// `[B·N]` map by `per_row(logits_of_rows, rows)`; unmasked patches get 0.
-    fn masked_scores(
-        &self,
-        images: &[f32],
-        mask: &[bool],
-        per_row: impl Fn(&[f32], &[usize]) -> Result<Vec<f32>>,
-    ) -> Result<Vec<f32>> {
-        let batch = self.batch_of(images, mask)?;
-        let (len, n) = (self.config.image_len(), self.config.patches());
-        let mut out = vec![0.0; batch * n];
-        for start in (0..batch).step_by(INFER_CHUNK) {
-            let end = (start + INFER_CHUNK).min(batch);
-            let m = &mask[start * n..end * n];
-            let t = Tape::no_grad();
-            let o = self.forward(&t, &images[start * len..end * len], m)?;
-            let rows: Vec<usize> = o.rows.iter().map(|r| r + start * n).collect();
-            let scores = per_row(&t.value(o.logits), &rows)?;
-            for (&r, s) in rows.iter().zip(scores) {
-                out[r] = s;
-            }
-        }
-        Ok(out)
-    }
-
     /// §7 uncertainty: per patch (`[B·N]`), the entropy `-Σ p log p` of the predicted token
     /// distribution where masked, 0 where not. Values lie in `[0, ln |V|]`.
     pub fn token_entropy(&self, images: &[f32], mask: &[bool]) -> Result<Vec<f32>> {
-        let v = self.config.vocab;
-        self.masked_scores(images, mask, |logits, _| Ok(entropy_rows(logits, v)))
+        Ok(self.token_uncertainty(images, mask, None)?.0)
     }
 
     /// The release's variant of §7: per patch, the cross-entropy `-log p(own token)` of the
@@ -558,22 +532,61 @@ impl Vit {
         mask: &[bool],
         tokens: &[u32],
     ) -> Result<Vec<f32>> {
-        if tokens.len() != mask.len() {
+        Ok(self
+            .token_uncertainty(images, mask, Some(tokens))?
+            .1
+            .expect("asked for"))
+    }
+
+    /// Both §7 maps from ONE forward pass (no-grad, [`INFER_CHUNK`] images per tape): the
+    /// entropy, and with `tokens` also the cross-entropy of each patch's own token. Layout
+    /// `[B·N]`, 0 where unmasked.
+    pub fn token_uncertainty(
+        &self,
+        images: &[f32],
+        mask: &[bool],
+        tokens: Option<&[u32]>,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        if let Some(tokens) = tokens
+            && tokens.len() != mask.len()
+        {
             return Err(Error::shape(format!(
                 "token cross-entropy: {} token ids for {} patches",
                 tokens.len(),
                 mask.len()
             )));
         }
-        let v = self.config.vocab;
-        self.masked_scores(images, mask, |logits, rows| {
-            let targets = self.targets(rows, tokens)?;
-            Ok(logits
-                .par_chunks(v)
-                .zip(targets.par_iter())
-                .map(|(row, &k)| logsumexp(row) - row[k])
-                .collect())
-        })
+        let batch = self.batch_of(images, mask)?;
+        let (len, n, v) = (
+            self.config.image_len(),
+            self.config.patches(),
+            self.config.vocab,
+        );
+        let mut entropy = vec![0.0; batch * n];
+        let mut cross = tokens.map(|_| vec![0.0; batch * n]);
+        for start in (0..batch).step_by(INFER_CHUNK) {
+            let end = (start + INFER_CHUNK).min(batch);
+            let m = &mask[start * n..end * n];
+            let t = Tape::no_grad();
+            let o = self.forward(&t, &images[start * len..end * len], m)?;
+            let rows: Vec<usize> = o.rows.iter().map(|r| r + start * n).collect();
+            let logits = t.value(o.logits);
+            for (&r, e) in rows.iter().zip(entropy_rows(&logits, v)) {
+                entropy[r] = e;
+            }
+            if let (Some(tokens), Some(cross)) = (tokens, cross.as_mut()) {
+                let targets = self.targets(&rows, tokens)?;
+                let ce: Vec<f32> = logits
+                    .par_chunks(v)
+                    .zip(targets.par_iter())
+                    .map(|(row, &k)| logsumexp(row) - row[k])
+                    .collect();
+                for (&r, c) in rows.iter().zip(ce) {
+                    cross[r] = c;
+                }
+            }
+        }
+        Ok((entropy, cross))
     }
 
     /// Writes the model to `path` as safetensors (atomically: temp file + rename), the

@@ -21,6 +21,9 @@
 //                     y[i] = sum_{t=-r..r} w[t + r] x[reflect(i + t)], with scipy 'reflect' =
 //                     half-sample symmetric (d c b a | a b c d | d c b a). Taps come from the
 //                     host (normalised exp(-t^2 / 2 sigma^2), r = int(4 sigma + 0.5)).
+// mask_rows_f32       y[r, c] = mask[r] ? token[c] : x[r, c]   (the ViT's [M] embedding
+//                     replacing masked patch tokens)
+// gather_rows_f32     y[r, c] = x[idx[r], c]; an index outside [0, src_rows) writes 0
 #include "common.cuh"
 #include "params.cuh"
 
@@ -178,5 +181,32 @@ extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
         for (int t = -p.radius; t <= p.radius; ++t)
             acc = fmaf(taps[t + p.radius], xp[(size_t)reflect_index(r + t, p.h) * p.w + c], acc);
         y[o] = acc;
+    }
+}
+
+// ------------------------------------------------------------------------- row selection
+// grid-stride over rows*cols
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    mask_rows_f32(const float* __restrict__ x, const int* __restrict__ mask,
+                  const float* __restrict__ token, float* __restrict__ y,
+                  const RowSelectParams p) {
+    const size_t n = (size_t)p.rows * p.cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / p.cols;
+        y[i] = mask[r] ? token[i - r * p.cols] : x[i];
+    }
+}
+
+// grid-stride over rows*cols of the output
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    gather_rows_f32(const float* __restrict__ x, const int* __restrict__ idx,
+                    float* __restrict__ y, const RowSelectParams p) {
+    const size_t n = (size_t)p.rows * p.cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / p.cols;
+        const int src = idx[r];
+        y[i] = (src >= 0 && src < p.src_rows) ? x[(size_t)src * p.cols + (i - r * p.cols)] : 0.0f;
     }
 }

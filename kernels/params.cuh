@@ -104,3 +104,11 @@ struct BlurParams {
     int radius;  // taps = 2*radius + 1
 };
 static_assert(sizeof(BlurParams) == 16, "BlurParams layout");
+
+// glue.cu: mask_rows_f32, gather_rows_f32
+struct RowSelectParams {
+    int rows;      // output rows
+    int cols;
+    int src_rows;  // rows of the input (gather bounds)
+};
+static_assert(sizeof(RowSelectParams) == 12, "RowSelectParams layout");

@@ -16,11 +16,13 @@ use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
 use pmad::cuda::glue::{
-    DwConv2dDims, bias_residual_add, dwconv2d, gaussian_blur, gaussian_taps, gelu_fwd,
-    layernorm_fwd, resize_bilinear,
+    DwConv2dDims, bias_residual_add, dwconv2d, gather_rows, gaussian_blur, gaussian_taps, gelu_fwd,
+    layernorm_fwd, mask_rows, resize_bilinear,
 };
+use pmad::cuda::linear::linear;
 use pmad::cuda::proto_nn::{ProtoBank, proto_nn};
 use pmad::cuda::topk_mask::{topk_count, topk_mask};
+use pmad::cuda::vit::CudaVit;
 use pmad::cuda::{CudaDevice, CudaError, CudaSlice};
 
 // ------------------------------------------------------------------------------ harness
@@ -982,6 +984,143 @@ fn gaussian_blur_reflect() {
                 rtol: 1e-5,
                 nmse: 1e-10,
             },
+        );
+    }
+}
+
+#[test]
+fn row_selection() {
+    let dev = device_or_skip!();
+    let mut rng = Rng::new(0x5E1);
+    let (rows, cols) = (53, 37);
+    let x = rng.normals(rows * cols, 1.0);
+    let token = rng.normals(cols, 1.0);
+    let mask: Vec<i32> = (0..rows).map(|_| (rng.below(3) == 0) as i32).collect();
+    let want: Vec<f64> = (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            f64::from(if mask[r] != 0 { token[c] } else { x[i] })
+        })
+        .collect();
+    let xd = up(&dev, &x);
+    let y = mask_rows(
+        &dev,
+        &xd,
+        &dev.upload(&mask).unwrap(),
+        &up(&dev, &token),
+        rows,
+        cols,
+    );
+    compare("mask_rows 53x37", &down(&dev, &y.unwrap()), &want, TIGHT);
+    // Repeats, any order, and one index past the end (reads as zeros).
+    let idx: Vec<i32> = vec![52, 0, 7, 7, 30, rows as i32, 1];
+    let xs = &x;
+    let want: Vec<f64> = idx
+        .iter()
+        .flat_map(|&r| {
+            (0..cols).map(move |c| {
+                if (r as usize) < rows {
+                    xs[r as usize * cols + c] as f64
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let y = gather_rows(&dev, &xd, &dev.upload(&idx).unwrap(), rows, cols).unwrap();
+    compare("gather_rows 7 of 53", &down(&dev, &y), &want, TIGHT);
+}
+
+#[test]
+fn linear_cublas() {
+    let dev = device_or_skip!();
+    let mut rng = Rng::new(0x11E);
+    for (rows, inp, out) in [(1, 1, 1), (37, 19, 23), (196 * 3, 192, 576), (5, 768, 1003)] {
+        let x = rng.normals(rows * inp, 1.0);
+        let w = rng.normals(out * inp, 0.1);
+        let b = rng.normals(out, 1.0);
+        let res = rng.normals(rows * out, 1.0);
+        let want: Vec<f64> = (0..rows * out)
+            .map(|i| {
+                let (r, o) = (i / out, i % out);
+                let dot: f64 = (0..inp)
+                    .map(|k| x[r * inp + k] as f64 * w[o * inp + k] as f64)
+                    .sum();
+                dot + b[o] as f64 + res[i] as f64
+            })
+            .collect();
+        let (xd, wd, bd, rd) = (up(&dev, &x), up(&dev, &w), up(&dev, &b), up(&dev, &res));
+        let y = linear(&dev, &xd, &wd, &bd, Some(&rd), rows, inp, out).unwrap();
+        // f32 GEMM with K up to 768: accumulation-order error ~ sqrt(K) ulp of |x||w|.
+        let tol = Tol {
+            atol: 1e-4,
+            rtol: 1e-4,
+            nmse: 1e-9,
+        };
+        compare(
+            &format!("linear {rows}x{inp}->{out}"),
+            &down(&dev, &y),
+            &want,
+            tol,
+        );
+    }
+}
+
+/// End to end: the ViT's entropy and own-token cross-entropy on the GPU vs the CPU model
+/// (`pmad::recon::vit`, itself gradchecked), for an encoder-only and an encoder + decoder
+/// model, with a ragged batch and masks of different sizes per image.
+#[test]
+fn vit_token_uncertainty() {
+    use pmad::recon::vit::{Vit, VitConfig};
+    let dev = device_or_skip!();
+    let mut rng = Rng::new(0x717);
+    for (decoder_depth, vocab, batch) in [(0, 97, 3), (2, 1000, 5)] {
+        let config = VitConfig {
+            image_size: 224,
+            patch: 16,
+            width: 96,
+            depth: 2,
+            decoder_depth,
+            heads: 3,
+            mlp: 160,
+            vocab,
+            input_dim: 0,
+        };
+        let mut vit = Vit::new(config.clone(), 7).unwrap();
+        // The init (std 0.02) gives near-uniform predictions whose entropy hardly depends on
+        // the inner layers; wider weights make every layer count.
+        let ids: Vec<_> = vit.params().ids().collect();
+        for id in ids {
+            for v in vit.params_mut().values_mut(id) {
+                *v = rng.normal() * 0.15;
+            }
+        }
+        let n = config.patches();
+        let images = rng.normals(batch * config.image_len(), 1.0);
+        let mask: Vec<bool> = (0..batch * n)
+            .map(|i| rng.below(10) < 1 + (i / n) * 2)
+            .collect();
+        let tokens: Vec<u32> = (0..batch * n).map(|_| rng.below(vocab) as u32).collect();
+        let (e_cpu, c_cpu) = vit
+            .token_uncertainty(&images, &mask, Some(&tokens))
+            .unwrap();
+        let gpu = CudaVit::upload(dev.clone(), &vit).unwrap();
+        let (e_gpu, c_gpu) = gpu
+            .token_uncertainty(&images, &mask, Some(&tokens))
+            .unwrap();
+        // Both sides are f32 with different summation orders through ~10 layers.
+        let tol = Tol {
+            atol: 2e-4,
+            rtol: 2e-4,
+            nmse: 1e-8,
+        };
+        let name = format!("vit decoder {decoder_depth} vocab {vocab} batch {batch}");
+        compare(&format!("{name} entropy"), &e_gpu, &f64s(&e_cpu), tol);
+        compare(
+            &format!("{name} cross-entropy"),
+            &c_gpu.unwrap(),
+            &f64s(&c_cpu.unwrap()),
+            tol,
         );
     }
 }

@@ -345,3 +345,64 @@ fn failed_registration_leaves_the_model_untouched() {
         "no half-written class"
     );
 }
+
+#[test]
+fn the_cuda_device_runs_or_says_clearly_why_not() {
+    let Some((data, model)) = fixture() else {
+        return;
+    };
+    let good = data.join("synth_wood/test/good");
+    let out = run(&[
+        "inspect",
+        "--model",
+        model.to_str().unwrap(),
+        "--class",
+        "synth_wood",
+        "--score",
+        "product",
+        "--device",
+        "cuda",
+        good.to_str().unwrap(),
+    ]);
+    if cfg!(feature = "cuda") && out.status.success() {
+        // A GPU is here: the scores must match the CPU run (tests/cuda_parity.rs checks the
+        // ops; this checks the wiring).
+        let cpu = ok(&[
+            "inspect",
+            "--model",
+            model.to_str().unwrap(),
+            "--class",
+            "synth_wood",
+            "--score",
+            "product",
+            good.to_str().unwrap(),
+        ]);
+        let scores = |text: &str| -> Vec<f64> {
+            text.lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
+                        .as_f64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        let (g, c) = (scores(&String::from_utf8_lossy(&out.stdout)), scores(&cpu));
+        assert_eq!(g.len(), c.len());
+        for (g, c) in g.iter().zip(&c) {
+            assert!(
+                (g - c).abs() <= 1e-3 * c.abs().max(1.0),
+                "gpu {g} vs cpu {c}"
+            );
+        }
+        return;
+    }
+    assert!(!out.status.success(), "--device cuda cannot succeed here");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = if cfg!(feature = "cuda") {
+        "CUDA unavailable"
+    } else {
+        "--features cuda"
+    };
+    assert!(err.contains(want), "'{want}' not in: {err}");
+    assert!(out.stdout.is_empty(), "no partial output");
+}

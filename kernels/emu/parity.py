@@ -23,6 +23,7 @@ BrP = S('Br', ['rows','cols','has_residual'])
 DwP = S('Dw', ['batch','channels','in_h','in_w','out_h','out_w','k_h','k_w','stride_h','stride_w','pad_top','pad_bottom','pad_left','pad_right','relu6'])
 RsP = S('Rs', ['planes','in_h','in_w','out_h','out_w','scale_h','scale_w'])
 BlP = S('Bl', ['planes','h','w','radius'])
+RowP = S('Row', ['rows','cols','src_rows'])
 assert C.sizeof(AttP)==20 and C.sizeof(DwP)==60 and C.sizeof(RsP)==28
 
 def ptr(a): return a.ctypes.data_as(C.c_void_p)
@@ -233,6 +234,17 @@ for (P, H, W, sigma) in [(2, 224, 224, 4.0), (3, 57, 31, 4.0), (2, 5, 7, 4.0), (
     launch('blur_v_f32', (g, 1, 1), 256, x, tp, tmp, prm); launch('blur_h_f32', (g, 1, 1), 256, tmp, tp, y, prm)
     want = np.stack([ndimage.gaussian_filter(x[p].astype(np.float64), sigma, mode='reflect', truncate=4.0) for p in range(P)])
     compare(f"blur {P}x{H}x{W} s{sigma} (scipy)", y, want, 1e-5, 1e-5)
+
+# row selection (the ViT's [M] token and the gather of masked rows); grids as glue.rs
+R, Cc = 53, 37
+x = f32(rng.standard_normal((R, Cc))); tok = f32(rng.standard_normal(Cc))
+m = (rng.integers(0, 3, R) == 0).astype(np.int32); y = np.zeros_like(x)
+launch('mask_rows_f32', (min(cdiv(x.size, 256), 32 * 132), 1, 1), 256, x, m, tok, y, RowP(R, Cc, R))
+compare("mask_rows 53x37", y, np.where(m[:, None] != 0, tok[None, :], x), 0, 0)
+idx = np.array([52, 0, 7, 7, 30, R, 1], np.int32); y = np.zeros((len(idx), Cc), np.float32)
+launch('gather_rows_f32', (min(cdiv(y.size, 256), 32 * 132), 1, 1), 256, x, idx, y, RowP(len(idx), Cc, R))
+want = np.stack([x[i] if i < R else np.zeros(Cc, np.float32) for i in idx])
+compare("gather_rows 7 of 53 (one out of range)", y, want, 0, 0)
 
 print("\nFAILS:", FAILS)
 sys.exit(1 if FAILS else 0)

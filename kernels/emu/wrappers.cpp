@@ -33,4 +33,6 @@ void w_dwconv2d_f32(G, cf x, cf w, cf b, mf y, DwConv2dParams p) { L(dwconv2d_f3
 void w_resize_bilinear_f32(G, cf x, mf y, ResizeBilinearParams p) { L(resize_bilinear_f32, x, y, p); }
 void w_blur_h_f32(G, cf x, cf t, mf y, BlurParams p) { L(blur_h_f32, x, t, y, p); }
 void w_blur_v_f32(G, cf x, cf t, mf y, BlurParams p) { L(blur_v_f32, x, t, y, p); }
+void w_mask_rows_f32(G, cf x, const int* m, cf t, mf y, RowSelectParams p) { L(mask_rows_f32, x, m, t, y, p); }
+void w_gather_rows_f32(G, cf x, const int* i, mf y, RowSelectParams p) { L(gather_rows_f32, x, i, y, p); }
 }

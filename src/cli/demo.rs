@@ -140,6 +140,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
             out: Some(heat.clone()),
             weights: None,
             score: None,
+            device: pmad::detector::Device::Cpu,
+            batch: pmad::detector::pipeline::BATCH,
+            timings: false,
             inputs: vec![dir],
         })?;
         println!("heatmaps of {UNSEEN} defects: {}", heat.display());

@@ -23,7 +23,8 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     /// Patch score (default: the model's): distance | flow | flow-nll (proposal stage),
     /// product (full PMAD: token entropy x abnormality on proposal-masked patches), entropy,
-    /// abnormality (= distance: the proposal stage alone).
+    /// product-ce / cross-entropy (the release's own-token variant), abnormality (= distance:
+    /// the proposal stage alone).
     #[arg(long)]
     pub score: Option<ScoreKind>,
     /// Which patches the ViT reconstructs (ablation): proposal | random | blockwise.
@@ -32,6 +33,10 @@ pub struct EvalArgs {
     /// Register any class that is not registered yet (from its train/good) before evaluating.
     #[arg(long)]
     pub register: bool,
+    /// Where scoring's nearest-prototype search and ViT run: cpu | cuda (needs a build with
+    /// `--features cuda` and an sm_90+ GPU; the backbone stays on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: pmad::detector::Device,
     #[arg(long)]
     pub weights: Option<PathBuf>,
 }
@@ -52,6 +57,7 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
     det.progress = Some(super::progress::bar_callback());
     det.inference_mask = args.inference_mask;
+    det.set_device(args.device)?;
     let kind = args.score.unwrap_or(det.config.score);
     let mut report = Report {
         classes: BTreeMap::new(),

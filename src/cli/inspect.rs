@@ -25,6 +25,16 @@ pub struct InspectArgs {
     /// Score to use (default: the model's); e.g. `product` for full two-stage PMAD.
     #[arg(long)]
     pub score: Option<ScoreKind>,
+    /// Where scoring's nearest-prototype search and ViT run: cpu | cuda (needs a build with
+    /// `--features cuda` and an sm_90+ GPU; the backbone stays on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: pmad::detector::Device,
+    /// Images per batch (decoded in parallel, one backbone / search / ViT pass each).
+    #[arg(long, default_value_t = pmad::detector::pipeline::BATCH, value_parser = clap::value_parser!(usize))]
+    pub batch: usize,
+    /// Print the images/s of the whole run (decode, scoring, output) to stderr at the end.
+    #[arg(long)]
+    pub timings: bool,
     /// Images, or folders of images.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -87,7 +97,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if paths.is_empty() {
         return Err(Error::invalid("no images to inspect"));
     }
+    if args.batch == 0 {
+        return Err(Error::invalid("--batch must be at least 1"));
+    }
+    let start = std::time::Instant::now();
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
+    det.set_device(args.device)?;
     if let Some(kind) = args.score {
         // For this run only (model.json keeps its default).
         det.config.score = kind;
@@ -97,7 +112,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         std::fs::create_dir_all(o).map_err(|e| Error::io(o, e))?;
     }
     // Batches of images: decoded in parallel, one backbone pass each.
-    for chunk in paths.chunks(pmad::detector::pipeline::BATCH) {
+    for chunk in paths.chunks(args.batch) {
         let imgs: Vec<pmad::data::RgbImage> = chunk
             .par_iter()
             .map(|p| load_rgb(p))
@@ -126,6 +141,16 @@ pub fn run(args: InspectArgs) -> Result<()> {
             }
             println!("{line}");
         }
+    }
+    if args.timings {
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!(
+            "inspect: {} images, batch {}, device {}, {secs:.2} s, {:.2} images/s",
+            paths.len(),
+            args.batch,
+            args.device.name(),
+            paths.len() as f64 / secs
+        );
     }
     Ok(())
 }

@@ -19,6 +19,10 @@ pub struct RegisterArgs {
     /// the model's). Choose it from normal images or domain knowledge — never test labels.
     #[arg(long)]
     pub mask_ratio: Option<f32>,
+    /// Where scoring's nearest-prototype search and ViT run: cpu | cuda (needs a build with
+    /// `--features cuda` and an sm_90+ GPU; the backbone stays on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: pmad::detector::Device,
     /// Backbone weights (default: the fetched EfficientNet-Lite0).
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -27,6 +31,7 @@ pub struct RegisterArgs {
 pub fn run(args: RegisterArgs) -> pmad::Result<()> {
     let data = ClassData::open(&args.data, &args.class)?;
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
+    det.set_device(args.device)?;
     det.progress = Some(super::progress::bar_callback());
     let t = std::time::Instant::now();
     let info = det.register_with_mask_ratio(&args.class, &data.train, args.mask_ratio)?;

@@ -206,7 +206,9 @@ impl CudaDevice {
             if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                 return Err("libcublas cannot be loaded".to_string());
             }
-            CudaBlas::new(self.stream.clone())
+            // A cuBLAS lacking a symbol cudarc resolves would panic inside cudarc: contain it.
+            std::panic::catch_unwind(|| CudaBlas::new(self.stream.clone()))
+                .map_err(|_| "cuBLAS panicked on init (incompatible libcublas?)".to_string())?
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
         });

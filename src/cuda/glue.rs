@@ -1,13 +1,14 @@
 //! Launchers of `kernels/glue.cu`: layernorm, GELU (erf), bias + residual, depthwise conv2d
 //! with folded-BN bias and ReLU6, bilinear resize (torch, `align_corners=False`) and the
-//! separable Gaussian blur (scipy `reflect`). Row ops use one warp per row (8 rows per
+//! separable Gaussian blur (scipy `reflect`), and row selection (the ViT's `[M]` token,
+//! gathering masked rows). Row ops use one warp per row (8 rows per
 //! 256-thread block); elementwise ops a grid-stride loop over at most `32 * SMs` blocks.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::params::{
     BiasResidualParams, BlurParams, DwConv2dParams, GeluParams, LayerNormParams,
-    ResizeBilinearParams,
+    ResizeBilinearParams, RowSelectParams,
 };
 use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
 
@@ -344,4 +345,66 @@ pub fn gaussian_blur(
     let taps = dev.upload(&gaussian_taps(sigma, 4.0))?;
     let tmp = blur_v(dev, x, &taps, planes, h, w)?;
     blur_h(dev, &tmp, &taps, planes, h, w)
+}
+
+/// `y[r] = if mask[r] != 0 { token } else { x[r] }` for `x [rows, cols]`, `token [cols]`.
+pub fn mask_rows(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    mask: &CudaSlice<i32>,
+    token: &CudaSlice<f32>,
+    rows: usize,
+    cols: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    check_len("mask_rows", "x", x.len(), rows * cols)?;
+    check_len("mask_rows", "mask", mask.len(), rows)?;
+    check_len("mask_rows", "token", token.len(), cols)?;
+    to_i32(rows * cols, "mask_rows rows*cols")?;
+    let mut y = dev.alloc_out::<f32>(rows * cols)?;
+    if rows * cols == 0 {
+        return Ok(y);
+    }
+    let p = RowSelectParams {
+        rows: to_i32(rows, "rows")?,
+        cols: to_i32(cols, "cols")?,
+        src_rows: to_i32(rows, "rows")?,
+    };
+    let f = dev.function(KernelModule::Glue, "mask_rows_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(mask).arg(token).arg(&mut y).arg(&p);
+    // SAFETY: `(const float* x, const int* mask, const float* token, float* y,
+    // RowSelectParams)`; x/y rows*cols, mask rows, token cols elements, checked above.
+    unsafe { b.launch(elementwise(dev, rows * cols)?) }?;
+    Ok(y)
+}
+
+/// `y [idx.len(), cols]`, `y[r] = x[idx[r]]` for `x [src_rows, cols]`. Indices are checked
+/// on the host side by the caller's construction; the kernel writes 0 for any outside
+/// `[0, src_rows)` instead of reading out of bounds.
+pub fn gather_rows(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    idx: &CudaSlice<i32>,
+    src_rows: usize,
+    cols: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    check_len("gather_rows", "x", x.len(), src_rows * cols)?;
+    let rows = idx.len();
+    to_i32(rows * cols, "gather_rows rows*cols")?;
+    let mut y = dev.alloc_out::<f32>(rows * cols)?;
+    if rows * cols == 0 {
+        return Ok(y);
+    }
+    let p = RowSelectParams {
+        rows: to_i32(rows, "rows")?,
+        cols: to_i32(cols, "cols")?,
+        src_rows: to_i32(src_rows, "src_rows")?,
+    };
+    let f = dev.function(KernelModule::Glue, "gather_rows_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(idx).arg(&mut y).arg(&p);
+    // SAFETY: `(const float* x, const int* idx, float* y, RowSelectParams)`; x holds
+    // src_rows*cols, idx rows and y rows*cols elements; out-of-range indices are not read.
+    unsafe { b.launch(elementwise(dev, rows * cols)?) }?;
+    Ok(y)
 }

@@ -6,7 +6,8 @@
 //! - [`device`]: [`CudaDevice`] — context, stream, lazily loaded PTX modules, cuBLAS handle;
 //! - [`params`]: `#[repr(C)]` kernel parameter blocks, mirrored by `kernels/params.cuh`;
 //! - [`attention`], [`proto_nn`], [`topk_mask`], [`coupling`], [`entropy`], [`glue`]: one
-//!   launcher per kernel, taking and returning [`CudaSlice`]s.
+//!   launcher per kernel, taking and returning [`CudaSlice`]s; [`linear`]: cuBLAS GEMM + bias;
+//! - [`vit`]: the masked-token ViT's inference forward, resident on the device.
 //!
 //! The PTX comes from `build.rs`, which compiles every `kernels/*.cu` for `compute_90` with
 //! nvcc or NVRTC and checks it with `ptxas -arch=sm_90` (see `kernels/PTXAS_REPORT.md`); it is
@@ -23,9 +24,11 @@ pub mod coupling;
 pub mod device;
 pub mod entropy;
 pub mod glue;
+pub mod linear;
 pub mod params;
 pub mod proto_nn;
 pub mod topk_mask;
+pub mod vit;
 
 pub use cudarc::driver::CudaSlice;
 pub use device::{CudaDevice, KernelModule};

@@ -133,6 +133,15 @@ pub struct BlurParams {
     pub radius: i32,
 }
 
+/// `RowSelectParams` — glue.cu `mask_rows_f32` / `gather_rows_f32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowSelectParams {
+    pub rows: i32,
+    pub cols: i32,
+    pub src_rows: i32,
+}
+
 device_repr! {
     AttentionParams = 20,
     ProtoNnParams = 16,
@@ -145,4 +154,5 @@ device_repr! {
     DwConv2dParams = 60,
     ResizeBilinearParams = 28,
     BlurParams = 16,
+    RowSelectParams = 12,
 }

@@ -1,6 +1,7 @@
 //! The anomaly detector: features -> prototypes -> (ProtoFlow) abnormality -> maps and scores.
 
 pub mod coreset;
+pub mod device;
 pub mod evaluate;
 pub mod features;
 pub mod flow;
@@ -10,5 +11,6 @@ pub mod scoring;
 pub mod train;
 
 pub use coreset::{CoresetConfig, select_coreset};
+pub use device::Device;
 pub use features::{FeatureExtractor, FeatureSpec};
 pub use pipeline::{Detector, Inspection};

@@ -14,6 +14,7 @@
 
 use crate::data::image::{RgbImage, load_rgb, to_network_input};
 use crate::detector::coreset::{CoresetConfig, select_coreset};
+use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
 use crate::detector::flow::{FlowConfig, ProtoFlow, abnormality_from_ll, positional_encoding};
 use crate::detector::model_dir::{self as md, ClassInfo, InferenceMask, ModelConfig, ScoreKind};
@@ -21,7 +22,7 @@ use crate::detector::scoring::{AnomalyMap, patch_scores_to_map, quantile};
 use crate::error::{Error, Result};
 use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
-use crate::ops::nn_search::{BankIndex, IndexParams};
+use crate::ops::nn_search::{BankIndex, IndexParams, Nearest};
 use crate::recon::masking::{blockwise_mask, downsample_max, proposal_mask, random_mask};
 use crate::recon::tokenizer::{Codebook, pool_to_vit_grid};
 use crate::recon::vit::Vit;
@@ -80,6 +81,11 @@ pub struct Detector {
     masks_drawn: AtomicU64,
     /// Reports progress of long steps (images embedded so far, total).
     pub progress: Option<ProgressFn>,
+    /// Where the nearest-prototype search and the ViT run ([`Detector::set_device`]).
+    device: Device,
+    /// The GPU copies of the ViT and of the banks, with [`Device::Cuda`].
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::detector::device::GpuState>,
 }
 
 /// Image files of a folder (png/jpg/jpeg), sorted by name.
@@ -121,6 +127,27 @@ pub struct Holdout {
     pub paths: Vec<PathBuf>,
     /// `[n * grid², dim]`.
     pub feats: Vec<f32>,
+}
+
+/// Patches on the ViT's grid (`14² = 196` at 224 px with 16-px patches).
+fn vit_patches(vit: &Vit) -> usize {
+    let g = vit.config().image_size / vit.config().patch;
+    g * g
+}
+
+/// Nearest upsampling of per-patch values from the ViT grid (`[B * vpatches]`) to the
+/// feature grid (`[B * grid²]`); the feature grid is a multiple of the ViT grid.
+fn vit_to_feature_grid(v: &[f32], vpatches: usize, grid: usize) -> Vec<f32> {
+    let vgrid = (vpatches as f64).sqrt().round() as usize;
+    let mut out = Vec::with_capacity(v.len() / vpatches * grid * grid);
+    for e in v.chunks(vpatches) {
+        for r in 0..grid {
+            for c in 0..grid {
+                out.push(e[(r * vgrid / grid) * vgrid + c * vgrid / grid]);
+            }
+        }
+    }
+    out
 }
 
 /// Decodes images (in parallel) into one `[n, 3, S, S]` batch of network inputs.
@@ -236,6 +263,9 @@ impl Detector {
             codebook,
             inference_mask: InferenceMask::default(),
             masks_drawn: AtomicU64::new(0),
+            device: Device::Cpu,
+            #[cfg(feature = "cuda")]
+            gpu: None,
             progress: None,
         })
     }
@@ -352,6 +382,10 @@ impl Detector {
         let feats = self.calibrate(&mut model, &hold)?;
         self.save_class(&model)?;
         let info = model.info.clone();
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            gpu.forget_class(class);
+        }
         self.classes.insert(class.to_string(), model);
         Ok((info, Holdout { paths: hold, feats }))
     }
@@ -450,8 +484,49 @@ impl Detector {
         };
         self.config.recon = Some(recon);
         md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            gpu.set_vit(Some(&vit))?;
+        }
         self.vit = Some(vit);
         Ok(())
+    }
+
+    /// Moves scoring's nearest-prototype search and ViT to `device` (see
+    /// [`crate::detector::device`]). `Device::Cuda` needs a binary built with the `cuda`
+    /// feature and a usable GPU (sm_90+); otherwise a clear error and nothing changes.
+    pub fn set_device(&mut self, device: Device) -> Result<()> {
+        match device {
+            Device::Cpu => {
+                #[cfg(feature = "cuda")]
+                {
+                    self.gpu = None;
+                }
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda => {
+                self.gpu = Some(crate::detector::device::GpuState::open(self.vit.as_ref())?);
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda => return Err(crate::detector::device::cuda_not_compiled()),
+        }
+        self.device = device;
+        Ok(())
+    }
+
+    /// The device scoring runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Exact nearest prototype of each feature row, on the scoring device.
+    fn nearest(&self, model: &ClassModel, feats: &[f32]) -> Result<Nearest> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            let dim = self.features.dim();
+            return gpu.nearest(&model.info.name, &model.bank, feats, dim);
+        }
+        Ok(model.index.nearest(feats))
     }
 
     /// The trained ViT, if any.
@@ -586,7 +661,7 @@ impl Detector {
                 k.name()
             )));
         }
-        let nn = model.index.nearest(feats);
+        let nn = self.nearest(model, feats)?;
         // Per-patch log-likelihood of the residual to the nearest prototype, if asked for.
         let mut ll: Option<Vec<f32>> = None;
         if kinds.iter().any(|k| k.uses_flow()) {
@@ -671,6 +746,7 @@ impl Detector {
             .position(|k| *k == ScoreKind::Distance)
             .map(|i| &base_patches[i]);
         let own = kinds.iter().any(|k| k.uses_own_token());
+        // Uncertainties on the ViT grid.
         let (entropy, cross) = match (needs_vit, distance) {
             (true, Some(a)) => {
                 let (e, c) = self.reconstruction_uncertainty(model, x, feats, a, own)?;
@@ -678,6 +754,7 @@ impl Detector {
             }
             _ => (None, None),
         };
+        let vpatches = self.vit.as_ref().map_or(1, vit_patches);
         kinds
             .iter()
             .map(|kind| {
@@ -686,8 +763,11 @@ impl Detector {
                 } else {
                     &entropy
                 };
+                let stage2 = stage2
+                    .as_deref()
+                    .map(|u| vit_to_feature_grid(u, vpatches, grid));
                 let patches: Vec<f32> = match (kind, stage2, distance) {
-                    (ScoreKind::Entropy | ScoreKind::CrossEntropy, Some(e), _) => e.clone(),
+                    (ScoreKind::Entropy | ScoreKind::CrossEntropy, Some(e), _) => e,
                     // Full PMAD (METHOD.md §7): uncertainty x abnormality, 0 where unmasked.
                     (ScoreKind::Product | ScoreKind::ProductCe, Some(e), Some(a)) => {
                         e.iter().zip(a).map(|(e, a)| e * a).collect()
@@ -705,12 +785,31 @@ impl Detector {
             .collect()
     }
 
+    /// The trained ViT, or an error saying the score needs one.
+    fn require_vit(&self) -> Result<&Vit> {
+        self.vit.as_ref().ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: the product/entropy scores need a trained ViT (none in this model; \
+                 train with the ViT stage)",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// The inference mask ratio of a class: its own, else the model's, else 0.3.
+    fn class_mask_ratio(&self, model: &ClassModel) -> f32 {
+        model
+            .info
+            .mask_ratio
+            .or(self.config.recon.as_ref().map(|r| r.mask_ratio))
+            .unwrap_or(0.3)
+    }
+
     /// Stage 2 (METHOD.md §4-7): per image, mask the patches the proposal stage finds most
     /// abnormal (or random/blockwise ones, for ablations), let the ViT predict their visual
     /// tokens, and return the entropy of each prediction (0 for unmasked patches) and, with
     /// `own_token`, the cross-entropy of each patch's own codebook token — both from one
-    /// forward pass, on the feature grid (`[B * grid²]`, each ViT patch covering a block of
-    /// feature cells).
+    /// forward pass, on the ViT grid (`[B * 14²]`).
     fn reconstruction_uncertainty(
         &self,
         model: &ClassModel,
@@ -719,20 +818,10 @@ impl Detector {
         abnormality: &[f32],
         own_token: bool,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        let vit = self.vit.as_ref().ok_or_else(|| {
-            Error::invalid(format!(
-                "{}: the product/entropy scores need a trained ViT (none in this model; \
-                 train with the ViT stage)",
-                self.dir.display()
-            ))
-        })?;
+        let vit = self.require_vit()?;
         let grid = self.features.grid();
         let vgrid = vit.config().image_size / vit.config().patch;
-        let ratio = model
-            .info
-            .mask_ratio
-            .or(self.config.recon.as_ref().map(|r| r.mask_ratio))
-            .unwrap_or(0.3);
+        let ratio = self.class_mask_ratio(model);
         let mut masks = Vec::with_capacity(abnormality.len() / (grid * grid) * vgrid * vgrid);
         for a in abnormality.chunks(grid * grid) {
             let m = match self.inference_mask {
@@ -749,6 +838,21 @@ impl Detector {
             };
             masks.extend(m);
         }
+        self.vit_uncertainty(vit, x, feats, &masks, own_token)
+    }
+
+    /// One ViT pass over the inputs `x` (or their pooled features `feats`, for
+    /// feature-input models) with the given masks (`[B * 14²]`): entropy per patch and, with
+    /// `own_token`, the cross-entropy of the patch's own codebook token; 0 where unmasked.
+    fn vit_uncertainty(
+        &self,
+        vit: &Vit,
+        x: &Tensor,
+        feats: &[f32],
+        masks: &[bool],
+        own_token: bool,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let grid = self.features.grid();
         // Features on the ViT grid: the input of feature-input models, and what the codebook
         // reads to find each patch's own token.
         let pooled = if vit.config().input_dim > 0 || own_token {
@@ -776,20 +880,11 @@ impl Detector {
             pixels = x.f32s();
             &pixels
         };
-        let (ent, cross) = vit.token_uncertainty(input, &masks, tokens.as_deref())?;
-        // Nearest upsampling from the ViT grid to the feature grid.
-        let to_feature_grid = |v: &[f32]| -> Vec<f32> {
-            let mut out = Vec::with_capacity(abnormality.len());
-            for e in v.chunks(vgrid * vgrid) {
-                for r in 0..grid {
-                    for c in 0..grid {
-                        out.push(e[(r * vgrid / grid) * vgrid + c * vgrid / grid]);
-                    }
-                }
-            }
-            out
-        };
-        Ok((to_feature_grid(&ent), cross.as_deref().map(to_feature_grid)))
+        #[cfg(feature = "cuda")]
+        if let Some(gv) = self.gpu.as_ref().and_then(|g| g.vit()) {
+            return gv.token_uncertainty(input, masks, tokens.as_deref());
+        }
+        vit.token_uncertainty(input, masks, tokens.as_deref())
     }
 
     /// Scores one decoded image against `class` with the model's default score.

@@ -304,7 +304,7 @@ fn block(t: &Tape, w: &[Var; 12], x: Var, heads: usize) -> Result<Var> {
 
 /// `[B, 3, S, S]` images -> `[B·N, 3·p·p]` patch rows: row `b·N + gy·G + gx`, columns in
 /// (channel, row-in-patch, column-in-patch) order — the layout of a flattened conv weight.
-fn unfold(images: &[f32], c: &VitConfig) -> Vec<f32> {
+pub(crate) fn unfold(images: &[f32], c: &VitConfig) -> Vec<f32> {
     let (s, p, g, pd) = (c.image_size, c.patch, c.grid(), c.patch_dim());
     let mut out = vec![0.0; images.len() / c.image_len() * c.patches() * pd];
     out.par_chunks_mut(pd).enumerate().for_each(|(row, dst)| {

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The GPU check, run on the GPU machine from the binaries of scripts/device_kit.sh (no cargo,
+# no network), in well under 8 minutes. Writes ONE results file, $OUT/device_results.md
+# (./device-results/ when $OUT is unset), plus the raw logs beside it:
+#   1. every CUDA parity test (kernels vs CPU references, ViT end to end vs the CPU model);
+#   2. kernel timings (criterion: bin/cuda_kernels);
+#   3. `pmad inspect` images/s at batch 1 and 64, --device cuda and cpu;
+#   4. the same operations in PyTorch on that machine (SDPA attention, cdist + argmin, the
+#      same ViT forward), side by side with 2 as ratios (scripts/device_torch.py).
+# On a machine without a GPU it still runs (the CUDA parts report "skipped" and the PyTorch
+# part runs on the CPU with small shapes): a dry run of the script itself.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KIT="${KIT:-$ROOT/device-kit}"
+OUTDIR="${OUT:-$ROOT/device-results}"
+mkdir -p "$OUTDIR"
+RES="$OUTDIR/device_results.md"
+[ -x "$KIT/bin/pmad" ] || { echo "no $KIT/bin/pmad: run scripts/device_kit.sh first" >&2; exit 2; }
+W="$KIT/weights/efficientnet_lite0.safetensors"
+
+# cuBLAS for cudarc: the system's, or the one PyTorch's wheels bring.
+extra=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    for lib in glob.glob(os.path.join(sp, "nvidia", "*", "lib")):
+        dirs.add(lib)
+print(":".join(sorted(dirs)))
+PY
+)
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64:${extra}"
+
+{
+    echo "# pmad device check"
+    echo
+    echo "- date: $(date -u +%FT%TZ); kit commit: $(cat "$KIT/commit" 2>/dev/null || echo '?')"
+    echo "- machine: $(nproc) cores; GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
+    echo
+} > "$RES"
+
+section() { printf '\n## %s\n\n```\n' "$1" >> "$RES"; }
+endsection() { printf '```\n' >> "$RES"; }
+
+# 1. Parity.
+section "1. parity tests (bin/cuda_parity --test-threads 1 --nocapture)"
+t0=$(date +%s)
+timeout 180 "$KIT/bin/cuda_parity" --test-threads 1 --nocapture > "$OUTDIR/parity.log" 2>&1
+echo "exit status $? in $(( $(date +%s) - t0 )) s" >> "$RES"
+grep -E "^(test |ok |skipped|.*: n=|.*FAILED|.*panicked|test result)" "$OUTDIR/parity.log" >> "$RES"
+endsection
+
+# 2. Kernel timings.
+section "2. kernel timings (criterion; time = [low estimate high] per call)"
+export CRITERION_HOME="$OUTDIR/criterion"
+timeout 240 "$KIT/bin/cuda_kernels" --bench > "$OUTDIR/kernels.log" 2>&1
+echo "exit status $?" >> "$RES"
+grep -E "^[a-z_]+/|time:|thrpt:|skipped" "$OUTDIR/kernels.log" >> "$RES"
+endsection
+
+# 3. Inspect throughput on regenerated synthetic images.
+section "3. pmad inspect images/s (whole command: decode, backbone on CPU, search + ViT on the device)"
+data="$OUTDIR/synth"
+rm -rf "$data"
+# shellcheck disable=SC2046
+"$KIT/bin/pmad" synth --out "$data" $(cat "$KIT/synth_args") > /dev/null 2>&1 \
+    || echo "pmad synth failed" >> "$RES"
+imgs=("$data"/synth_wood/test/*/)
+for dev in cuda cpu; do
+    for b in 1 64; do
+        timeout 120 "$KIT/bin/pmad" inspect --model "$KIT/model" --class synth_wood --weights "$W" \
+            --score product --device "$dev" --batch "$b" --timings "${imgs[@]}" \
+            > "$OUTDIR/inspect_${dev}_b$b.jsonl" 2> "$OUTDIR/inspect_${dev}_b$b.log"
+        echo "[$dev batch $b, exit $?] $(tail -1 "$OUTDIR/inspect_${dev}_b$b.log")" >> "$RES"
+    done
+done
+if [ -s "$OUTDIR/inspect_cuda_b64.jsonl" ]; then
+    python3 - "$OUTDIR/inspect_cuda_b64.jsonl" "$OUTDIR/inspect_cpu_b64.jsonl" >> "$RES" <<'PY'
+import json, sys
+g = [json.loads(l)["score"] for l in open(sys.argv[1])]
+c = [json.loads(l)["score"] for l in open(sys.argv[2])]
+d = max(abs(a - b) / max(abs(b), 1.0) for a, b in zip(g, c)) if g and len(g) == len(c) else float("nan")
+print(f"image scores cuda vs cpu: {len(g)} images, max relative difference {d:.2e}")
+PY
+fi
+endsection
+
+# 4. PyTorch side by side.
+section "4. PyTorch on this machine vs pmad's kernels"
+timeout 200 python3 "$ROOT/scripts/device_torch.py" --criterion "$OUTDIR/criterion" >> "$RES" 2> "$OUTDIR/torch.log"
+echo "exit status $?" >> "$RES"
+endsection
+echo "results: $RES"
+cat "$RES"

@@ -1,8 +1,8 @@
 //! Criterion benches of the CUDA kernels (feature `cuda`), at the shapes PMAD runs: the ViT's
 //! attention and GEMMs (small and base presets, batch 64 x 196 tokens), the nearest-prototype
 //! search (a batch of 8 images' 784 patches against 16k and 100k-prototype banks), top-k
-//! proposal masking, token entropy over |V| = 8192, the coupling layer, the glue ops, and the
-//! whole ViT inference forward. Every timed call ends with a device synchronize, so a sample
+//! proposal masking, token entropy over |V| = 8192, the coupling layer, the glue ops, the
+//! backbone's feature extraction and the whole ViT inference forward. Every timed call ends with a device synchronize, so a sample
 //! is the wall time of the work, not of the launch.
 //!
 //! `cargo bench --features cuda --bench cuda_kernels [-- FILTER]`. Without a usable GPU it
@@ -196,6 +196,34 @@ fn cuda_kernels(c: &mut Criterion) {
             gaussian_blur(&dev, &maps, 64, 256, 256, 4.0).expect("blur");
         },
     );
+
+    // The backbone's feature extraction (EfficientNet-Lite0 to blocks.10 + PaDiM pooling),
+    // 64 images at 224, from host input to device feature rows (needs the fetched weights).
+    let path = pmad::models::efficientnet::default_weights_dir()
+        .join(pmad::models::efficientnet::WEIGHTS_FILE);
+    match pmad::models::EfficientNetLite0::load(&path) {
+        Ok(net) => {
+            let fx = pmad::detector::FeatureExtractor::new(
+                Arc::new(net),
+                pmad::detector::FeatureSpec::default(),
+            )
+            .expect("feature spec");
+            let gf = pmad::cuda::backbone::CudaFeatures::upload(dev.clone(), &fx).expect("upload");
+            let batch = 64;
+            let x: Vec<f32> = (0..batch * 3 * 224 * 224).map(|_| rng.normal()).collect();
+            time(
+                c,
+                &dev,
+                "backbone",
+                "features_b64_224",
+                batch as u64,
+                || {
+                    gf.extract(&x, batch).expect("features");
+                },
+            );
+        }
+        Err(e) => println!("backbone bench skipped: {e}"),
+    }
 
     // The whole ViT inference forward (small and base presets, |V| 8192), 64 images, 30%
     // masked, entropy + cross-entropy; includes the host unfold and the upload.

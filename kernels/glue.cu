@@ -24,6 +24,15 @@
 // mask_rows_f32       y[r, c] = mask[r] ? token[c] : x[r, c]   (the ViT's [M] embedding
 //                     replacing masked patch tokens)
 // gather_rows_f32     y[r, c] = x[idx[r], c]; an index outside [0, src_rows) writes 0
+// im2col_f32          per image, col[(c*KH + a)*KW + b, oh*OW + ow] =
+//                     x[c, oh*sh - top + a, ow*sw - left + b] (0 outside): a dense conv becomes
+//                     one GEMM with the weight [C_out, C*KH*KW] (the backbone's stem)
+// bias_act_nchw_f32   y = act(x + bias[c]) (+ residual) over NCHW, act = identity or ReLU6
+//                     (folded-BN bias after a pointwise-conv GEMM; the MBConv skip)
+// avg_pool_f32        k x k mean, stride 1, k/2 padding, dividing by the in-bounds cell
+//                     count (count_include_pad=False; PaDiM's local aggregation)
+// nchw_to_rows_f32    y[(b*HW + p) * row_width + col_offset + c] = x[(b*C + c)*HW + p]: one
+//                     tap's channels into its columns of the [B*HW, dim] feature rows
 #include "common.cuh"
 #include "params.cuh"
 
@@ -208,5 +217,77 @@ extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
         const size_t r = i / p.cols;
         const int src = idx[r];
         y[i] = (src >= 0 && src < p.src_rows) ? x[(size_t)src * p.cols + (i - r * p.cols)] : 0.0f;
+    }
+}
+
+// --------------------------------------------------------------------------- backbone glue
+// grid-stride over B * C*KH*KW * OH*OW column entries
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    im2col_f32(const float* __restrict__ x, float* __restrict__ col, const Im2colParams p) {
+    const size_t ohw = (size_t)p.out_h * p.out_w;
+    const size_t rows = (size_t)p.channels * p.k_h * p.k_w;
+    const size_t total = (size_t)p.batch * rows * ohw;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int ow = (int)(i % p.out_w);
+        const int oh = (int)((i / p.out_w) % p.out_h);
+        const size_t r = (i / ohw) % rows;
+        const size_t b = i / (ohw * rows);
+        const int kb = (int)(r % p.k_w);
+        const int ka = (int)((r / p.k_w) % p.k_h);
+        const int c = (int)(r / ((size_t)p.k_w * p.k_h));
+        const int iy = oh * p.stride_h - p.pad_top + ka;
+        const int ix = ow * p.stride_w - p.pad_left + kb;
+        float v = 0.0f;
+        if (iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w)
+            v = x[((b * p.channels + c) * p.in_h + iy) * (size_t)p.in_w + ix];
+        col[i] = v;
+    }
+}
+
+// grid-stride over B*C*HW; residual ignored when has_residual == 0
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    bias_act_nchw_f32(const float* __restrict__ x, const float* __restrict__ bias,
+                      const float* __restrict__ residual, float* __restrict__ y,
+                      const BiasActParams p) {
+    const size_t total = (size_t)p.batch * p.channels * p.plane;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i] + bias[(i / p.plane) % p.channels];
+        if (p.relu6) v = fminf(fmaxf(v, 0.0f), 6.0f);
+        if (p.has_residual) v += residual[i];
+        y[i] = v;
+    }
+}
+
+// grid-stride over planes*H*W
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    avg_pool_f32(const float* __restrict__ x, float* __restrict__ y, const PoolParams p) {
+    const size_t total = (size_t)p.planes * p.h * p.w;
+    const int r = p.k / 2;
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < total;
+         o += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(o % p.w);
+        const int rr = (int)((o / p.w) % p.h);
+        const float* xp = x + (o - c - (size_t)rr * p.w);
+        const int y0 = max(rr - r, 0), y1 = min(rr + r, p.h - 1);
+        const int x0 = max(c - r, 0), x1 = min(c + r, p.w - 1);
+        float s = 0.0f;
+        for (int yy = y0; yy <= y1; ++yy)
+            for (int xx = x0; xx <= x1; ++xx) s += xp[(size_t)yy * p.w + xx];
+        y[o] = s / (float)((y1 - y0 + 1) * (x1 - x0 + 1));
+    }
+}
+
+// grid-stride over B*C*HW inputs (each written once)
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    nchw_to_rows_f32(const float* __restrict__ x, float* __restrict__ y, const ToRowsParams p) {
+    const size_t total = (size_t)p.batch * p.channels * p.plane;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t q = i % p.plane;
+        const int c = (int)((i / p.plane) % p.channels);
+        const size_t b = i / ((size_t)p.plane * p.channels);
+        y[(b * p.plane + q) * p.row_width + p.col_offset + c] = x[i];
     }
 }

@@ -112,3 +112,49 @@ struct RowSelectParams {
     int src_rows;  // rows of the input (gather bounds)
 };
 static_assert(sizeof(RowSelectParams) == 12, "RowSelectParams layout");
+
+// glue.cu: im2col_f32
+struct Im2colParams {
+    int batch;
+    int channels;
+    int in_h;
+    int in_w;
+    int out_h;
+    int out_w;
+    int k_h;
+    int k_w;
+    int stride_h;
+    int stride_w;
+    int pad_top;   // (bottom/right padding is implied by out_h/out_w)
+    int pad_left;
+};
+static_assert(sizeof(Im2colParams) == 48, "Im2colParams layout");
+
+// glue.cu: bias_act_nchw_f32
+struct BiasActParams {
+    int batch;
+    int channels;
+    int plane;         // H*W
+    int relu6;         // 1: min(max(., 0), 6) after the bias
+    int has_residual;  // 1: + residual after the activation
+};
+static_assert(sizeof(BiasActParams) == 20, "BiasActParams layout");
+
+// glue.cu: avg_pool_f32
+struct PoolParams {
+    int planes;
+    int h;
+    int w;
+    int k;  // odd window
+};
+static_assert(sizeof(PoolParams) == 16, "PoolParams layout");
+
+// glue.cu: nchw_to_rows_f32
+struct ToRowsParams {
+    int batch;
+    int channels;
+    int plane;       // H*W
+    int row_width;   // columns of the output rows (all taps' channels)
+    int col_offset;  // first column of this tap
+};
+static_assert(sizeof(ToRowsParams) == 20, "ToRowsParams layout");

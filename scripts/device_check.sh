@@ -17,6 +17,7 @@ mkdir -p "$OUTDIR"
 RES="$OUTDIR/device_results.md"
 [ -x "$KIT/bin/pmad" ] || { echo "no $KIT/bin/pmad: run scripts/device_kit.sh first" >&2; exit 2; }
 W="$KIT/weights/efficientnet_lite0.safetensors"
+export PMAD_WEIGHTS_DIR="$KIT/weights"   # the parity test and bench of the GPU backbone read it
 
 # cuBLAS for cudarc: the system's, or the one PyTorch's wheels bring.
 extra=$(python3 - <<'PY' 2>/dev/null
@@ -58,7 +59,7 @@ grep -E "^[a-z_]+/|time:|thrpt:|skipped" "$OUTDIR/kernels.log" >> "$RES"
 endsection
 
 # 3. Inspect throughput on regenerated synthetic images.
-section "3. pmad inspect images/s (whole command: decode, backbone on CPU, search + ViT on the device)"
+section "3. pmad inspect images/s (whole command: PNG decode + resize on the CPU; backbone, search and ViT on the device)"
 data="$OUTDIR/synth"
 rm -rf "$data"
 # shellcheck disable=SC2046

@@ -16,10 +16,11 @@ use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
 use pmad::cuda::glue::{
-    DwConv2dDims, bias_residual_add, dwconv2d, gather_rows, gaussian_blur, gaussian_taps, gelu_fwd,
-    layernorm_fwd, mask_rows, resize_bilinear,
+    DwConv2dDims, Im2colDims, avg_pool, bias_act_nchw, bias_residual_add, dwconv2d, gather_rows,
+    gaussian_blur, gaussian_taps, gelu_fwd, im2col, layernorm_fwd, mask_rows, nchw_to_rows,
+    resize_bilinear,
 };
-use pmad::cuda::linear::linear;
+use pmad::cuda::linear::{linear, pointwise_conv};
 use pmad::cuda::proto_nn::{ProtoBank, proto_nn};
 use pmad::cuda::topk_mask::{topk_count, topk_mask};
 use pmad::cuda::vit::CudaVit;
@@ -1123,6 +1124,161 @@ fn vit_token_uncertainty() {
             tol,
         );
     }
+}
+
+#[test]
+fn backbone_glue() {
+    let dev = device_or_skip!();
+    let mut rng = Rng::new(0xBB0);
+    // im2col with the stem's kernel and stride, a padded top edge and an unpadded left one.
+    let d = Im2colDims {
+        batch: 2,
+        channels: 3,
+        in_h: 37,
+        in_w: 29,
+        out_h: 19,
+        out_w: 15,
+        k_h: 3,
+        k_w: 3,
+        stride: 2,
+        pad_top: 1,
+        pad_left: 0,
+    };
+    let x = rng.normals(d.batch * d.channels * d.in_h * d.in_w, 1.0);
+    let mut want = vec![0.0f64; d.col_numel()];
+    let ohw = d.out_h * d.out_w;
+    for (i, w) in want.iter_mut().enumerate() {
+        let (p, r, b) = (i % ohw, (i / ohw) % 27, i / (ohw * 27));
+        let (c, a, bb) = (r / 9, (r / 3) % 3, r % 3);
+        let iy = (p / d.out_w * 2 + a) as isize - 1;
+        let ix = (p % d.out_w * 2 + bb) as isize;
+        if iy >= 0 && (iy as usize) < d.in_h && (ix as usize) < d.in_w {
+            *w = x[((b * 3 + c) * d.in_h + iy as usize) * d.in_w + ix as usize] as f64;
+        }
+    }
+    let col = im2col(&dev, &up(&dev, &x), d).unwrap();
+    compare("im2col 2x3x37x29 k3 s2", &down(&dev, &col), &want, TIGHT);
+    // bias + ReLU6 + skip, over NCHW.
+    let (n, c, plane) = (3, 7, 53);
+    let x = rng.normals(n * c * plane, 4.0);
+    let bias = rng.normals(c, 1.0);
+    let res = rng.normals(n * c * plane, 1.0);
+    let want: Vec<f64> = (0..n * c * plane)
+        .map(|i| ((x[i] + bias[(i / plane) % c]) as f64).clamp(0.0, 6.0) + res[i] as f64)
+        .collect();
+    let (xd, bd, rd) = (up(&dev, &x), up(&dev, &bias), up(&dev, &res));
+    let y = bias_act_nchw(&dev, &xd, &bd, Some(&rd), n, c, plane, true).unwrap();
+    compare("bias_act_nchw relu6 + skip", &down(&dev, &y), &want, TIGHT);
+    // 3x3 average pooling, count_include_pad=False.
+    let (planes, h, w) = (5, 28, 23);
+    let x = rng.normals(planes * h * w, 1.0);
+    let mut want = vec![0.0f64; planes * h * w];
+    for p in 0..planes {
+        for i in 0..h {
+            for j in 0..w {
+                let (mut s, mut cnt) = (0.0, 0.0);
+                for yy in i.saturating_sub(1)..=(i + 1).min(h - 1) {
+                    for xx in j.saturating_sub(1)..=(j + 1).min(w - 1) {
+                        s += x[(p * h + yy) * w + xx] as f64;
+                        cnt += 1.0;
+                    }
+                }
+                want[(p * h + i) * w + j] = s / cnt;
+            }
+        }
+    }
+    let y = avg_pool(&dev, &up(&dev, &x), planes, h, w, 3).unwrap();
+    compare("avg_pool 5x28x23 k3", &down(&dev, &y), &want, TIGHT);
+    // A tap's channels into columns 4..9 of 11-wide rows; other columns untouched.
+    let (b, c, plane, width, off) = (2, 5, 13, 11, 4);
+    let x = rng.normals(b * c * plane, 1.0);
+    let mut rows = up(&dev, &vec![7.0; b * plane * width]);
+    nchw_to_rows(&dev, &up(&dev, &x), &mut rows, b, c, plane, width, off).unwrap();
+    let want: Vec<f64> = (0..b * plane * width)
+        .map(|i| {
+            let (r, col) = (i / width, i % width);
+            if (off..off + c).contains(&col) {
+                x[((r / plane) * c + col - off) * plane + r % plane] as f64
+            } else {
+                7.0
+            }
+        })
+        .collect();
+    compare("nchw_to_rows", &down(&dev, &rows), &want, TIGHT);
+}
+
+#[test]
+fn pointwise_conv_cublas() {
+    let dev = device_or_skip!();
+    let mut rng = Rng::new(0x1C0);
+    // Ragged, then the stem's im2col GEMM (27 -> 32 over 112²).
+    for (batch, c_in, c_out, plane) in [(3, 17, 23, 29), (2, 27, 32, 112 * 112)] {
+        let x = rng.normals(batch * c_in * plane, 1.0);
+        let w = rng.normals(c_out * c_in, 0.3);
+        let want: Vec<f64> = (0..batch * c_out * plane)
+            .map(|i| {
+                let (p, o, b) = (i % plane, (i / plane) % c_out, i / (plane * c_out));
+                (0..c_in)
+                    .map(|c| w[o * c_in + c] as f64 * x[(b * c_in + c) * plane + p] as f64)
+                    .sum()
+            })
+            .collect();
+        let y = pointwise_conv(
+            &dev,
+            &up(&dev, &x),
+            &up(&dev, &w),
+            batch,
+            c_in,
+            c_out,
+            plane,
+        );
+        let tol = Tol {
+            atol: 1e-4,
+            rtol: 1e-4,
+            nmse: 1e-9,
+        };
+        let name = format!("pointwise_conv {batch}x{c_in}->{c_out} x{plane}");
+        compare(&name, &down(&dev, &y.unwrap()), &want, tol);
+    }
+}
+
+/// End to end: the GPU feature extraction (backbone + PaDiM pooling) vs the CPU one, on the
+/// real pretrained weights (skipped when they were not fetched).
+#[test]
+fn backbone_features() {
+    use pmad::cuda::backbone::CudaFeatures;
+    use pmad::detector::{FeatureExtractor, FeatureSpec};
+    use pmad::models::EfficientNetLite0;
+    use pmad::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
+    let dev = device_or_skip!();
+    let path = default_weights_dir().join(WEIGHTS_FILE);
+    if !path.is_file() {
+        println!("skipped: no backbone weights at {}", path.display());
+        return;
+    }
+    let net = Arc::new(EfficientNetLite0::load(&path).unwrap());
+    let fx = FeatureExtractor::new(net, FeatureSpec::default()).unwrap();
+    let mut rng = Rng::new(0xFEA7);
+    let batch = 3;
+    let x = rng.normals(batch * 3 * 224 * 224, 1.0);
+    let cpu = fx
+        .extract(&pmad::Tensor::new(x.clone(), &[batch, 3, 224, 224]).unwrap())
+        .unwrap()
+        .into_f32_vec();
+    let gpu = CudaFeatures::upload(dev.clone(), &fx).unwrap();
+    let rows = gpu.extract(&x, batch).unwrap();
+    // 11 blocks of f32 convs with different summation orders (cuBLAS vs the CPU GEMM).
+    let tol = Tol {
+        atol: 2e-3,
+        rtol: 2e-3,
+        nmse: 1e-8,
+    };
+    compare(
+        "backbone features 3x224",
+        &down(&dev, &rows),
+        &f64s(&cpu),
+        tol,
+    );
 }
 
 #[test]

@@ -24,6 +24,10 @@ DwP = S('Dw', ['batch','channels','in_h','in_w','out_h','out_w','k_h','k_w','str
 RsP = S('Rs', ['planes','in_h','in_w','out_h','out_w','scale_h','scale_w'])
 BlP = S('Bl', ['planes','h','w','radius'])
 RowP = S('Row', ['rows','cols','src_rows'])
+I2cP = S('I2c', ['batch','channels','in_h','in_w','out_h','out_w','k_h','k_w','stride_h','stride_w','pad_top','pad_left'])
+BaP = S('Ba', ['batch','channels','plane','relu6','has_residual'])
+PoP = S('Po', ['planes','h','w','k'])
+TrP = S('Tr', ['batch','channels','plane','row_width','col_offset'])
 assert C.sizeof(AttP)==20 and C.sizeof(DwP)==60 and C.sizeof(RsP)==28
 
 def ptr(a): return a.ctypes.data_as(C.c_void_p)
@@ -245,6 +249,42 @@ idx = np.array([52, 0, 7, 7, 30, R, 1], np.int32); y = np.zeros((len(idx), Cc), 
 launch('gather_rows_f32', (min(cdiv(y.size, 256), 32 * 132), 1, 1), 256, x, idx, y, RowP(len(idx), Cc, R))
 want = np.stack([x[i] if i < R else np.zeros(Cc, np.float32) for i in idx])
 compare("gather_rows 7 of 53 (one out of range)", y, want, 0, 0)
+
+# backbone glue: im2col (then a conv is col x weight), bias + act + skip, avg pool, to rows
+def grid_(n): return (min(cdiv(n, 256), 32 * 132), 1, 1)
+for (N, Cn, H, W, k, st) in [(2, 3, 17, 13, 3, 2), (1, 5, 9, 10, 3, 1), (3, 2, 8, 8, 5, 2)]:
+    OH, OW = -(-H // st), -(-W // st)
+    ph = max((OH - 1) * st + k - H, 0); pw = max((OW - 1) * st + k - W, 0)
+    t, l = ph // 2, pw // 2
+    x = f32(rng.standard_normal((N, Cn, H, W))); col = np.zeros((N, Cn * k * k, OH * OW), np.float32)
+    launch('im2col_f32', grid_(col.size), 256, x, col, I2cP(N, Cn, H, W, OH, OW, k, k, st, st, t, l))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (t, ph - t), (l, pw - l)))
+    want = np.zeros((N, Cn, k, k, OH, OW))
+    for a in range(k):
+        for b_ in range(k):
+            want[:, :, a, b_] = xp[:, :, a:a + st * (OH - 1) + 1:st, b_:b_ + st * (OW - 1) + 1:st]
+    compare(f"im2col {N}x{Cn}x{H}x{W} k{k} s{st} (tf-same)", col, want.reshape(N, Cn * k * k, OH * OW), 0, 0)
+for (N, Cn, P, relu6, res) in [(2, 7, 31, 1, 0), (3, 5, 49, 0, 1), (1, 1, 1, 1, 1)]:
+    x = f32(4 * rng.standard_normal((N, Cn, P))); b = f32(rng.standard_normal(Cn)); r = f32(rng.standard_normal((N, Cn, P)))
+    y = np.zeros_like(x)
+    launch('bias_act_nchw_f32', grid_(x.size), 256, x, b, r if res else x, y, BaP(N, Cn, P, relu6, res))
+    want = x.astype(np.float64) + b[None, :, None]
+    if relu6: want = np.clip(want, 0, 6)
+    if res: want = want + r
+    compare(f"bias_act_nchw relu6={relu6} res={res}", y, want, 1e-6, 1e-6)
+for (P, H, W, k) in [(3, 28, 28, 3), (2, 5, 7, 3), (1, 9, 4, 5)]:
+    x = f32(rng.standard_normal((P, H, W))); y = np.zeros_like(x)
+    launch('avg_pool_f32', grid_(x.size), 256, x, y, PoP(P, H, W, k))
+    r = k // 2; want = np.zeros((P, H, W))
+    for i in range(H):
+        for j in range(W):
+            want[:, i, j] = x[:, max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1].astype(np.float64).mean(axis=(1, 2))
+    compare(f"avg_pool {P}x{H}x{W} k{k} (count_include_pad=False)", y, want, 1e-6, 1e-6)
+N, Cn, P, Wd, off = 2, 5, 13, 11, 4
+x = f32(rng.standard_normal((N, Cn, P))); y = np.full((N * P, Wd), 7.0, np.float32)
+launch('nchw_to_rows_f32', grid_(x.size), 256, x, y, TrP(N, Cn, P, Wd, off))
+want = np.full((N * P, Wd), 7.0); want[:, off:off + Cn] = x.transpose(0, 2, 1).reshape(N * P, Cn)
+compare("nchw_to_rows 2x5x13 -> cols 4..9 of 11", y, want, 0, 0)
 
 print("\nFAILS:", FAILS)
 sys.exit(1 if FAILS else 0)

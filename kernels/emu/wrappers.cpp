@@ -35,4 +35,8 @@ void w_blur_h_f32(G, cf x, cf t, mf y, BlurParams p) { L(blur_h_f32, x, t, y, p)
 void w_blur_v_f32(G, cf x, cf t, mf y, BlurParams p) { L(blur_v_f32, x, t, y, p); }
 void w_mask_rows_f32(G, cf x, const int* m, cf t, mf y, RowSelectParams p) { L(mask_rows_f32, x, m, t, y, p); }
 void w_gather_rows_f32(G, cf x, const int* i, mf y, RowSelectParams p) { L(gather_rows_f32, x, i, y, p); }
+void w_im2col_f32(G, cf x, mf c, Im2colParams p) { L(im2col_f32, x, c, p); }
+void w_bias_act_nchw_f32(G, cf x, cf b, cf r, mf y, BiasActParams p) { L(bias_act_nchw_f32, x, b, r, y, p); }
+void w_avg_pool_f32(G, cf x, mf y, PoolParams p) { L(avg_pool_f32, x, y, p); }
+void w_nchw_to_rows_f32(G, cf x, mf y, ToRowsParams p) { L(nchw_to_rows_f32, x, y, p); }
 }

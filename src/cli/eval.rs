@@ -33,8 +33,8 @@ pub struct EvalArgs {
     /// Register any class that is not registered yet (from its train/good) before evaluating.
     #[arg(long)]
     pub register: bool,
-    /// Where scoring's nearest-prototype search and ViT run: cpu | cuda (needs a build with
-    /// `--features cuda` and an sm_90+ GPU; the backbone stays on the CPU).
+    /// Where the backbone, the nearest-prototype search and the ViT run: cpu | cuda (needs a
+    /// build with `--features cuda` and an sm_90+ GPU).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
     #[arg(long)]

@@ -25,8 +25,8 @@ pub struct InspectArgs {
     /// Score to use (default: the model's); e.g. `product` for full two-stage PMAD.
     #[arg(long)]
     pub score: Option<ScoreKind>,
-    /// Where scoring's nearest-prototype search and ViT run: cpu | cuda (needs a build with
-    /// `--features cuda` and an sm_90+ GPU; the backbone stays on the CPU).
+    /// Where the backbone, the nearest-prototype search and the ViT run: cpu | cuda (needs a
+    /// build with `--features cuda` and an sm_90+ GPU).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
     /// Images per batch (decoded in parallel, one backbone / search / ViT pass each).

@@ -19,8 +19,8 @@ pub struct RegisterArgs {
     /// the model's). Choose it from normal images or domain knowledge — never test labels.
     #[arg(long)]
     pub mask_ratio: Option<f32>,
-    /// Where scoring's nearest-prototype search and ViT run: cpu | cuda (needs a build with
-    /// `--features cuda` and an sm_90+ GPU; the backbone stays on the CPU).
+    /// Where the backbone, the nearest-prototype search and the ViT run: cpu | cuda (needs a
+    /// build with `--features cuda` and an sm_90+ GPU).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
     /// Backbone weights (default: the fetched EfficientNet-Lite0).

@@ -1,11 +1,13 @@
 //! Launchers of `kernels/glue.cu`: layernorm, GELU (erf), bias + residual, depthwise conv2d
 //! with folded-BN bias and ReLU6, bilinear resize (torch, `align_corners=False`) and the
-//! separable Gaussian blur (scipy `reflect`), and row selection (the ViT's `[M]` token,
-//! gathering masked rows). Row ops use one warp per row (8 rows per
+//! separable Gaussian blur (scipy `reflect`), row selection (the ViT's `[M]` token, gathering
+//! masked rows), and the backbone's glue (im2col, per-channel bias + ReLU6 + skip, 3x3 average
+//! pooling, NCHW maps into feature rows). Row ops use one warp per row (8 rows per
 //! 256-thread block); elementwise ops a grid-stride loop over at most `32 * SMs` blocks.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
+use super::params::{BiasActParams, Im2colParams, PoolParams, ToRowsParams};
 use super::params::{
     BiasResidualParams, BlurParams, DwConv2dParams, GeluParams, LayerNormParams,
     ResizeBilinearParams, RowSelectParams,
@@ -407,4 +409,193 @@ pub fn gather_rows(
     // src_rows*cols, idx rows and y rows*cols elements; out-of-range indices are not read.
     unsafe { b.launch(elementwise(dev, rows * cols)?) }?;
     Ok(y)
+}
+
+/// Geometry of [`im2col`]: NCHW input, `k_h x k_w` window, stride, top/left zero padding
+/// (bottom/right follow from the output size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Im2colDims {
+    pub batch: usize,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+}
+
+impl Im2colDims {
+    /// Elements of the column buffer: `B * C*KH*KW * OH*OW`.
+    pub fn col_numel(&self) -> usize {
+        self.batch * self.channels * self.k_h * self.k_w * self.out_h * self.out_w
+    }
+}
+
+/// `x [B, C, H, W]` -> `col [B, C*KH*KW, OH*OW]` (see `kernels/glue.cu`).
+pub fn im2col(dev: &CudaDevice, x: &CudaSlice<f32>, d: Im2colDims) -> CudaResult<CudaSlice<f32>> {
+    check_len(
+        "im2col",
+        "x",
+        x.len(),
+        d.batch * d.channels * d.in_h * d.in_w,
+    )?;
+    let n = d.col_numel();
+    to_i32(n, "im2col columns")?;
+    let mut col = dev.alloc_out::<f32>(n)?;
+    if n == 0 {
+        return Ok(col);
+    }
+    let p = Im2colParams {
+        batch: to_i32(d.batch, "batch")?,
+        channels: to_i32(d.channels, "channels")?,
+        in_h: to_i32(d.in_h, "in_h")?,
+        in_w: to_i32(d.in_w, "in_w")?,
+        out_h: to_i32(d.out_h, "out_h")?,
+        out_w: to_i32(d.out_w, "out_w")?,
+        k_h: to_i32(d.k_h, "k_h")?,
+        k_w: to_i32(d.k_w, "k_w")?,
+        stride_h: to_i32(d.stride, "stride")?,
+        stride_w: to_i32(d.stride, "stride")?,
+        pad_top: to_i32(d.pad_top, "pad_top")?,
+        pad_left: to_i32(d.pad_left, "pad_left")?,
+    };
+    let f = dev.function(KernelModule::Glue, "im2col_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(&mut col).arg(&p);
+    // SAFETY: `(const float* x, float* col, Im2colParams)`; x holds B*C*H*W and col
+    // B*C*KH*KW*OH*OW elements (checked); reads are bounds-checked against in_h/in_w.
+    unsafe { b.launch(elementwise(dev, n)?) }?;
+    Ok(col)
+}
+
+/// `y = act(x + bias[c]) (+ residual)` over `x [B, C, plane]`, act = ReLU6 when `relu6`.
+#[allow(clippy::too_many_arguments)]
+pub fn bias_act_nchw(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    bias: &CudaSlice<f32>,
+    residual: Option<&CudaSlice<f32>>,
+    batch: usize,
+    channels: usize,
+    plane: usize,
+    relu6: bool,
+) -> CudaResult<CudaSlice<f32>> {
+    let n = batch * channels * plane;
+    check_len("bias_act_nchw", "x", x.len(), n)?;
+    check_len("bias_act_nchw", "bias", bias.len(), channels)?;
+    if let Some(r) = residual {
+        check_len("bias_act_nchw", "residual", r.len(), n)?;
+    }
+    to_i32(n, "bias_act_nchw elements")?;
+    let mut y = dev.alloc_out::<f32>(n)?;
+    if n == 0 {
+        return Ok(y);
+    }
+    let p = BiasActParams {
+        batch: to_i32(batch, "batch")?,
+        channels: to_i32(channels, "channels")?,
+        plane: to_i32(plane, "plane")?,
+        relu6: relu6 as i32,
+        has_residual: residual.is_some() as i32,
+    };
+    let f = dev.function(KernelModule::Glue, "bias_act_nchw_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    // Without a residual, `x` stands in for the unused pointer (never read).
+    b.arg(x)
+        .arg(bias)
+        .arg(residual.unwrap_or(x))
+        .arg(&mut y)
+        .arg(&p);
+    // SAFETY: `(x, bias, residual, float* y, BiasActParams)`; x/residual/y B*C*plane and bias
+    // C elements, checked above.
+    unsafe { b.launch(elementwise(dev, n)?) }?;
+    Ok(y)
+}
+
+/// `k x k` average pooling (stride 1, `k/2` padding, `count_include_pad=False`) of each of
+/// `planes` `h x w` planes; `k` odd.
+pub fn avg_pool(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    planes: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    check_len("avg_pool", "x", x.len(), planes * h * w)?;
+    if k.is_multiple_of(2) {
+        return Err(CudaError::Invalid(format!(
+            "avg_pool: window {k} is not odd"
+        )));
+    }
+    to_i32(planes * h * w, "avg_pool elements")?;
+    let mut y = dev.alloc_out::<f32>(planes * h * w)?;
+    if planes * h * w == 0 {
+        return Ok(y);
+    }
+    let p = PoolParams {
+        planes: to_i32(planes, "planes")?,
+        h: to_i32(h, "h")?,
+        w: to_i32(w, "w")?,
+        k: to_i32(k, "k")?,
+    };
+    let f = dev.function(KernelModule::Glue, "avg_pool_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(&mut y).arg(&p);
+    // SAFETY: `(const float* x, float* y, PoolParams)`, both planes*h*w elements; the window
+    // is clipped to the plane.
+    unsafe { b.launch(elementwise(dev, planes * h * w)?) }?;
+    Ok(y)
+}
+
+/// Writes `x [B, C, plane]` into columns `col_offset..col_offset + C` of the feature rows
+/// `rows [B * plane, row_width]` (row `b * plane + p`).
+#[allow(clippy::too_many_arguments)]
+pub fn nchw_to_rows(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    rows: &mut CudaSlice<f32>,
+    batch: usize,
+    channels: usize,
+    plane: usize,
+    row_width: usize,
+    col_offset: usize,
+) -> CudaResult<()> {
+    let n = batch * channels * plane;
+    check_len("nchw_to_rows", "x", x.len(), n)?;
+    check_len(
+        "nchw_to_rows",
+        "rows",
+        rows.len(),
+        batch * plane * row_width,
+    )?;
+    if col_offset + channels > row_width {
+        return Err(CudaError::Invalid(format!(
+            "nchw_to_rows: columns {col_offset}..{} exceed the row width {row_width}",
+            col_offset + channels
+        )));
+    }
+    to_i32(batch * plane * row_width, "nchw_to_rows output")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let p = ToRowsParams {
+        batch: to_i32(batch, "batch")?,
+        channels: to_i32(channels, "channels")?,
+        plane: to_i32(plane, "plane")?,
+        row_width: to_i32(row_width, "row_width")?,
+        col_offset: to_i32(col_offset, "col_offset")?,
+    };
+    let f = dev.function(KernelModule::Glue, "nchw_to_rows_f32")?;
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(x).arg(rows).arg(&p);
+    // SAFETY: `(const float* x, float* y, ToRowsParams)`; x holds B*C*plane and y
+    // B*plane*row_width elements (checked), and col_offset + C <= row_width, so every write
+    // index is in bounds.
+    unsafe { b.launch(elementwise(dev, n)?) }?;
+    Ok(())
 }

@@ -75,3 +75,63 @@ pub fn matmul_wt(
     unsafe { blas.gemm(cfg, w, x, &mut y) }?;
     Ok(y)
 }
+
+/// A 1x1 convolution over NCHW maps (no bias): `y[b] [C_out, HW] = w [C_out, C_in] ·
+/// x[b] [C_in, HW]` for every image `b`, as one strided-batched cuBLAS GEMM (the weight is
+/// shared: batch stride 0). A dense `k x k` conv is the same GEMM on [`super::glue::im2col`]'s
+/// columns (`C_in` = `C*k*k`, `HW` = the output plane).
+///
+/// Column-major reading: `x[b]` is the `HW x C_in` matrix (ld `HW`), `w` the `C_in x C_out`
+/// one (ld `C_in`), `y[b]` the `HW x C_out` one (ld `HW`): `y[b] = x[b] · w`, no transposes.
+pub fn pointwise_conv(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    plane: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    use cudarc::cublas::StridedBatchedConfig;
+    check_len("pointwise_conv", "x", x.len(), batch * c_in * plane)?;
+    check_len("pointwise_conv", "w", w.len(), c_out * c_in)?;
+    let n_out = batch * c_out * plane;
+    to_i32(n_out, "pointwise_conv output")?;
+    to_i32(batch * c_in * plane, "pointwise_conv input")?;
+    if n_out == 0 {
+        return dev.zeros(0);
+    }
+    if c_in == 0 {
+        return dev.zeros(n_out);
+    }
+    let (m, n, k) = (
+        to_i32(plane, "plane")?,
+        to_i32(c_out, "c_out")?,
+        to_i32(c_in, "c_in")?,
+    );
+    let mut y = dev.alloc_out::<f32>(n_out)?;
+    let cfg = StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m,
+            n,
+            k,
+            alpha: 1.0f32,
+            lda: m,
+            ldb: k,
+            beta: 0.0f32,
+            ldc: m,
+        },
+        batch_size: to_i32(batch, "batch")?,
+        stride_a: (c_in * plane) as i64,
+        stride_b: 0,
+        stride_c: (c_out * plane) as i64,
+    };
+    let blas = dev.blas()?;
+    // SAFETY: per batch entry b, A = x + b*C_in*HW spans HW*C_in elements, B = w (shared)
+    // C_in*C_out, C = y + b*C_out*HW spans HW*C_out: all inside the checked lengths; beta = 0
+    // means y is only written.
+    unsafe { blas.gemm_strided_batched(cfg, x, w, &mut y) }?;
+    Ok(y)
+}

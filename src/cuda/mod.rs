@@ -7,7 +7,8 @@
 //! - [`params`]: `#[repr(C)]` kernel parameter blocks, mirrored by `kernels/params.cuh`;
 //! - [`attention`], [`proto_nn`], [`topk_mask`], [`coupling`], [`entropy`], [`glue`]: one
 //!   launcher per kernel, taking and returning [`CudaSlice`]s; [`linear`]: cuBLAS GEMM + bias;
-//! - [`vit`]: the masked-token ViT's inference forward, resident on the device.
+//! - [`vit`]: the masked-token ViT's inference forward, resident on the device;
+//! - [`backbone`]: the backbone's feature extraction (EfficientNet-Lite0 + PaDiM pooling).
 //!
 //! The PTX comes from `build.rs`, which compiles every `kernels/*.cu` for `compute_90` with
 //! nvcc or NVRTC and checks it with `ptxas -arch=sm_90` (see `kernels/PTXAS_REPORT.md`); it is
@@ -20,6 +21,7 @@
 //! [`CudaError::Invalid`] instead of launching on a mismatch; sizes must fit `i32`.
 
 pub mod attention;
+pub mod backbone;
 pub mod coupling;
 pub mod device;
 pub mod entropy;

@@ -142,6 +142,56 @@ pub struct RowSelectParams {
     pub src_rows: i32,
 }
 
+/// `Im2colParams` — glue.cu `im2col_f32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Im2colParams {
+    pub batch: i32,
+    pub channels: i32,
+    pub in_h: i32,
+    pub in_w: i32,
+    pub out_h: i32,
+    pub out_w: i32,
+    pub k_h: i32,
+    pub k_w: i32,
+    pub stride_h: i32,
+    pub stride_w: i32,
+    pub pad_top: i32,
+    pub pad_left: i32,
+}
+
+/// `BiasActParams` — glue.cu `bias_act_nchw_f32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BiasActParams {
+    pub batch: i32,
+    pub channels: i32,
+    pub plane: i32,
+    pub relu6: i32,
+    pub has_residual: i32,
+}
+
+/// `PoolParams` — glue.cu `avg_pool_f32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolParams {
+    pub planes: i32,
+    pub h: i32,
+    pub w: i32,
+    pub k: i32,
+}
+
+/// `ToRowsParams` — glue.cu `nchw_to_rows_f32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ToRowsParams {
+    pub batch: i32,
+    pub channels: i32,
+    pub plane: i32,
+    pub row_width: i32,
+    pub col_offset: i32,
+}
+
 device_repr! {
     AttentionParams = 20,
     ProtoNnParams = 16,
@@ -155,4 +205,8 @@ device_repr! {
     ResizeBilinearParams = 28,
     BlurParams = 16,
     RowSelectParams = 12,
+    Im2colParams = 48,
+    BiasActParams = 20,
+    PoolParams = 16,
+    ToRowsParams = 20,
 }

@@ -1,10 +1,12 @@
 //! Where the detector's heavy ops run: `--device cpu|cuda`.
 //!
-//! The CPU backend is always there. With the `cuda` feature, [`Device::Cuda`] moves the two
-//! per-image hot spots of scoring to the GPU: the nearest-prototype search (the
-//! `proto_nn` kernel over the class's bank, uploaded once per class) and the reconstruction
-//! stage's ViT (weights uploaded once, every activation on the device). The backbone still
-//! runs on the CPU (its GPU port is the next step of the CUDA backend). Results agree with
+//! The CPU backend is always there. With the `cuda` feature, [`Device::Cuda`] moves the
+//! per-image work of scoring (and of `register`'s embedding and calibration) to the GPU: the
+//! backbone's feature extraction ([`crate::cuda::backbone`]), the nearest-prototype search
+//! (the `proto_nn` kernel over the class's bank, uploaded once per class) and the
+//! reconstruction stage's ViT ([`crate::cuda::vit`]). Weights go up once; each stage's forward
+//! pass stays on the device, and stages hand over on the host (the proposal mask and maps are
+//! CPU work). Coreset selection, the flow and training stay on the CPU. Results agree with
 //! the CPU path up to f32 rounding (`tests/cuda_parity.rs`).
 
 #[cfg(not(feature = "cuda"))]
@@ -58,26 +60,31 @@ mod gpu {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
+    use crate::cuda::backbone::CudaFeatures;
     use crate::cuda::proto_nn::{ProtoBank, proto_nn};
     use crate::cuda::vit::CudaVit;
     use crate::cuda::{CudaDevice, CudaSlice};
+    use crate::detector::features::FeatureExtractor;
     use crate::error::Result;
     use crate::ops::nn_search::Nearest;
     use crate::recon::vit::Vit;
+    use crate::tensor::Tensor;
 
     /// The detector's state on the GPU: the device, the ViT's weights, and each class's
     /// prototype bank (uploaded on first use, dropped when the class is registered again).
     pub(crate) struct GpuState {
         dev: Arc<CudaDevice>,
+        features: CudaFeatures,
         vit: Option<CudaVit>,
         banks: Mutex<HashMap<String, Arc<CudaSlice<f32>>>>,
     }
 
     impl GpuState {
         /// Opens the shared device (an error, not a panic, without a usable GPU).
-        pub(crate) fn open(vit: Option<&Vit>) -> Result<GpuState> {
+        pub(crate) fn open(features: &FeatureExtractor, vit: Option<&Vit>) -> Result<GpuState> {
             let dev = CudaDevice::shared()?;
             let mut s = GpuState {
+                features: CudaFeatures::upload(dev.clone(), features)?,
                 dev,
                 vit: None,
                 banks: Mutex::new(HashMap::new()),
@@ -93,6 +100,12 @@ mod gpu {
                 None => None,
             };
             Ok(())
+        }
+
+        /// Feature rows `[B * grid², dim]` of the inputs `x` `[B, 3, S, S]`.
+        pub(crate) fn features(&self, x: &Tensor) -> Result<Vec<f32>> {
+            let rows = self.features.extract(&x.f32s(), x.dim(0))?;
+            Ok(self.dev.download(&rows)?)
         }
 
         pub(crate) fn vit(&self) -> Option<&CudaVit> {

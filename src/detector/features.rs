@@ -78,6 +78,11 @@ impl FeatureExtractor {
         })
     }
 
+    /// The backbone.
+    pub fn net(&self) -> &Arc<EfficientNetLite0> {
+        &self.net
+    }
+
     pub fn spec(&self) -> &FeatureSpec {
         &self.spec
     }

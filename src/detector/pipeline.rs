@@ -293,7 +293,7 @@ impl Detector {
         let mut out = Vec::with_capacity(paths.len() * grid * grid * self.features.dim());
         for (bi, chunk) in paths.chunks(BATCH).enumerate() {
             let x = load_inputs(chunk, size)?;
-            out.extend_from_slice(&self.features.extract(&x)?.f32s());
+            out.extend_from_slice(&self.extract_features(&x)?);
             self.report(
                 what,
                 (bi * BATCH + chunk.len()).min(paths.len()),
@@ -414,12 +414,12 @@ impl Detector {
         let mut scores: Vec<Vec<f32>> = vec![Vec::new(); kinds.len()];
         for (bi, chunk) in hold.chunks(BATCH).enumerate() {
             let x = load_inputs(chunk, size)?;
-            let f = self.features.extract(&x)?;
-            let maps = self.maps_from_features(model, &x, &f.f32s(), &kinds)?;
+            let f = self.extract_features(&x)?;
+            let maps = self.maps_from_features(model, &x, &f, &kinds)?;
             for (s, m) in scores.iter_mut().zip(maps) {
                 s.extend(m.iter().map(|m| m.score));
             }
-            feats.extend_from_slice(&f.f32s());
+            feats.extend_from_slice(&f);
             self.report("calibrate", bi * BATCH + chunk.len(), hold.len());
         }
         for (kind, scores) in kinds.iter().zip(scores) {
@@ -505,7 +505,10 @@ impl Detector {
             }
             #[cfg(feature = "cuda")]
             Device::Cuda => {
-                self.gpu = Some(crate::detector::device::GpuState::open(self.vit.as_ref())?);
+                self.gpu = Some(crate::detector::device::GpuState::open(
+                    &self.features,
+                    self.vit.as_ref(),
+                )?);
             }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => return Err(crate::detector::device::cuda_not_compiled()),
@@ -517,6 +520,15 @@ impl Detector {
     /// The device scoring runs on.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Patch features `[B * grid², dim]` of the network inputs `x`, on the scoring device.
+    fn extract_features(&self, x: &Tensor) -> Result<Vec<f32>> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return gpu.features(x);
+        }
+        Ok(self.features.extract(x)?.into_f32_vec())
     }
 
     /// Exact nearest prototype of each feature row, on the scoring device.
@@ -716,10 +728,10 @@ impl Detector {
         kind: ScoreKind,
     ) -> Result<Vec<AnomalyMap>> {
         self.class(class)?;
-        let feats = self.features.extract(x)?;
+        let feats = self.extract_features(x)?;
         let model = &self.classes[class];
         Ok(self
-            .maps_from_features(model, x, &feats.f32s(), &[kind])?
+            .maps_from_features(model, x, &feats, &[kind])?
             .remove(0))
     }
 

@@ -71,15 +71,16 @@ fn block_specs() -> Vec<BlockSpec> {
 }
 
 /// A conv with BatchNorm folded in: weights `[c_out, c_in/groups, k, k]`, bias `[c_out]`.
-struct ConvBn {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    c_in: usize,
-    c_out: usize,
-    kernel: usize,
-    stride: usize,
-    groups: usize,
-    act: Activation,
+/// (Fields crate-visible: the CUDA backend uploads them.)
+pub(crate) struct ConvBn {
+    pub(crate) weight: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) c_in: usize,
+    pub(crate) c_out: usize,
+    pub(crate) kernel: usize,
+    pub(crate) stride: usize,
+    pub(crate) groups: usize,
+    pub(crate) act: Activation,
 }
 
 impl ConvBn {
@@ -103,17 +104,17 @@ impl ConvBn {
     }
 }
 
-struct MbConv {
-    expand: Option<ConvBn>,
-    depthwise: ConvBn,
-    project: ConvBn,
-    skip: bool,
+pub(crate) struct MbConv {
+    pub(crate) expand: Option<ConvBn>,
+    pub(crate) depthwise: ConvBn,
+    pub(crate) project: ConvBn,
+    pub(crate) skip: bool,
 }
 
 /// The pretrained network, BN folded, ready for inference.
 pub struct EfficientNetLite0 {
-    stem: ConvBn,
-    blocks: Vec<MbConv>,
+    pub(crate) stem: ConvBn,
+    pub(crate) blocks: Vec<MbConv>,
     head: ConvBn,
     fc_weight: Vec<f32>,
     fc_bias: Vec<f32>,

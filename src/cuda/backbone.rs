@@ -1,0 +1,286 @@
+//! The frozen backbone's feature extraction on the GPU: EfficientNet-Lite0 (BN folded, as
+//! [`crate::models::EfficientNetLite0`]) up to the deepest tap, then the PaDiM aggregation of
+//! [`crate::detector::FeatureExtractor`] — each tap bilinearly resized to the feature grid,
+//! 3x3 average-pooled and written into its columns of the `[B * grid², dim]` feature rows.
+//! Weights are uploaded once; from the input upload to the feature rows nothing leaves the
+//! device.
+//!
+//! Layers: the stem (dense 3x3 stride 2) is im2col + one strided-batched GEMM; expand and
+//! project (1x1) are strided-batched GEMMs; each GEMM is followed by the per-channel bias
+//! (folded BN), ReLU6 where the network has it, and the MBConv skip in one elementwise kernel;
+//! depthwise convs are `dwconv2d_f32` (bias and ReLU6 fused). Padding is TF-"same", as on the
+//! CPU ([`crate::ops::conv::Padding::tf_same`]).
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+
+use super::glue::{
+    DwConv2dDims, Im2colDims, avg_pool, bias_act_nchw, dwconv2d, im2col, nchw_to_rows,
+    resize_bilinear,
+};
+use super::linear::pointwise_conv;
+use super::{CudaDevice, CudaError, CudaResult};
+use crate::detector::features::FeatureExtractor;
+use crate::models::efficientnet::{ConvBn, EfficientNetLite0};
+use crate::ops::conv::{Activation, Padding};
+
+/// One folded conv layer on the device.
+struct DeviceConv {
+    weight: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    depthwise: bool,
+    relu6: bool,
+}
+
+struct DeviceMbConv {
+    expand: Option<DeviceConv>,
+    depthwise: DeviceConv,
+    project: DeviceConv,
+    skip: bool,
+}
+
+/// A feature map on the device: `[batch, channels, h, w]`.
+struct Map {
+    data: CudaSlice<f32>,
+    channels: usize,
+    h: usize,
+    w: usize,
+}
+
+/// [`FeatureExtractor`] on a GPU.
+pub struct CudaFeatures {
+    dev: Arc<CudaDevice>,
+    stem: DeviceConv,
+    /// Blocks up to the deepest tap.
+    blocks: Vec<DeviceMbConv>,
+    /// Block index of each tap (in the order of the feature columns).
+    taps: Vec<usize>,
+    input_size: usize,
+    grid: usize,
+    dim: usize,
+    pool: usize,
+}
+
+fn upload_conv(dev: &CudaDevice, c: &ConvBn) -> CudaResult<DeviceConv> {
+    let depthwise = c.groups > 1;
+    if depthwise && (c.groups != c.c_in || c.c_in != c.c_out) {
+        return Err(CudaError::Invalid(format!(
+            "backbone upload: grouped conv {} -> {} in {} groups is not depthwise",
+            c.c_in, c.c_out, c.groups
+        )));
+    }
+    Ok(DeviceConv {
+        weight: dev.upload(&c.weight)?,
+        bias: dev.upload(&c.bias)?,
+        c_in: c.c_in,
+        c_out: c.c_out,
+        kernel: c.kernel,
+        stride: c.stride,
+        depthwise,
+        relu6: c.act == Activation::Relu6,
+    })
+}
+
+impl CudaFeatures {
+    /// Uploads the backbone layers that `features` needs (up to its deepest tap).
+    pub fn upload(dev: Arc<CudaDevice>, features: &FeatureExtractor) -> CudaResult<CudaFeatures> {
+        let spec = features.spec();
+        let taps = spec
+            .taps
+            .iter()
+            .map(|t| {
+                t.strip_prefix("blocks.")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        CudaError::Invalid(format!(
+                            "GPU features: tap '{t}' is not supported (use blocks.N)"
+                        ))
+                    })
+            })
+            .collect::<CudaResult<Vec<usize>>>()?;
+        let net: &EfficientNetLite0 = features.net();
+        let depth = taps.iter().copied().max().unwrap_or(0);
+        if depth >= net.blocks.len() {
+            return Err(CudaError::Invalid(format!(
+                "GPU features: no block {depth}"
+            )));
+        }
+        let blocks = net.blocks[..=depth]
+            .iter()
+            .map(|b| {
+                Ok(DeviceMbConv {
+                    expand: b
+                        .expand
+                        .as_ref()
+                        .map(|e| upload_conv(&dev, e))
+                        .transpose()?,
+                    depthwise: upload_conv(&dev, &b.depthwise)?,
+                    project: upload_conv(&dev, &b.project)?,
+                    skip: b.skip,
+                })
+            })
+            .collect::<CudaResult<Vec<_>>>()?;
+        Ok(CudaFeatures {
+            stem: upload_conv(&dev, &net.stem)?,
+            blocks,
+            taps,
+            input_size: spec.input_size,
+            grid: features.grid(),
+            dim: features.dim(),
+            pool: spec.pool,
+            dev,
+        })
+    }
+
+    /// Feature rows `[B * grid², dim]` of the network inputs `x` (`[B, 3, S, S]` on the host),
+    /// left on the device.
+    pub fn extract(&self, x: &[f32], batch: usize) -> CudaResult<CudaSlice<f32>> {
+        let s = self.input_size;
+        super::check_len("features", "x", x.len(), batch * 3 * s * s)?;
+        let dev = &*self.dev;
+        let (g, dim) = (self.grid, self.dim);
+        let mut rows = dev.zeros::<f32>(batch * g * g * dim)?;
+        let input = Map {
+            data: dev.upload(x)?,
+            channels: 3,
+            h: s,
+            w: s,
+        };
+        let mut cur = self.conv(&self.stem, &input, batch, None)?;
+        let mut col_offset = 0;
+        let mut done = vec![false; self.taps.len()];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let expanded = match &b.expand {
+                Some(e) => Some(self.conv(e, &cur, batch, None)?),
+                None => None,
+            };
+            let dw = self.conv(&b.depthwise, expanded.as_ref().unwrap_or(&cur), batch, None)?;
+            let skip = if b.skip { Some(&cur.data) } else { None };
+            cur = self.conv(&b.project, &dw, batch, skip)?;
+            // Taps in column order; a block may be tapped once.
+            for (t, &tap) in self.taps.iter().enumerate() {
+                if tap != i || done[t] {
+                    continue;
+                }
+                done[t] = true;
+                let planes = batch * cur.channels;
+                let resized = if (cur.h, cur.w) == (g, g) {
+                    None
+                } else {
+                    Some(resize_bilinear(
+                        dev,
+                        &cur.data,
+                        planes,
+                        (cur.h, cur.w),
+                        (g, g),
+                    )?)
+                };
+                let src = resized.as_ref().unwrap_or(&cur.data);
+                let pooled = if self.pool > 1 {
+                    Some(avg_pool(dev, src, planes, g, g, self.pool)?)
+                } else {
+                    None
+                };
+                let src = pooled.as_ref().unwrap_or(src);
+                nchw_to_rows(
+                    dev,
+                    src,
+                    &mut rows,
+                    batch,
+                    cur.channels,
+                    g * g,
+                    dim,
+                    col_offset,
+                )?;
+                col_offset += cur.channels;
+            }
+        }
+        if col_offset != dim {
+            return Err(CudaError::Invalid(format!(
+                "GPU features: taps gave {col_offset} channels, the feature spec {dim}"
+            )));
+        }
+        Ok(rows)
+    }
+
+    /// One folded conv (+ bias, ReLU6 where the layer has it, + `residual`).
+    fn conv(
+        &self,
+        c: &DeviceConv,
+        x: &Map,
+        batch: usize,
+        residual: Option<&CudaSlice<f32>>,
+    ) -> CudaResult<Map> {
+        let dev = &*self.dev;
+        let pad = Padding::tf_same(x.h, x.w, c.kernel, c.stride);
+        let (oh, ow) = (x.h.div_ceil(c.stride), x.w.div_ceil(c.stride));
+        let data = if c.depthwise {
+            let dims = DwConv2dDims {
+                batch,
+                channels: c.c_in,
+                in_h: x.h,
+                in_w: x.w,
+                k_h: c.kernel,
+                k_w: c.kernel,
+                stride_h: c.stride,
+                stride_w: c.stride,
+                pad: (pad.top, pad.bottom, pad.left, pad.right),
+            };
+            let y = dwconv2d(dev, &x.data, &c.weight, &c.bias, dims, c.relu6)?;
+            match residual {
+                // (Never taken in Lite0: the skip is on the project conv.)
+                Some(_) => {
+                    return Err(CudaError::Invalid(
+                        "GPU features: skip after a depthwise conv".into(),
+                    ));
+                }
+                None => y,
+            }
+        } else {
+            let gemm = if c.kernel == 1 && c.stride == 1 {
+                pointwise_conv(dev, &x.data, &c.weight, batch, c.c_in, c.c_out, x.h * x.w)?
+            } else {
+                let cols = im2col(
+                    dev,
+                    &x.data,
+                    Im2colDims {
+                        batch,
+                        channels: c.c_in,
+                        in_h: x.h,
+                        in_w: x.w,
+                        out_h: oh,
+                        out_w: ow,
+                        k_h: c.kernel,
+                        k_w: c.kernel,
+                        stride: c.stride,
+                        pad_top: pad.top,
+                        pad_left: pad.left,
+                    },
+                )?;
+                let k = c.c_in * c.kernel * c.kernel;
+                pointwise_conv(dev, &cols, &c.weight, batch, k, c.c_out, oh * ow)?
+            };
+            bias_act_nchw(
+                dev,
+                &gemm,
+                &c.bias,
+                residual,
+                batch,
+                c.c_out,
+                oh * ow,
+                c.relu6,
+            )?
+        };
+        Ok(Map {
+            data,
+            channels: c.c_out,
+            h: oh,
+            w: ow,
+        })
+    }
+}

@@ -1,8 +1,9 @@
 //! Criterion benches of the CUDA kernels (feature `cuda`), at the shapes PMAD runs: the ViT's
 //! attention and GEMMs (small and base presets, batch 64 x 196 tokens), the nearest-prototype
 //! search (a batch of 8 images' 784 patches against 16k and 100k-prototype banks), top-k
-//! proposal masking, token entropy over |V| = 8192, the coupling layer, the glue ops, the
-//! backbone's feature extraction and the whole ViT inference forward. Every timed call ends with a device synchronize, so a sample
+//! proposal masking, token entropy over |V| = 8192, the coupling layer (forward and backward),
+//! attention backward, every glue op, the backbone's layers and its whole feature extraction,
+//! and the whole ViT inference forward. One entry per kernel at least. Every timed call ends with a device synchronize, so a sample
 //! is the wall time of the work, not of the launch.
 //!
 //! `cargo bench --features cuda --bench cuda_kernels [-- FILTER]`. Without a usable GPU it
@@ -12,11 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use pmad::cuda::attention::{AttentionDims, attention_fwd};
-use pmad::cuda::coupling::coupling_fwd;
+use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
+use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
-use pmad::cuda::glue::{gaussian_blur, layernorm_fwd};
-use pmad::cuda::linear::linear;
+use pmad::cuda::glue::{
+    DwConv2dDims, Im2colDims, avg_pool, bias_act_nchw, bias_residual_add, dwconv2d, gather_rows,
+    gaussian_blur, gelu_fwd, im2col, layernorm_fwd, mask_rows, nchw_to_rows, resize_bilinear,
+};
+use pmad::cuda::linear::{linear, pointwise_conv};
 use pmad::cuda::proto_nn::{ProtoBank, proto_nn};
 use pmad::cuda::topk_mask::topk_mask;
 use pmad::cuda::vit::CudaVit;
@@ -83,6 +87,13 @@ fn cuda_kernels(c: &mut Criterion) {
                 attention_fwd(&dev, &q, &k, &v, dims, None).expect("attention");
             },
         );
+        // Backward (training): recomputes P per tile, ~2.5x the forward's FLOPs.
+        let (o, lse) = attention_fwd(&dev, &q, &k, &v, dims, None).expect("attention");
+        let dout = randn(&dev, dims.numel(), &mut rng);
+        let name = format!("bwd_b64_n196_h{heads}_d{head_dim}");
+        time(c, &dev, "attention", &name, (flops * 5 / 2) as u64, || {
+            attention_bwd(&dev, &q, &k, &v, &o, &dout, &lse, dims, None).expect("attention bwd");
+        });
     }
 
     // Nearest prototype: FLOPs = 2 Q P D (f32, and the bank stored as f16).
@@ -158,6 +169,17 @@ fn cuda_kernels(c: &mut Criterion) {
             coupling_fwd(&dev, &x2, &s, &t, cr, cc, 1.9).expect("coupling");
         },
     );
+    let (dy, dl) = (randn(&dev, cr * cc, &mut rng), randn(&dev, cr, &mut rng));
+    time(
+        c,
+        &dev,
+        "coupling",
+        &format!("bwd_{cr}x{cc}"),
+        (cr * cc) as u64,
+        || {
+            coupling_bwd(&dev, &x2, &s, &dy, &dl, cr, cc, 1.9).expect("coupling bwd");
+        },
+    );
 
     // Glue: layernorm and a GEMM + bias at the base ViT's width; the map blur.
     let (lr, lc) = (64 * 196, 768);
@@ -183,6 +205,157 @@ fn cuda_kernels(c: &mut Criterion) {
         (2 * lr * lc * 3072) as u64,
         || {
             linear(&dev, &x, &w, &bias, None, lr, lc, 3072).expect("linear");
+        },
+    );
+    time(
+        c,
+        &dev,
+        "glue",
+        &format!("gelu_{lr}x{lc}"),
+        (lr * lc) as u64,
+        || {
+            gelu_fwd(&dev, &x).expect("gelu");
+        },
+    );
+    time(
+        c,
+        &dev,
+        "glue",
+        &format!("bias_residual_{lr}x{lc}"),
+        (lr * lc) as u64,
+        || {
+            bias_residual_add(&dev, &x, &g, Some(&x), lr, lc).expect("bias_residual");
+        },
+    );
+    let mask: Vec<i32> = (0..lr).map(|i| (i % 10 < 3) as i32).collect();
+    let mask = dev.upload(&mask).expect("upload");
+    time(
+        c,
+        &dev,
+        "glue",
+        &format!("mask_rows_{lr}x{lc}"),
+        (lr * lc) as u64,
+        || {
+            mask_rows(&dev, &x, &mask, &g, lr, lc).expect("mask_rows");
+        },
+    );
+    let idx: Vec<i32> = (0..lr as i32).filter(|i| i % 10 < 3).collect();
+    let n_idx = idx.len();
+    let idx = dev.upload(&idx).expect("upload");
+    time(
+        c,
+        &dev,
+        "glue",
+        &format!("gather_rows_{n_idx}of{lr}x{lc}"),
+        (n_idx * lc) as u64,
+        || {
+            gather_rows(&dev, &x, &idx, lr, lc).expect("gather_rows");
+        },
+    );
+    // The backbone's layers at batch 64: the stem's im2col and GEMM, an expand 1x1 conv
+    // (16 -> 96 at 112²), a depthwise 3x3 stride 2 (96 at 112² -> 56²), bias + ReLU6, the
+    // PaDiM tap glue (resize 14² -> 28², 3x3 pool, NCHW -> rows).
+    let stem_in = randn(&dev, 64 * 3 * 224 * 224, &mut rng);
+    let d = Im2colDims {
+        batch: 64,
+        channels: 3,
+        in_h: 224,
+        in_w: 224,
+        out_h: 112,
+        out_w: 112,
+        k_h: 3,
+        k_w: 3,
+        stride: 2,
+        pad_top: 0,
+        pad_left: 0,
+    };
+    time(
+        c,
+        &dev,
+        "backbone",
+        "im2col_stem_b64",
+        d.col_numel() as u64,
+        || {
+            im2col(&dev, &stem_in, d).expect("im2col");
+        },
+    );
+    let x16 = randn(&dev, 64 * 16 * 112 * 112, &mut rng);
+    let w96 = randn(&dev, 96 * 16, &mut rng);
+    let pw_flops = (2 * 64 * 16 * 96 * 112 * 112) as u64;
+    time(
+        c,
+        &dev,
+        "backbone",
+        "pointwise_16to96_112_b64",
+        pw_flops,
+        || {
+            pointwise_conv(&dev, &x16, &w96, 64, 16, 96, 112 * 112).expect("pointwise");
+        },
+    );
+    let x96 = randn(&dev, 64 * 96 * 112 * 112, &mut rng);
+    let (wdw, b96) = (randn(&dev, 96 * 9, &mut rng), randn(&dev, 96, &mut rng));
+    let dd = DwConv2dDims {
+        batch: 64,
+        channels: 96,
+        in_h: 112,
+        in_w: 112,
+        k_h: 3,
+        k_w: 3,
+        stride_h: 2,
+        stride_w: 2,
+        pad: (0, 1, 0, 1),
+    };
+    time(
+        c,
+        &dev,
+        "backbone",
+        "dwconv_k3s2_96_112_b64",
+        (64 * 96 * 56 * 56 * 9 * 2) as u64,
+        || {
+            dwconv2d(&dev, &x96, &wdw, &b96, dd, true).expect("dwconv");
+        },
+    );
+    time(
+        c,
+        &dev,
+        "backbone",
+        "bias_act_96_112_b64",
+        (64 * 96 * 112 * 112) as u64,
+        || {
+            bias_act_nchw(&dev, &x96, &b96, None, 64, 96, 112 * 112, true).expect("bias_act");
+        },
+    );
+    let tap = randn(&dev, 64 * 112 * 14 * 14, &mut rng);
+    time(
+        c,
+        &dev,
+        "backbone",
+        "resize_112ch_14to28_b64",
+        (64 * 112 * 28 * 28) as u64,
+        || {
+            resize_bilinear(&dev, &tap, 64 * 112, (14, 14), (28, 28)).expect("resize");
+        },
+    );
+    let t28 = randn(&dev, 64 * 112 * 28 * 28, &mut rng);
+    time(
+        c,
+        &dev,
+        "backbone",
+        "avg_pool3_112ch_28_b64",
+        (64 * 112 * 28 * 28) as u64,
+        || {
+            avg_pool(&dev, &t28, 64 * 112, 28, 28, 3).expect("pool");
+        },
+    );
+    let mut feat_rows = randn(&dev, 64 * 28 * 28 * 152, &mut rng);
+    time(
+        c,
+        &dev,
+        "backbone",
+        "nchw_to_rows_112of152_28_b64",
+        (64 * 112 * 28 * 28) as u64,
+        || {
+            nchw_to_rows(&dev, &t28, &mut feat_rows, 64, 112, 28 * 28, 152, 40).expect("rows");
         },
     );
     let maps = randn(&dev, 64 * 256 * 256, &mut rng);

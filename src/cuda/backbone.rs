@@ -58,8 +58,8 @@ pub struct CudaFeatures {
     stem: DeviceConv,
     /// Blocks up to the deepest tap.
     blocks: Vec<DeviceMbConv>,
-    /// Block index of each tap (in the order of the feature columns).
-    taps: Vec<usize>,
+    /// Block index and first feature column of each tap (columns follow the spec's tap order).
+    taps: Vec<(usize, usize)>,
     input_size: usize,
     grid: usize,
     dim: usize,
@@ -105,6 +105,15 @@ impl CudaFeatures {
             .collect::<CudaResult<Vec<usize>>>()?;
         let net: &EfficientNetLite0 = features.net();
         let depth = taps.iter().copied().max().unwrap_or(0);
+        let mut column = 0;
+        let taps = taps
+            .into_iter()
+            .map(|block| {
+                let first = column;
+                column += net.blocks.get(block).map_or(0, |b| b.project.c_out);
+                (block, first)
+            })
+            .collect();
         if depth >= net.blocks.len() {
             return Err(CudaError::Invalid(format!(
                 "GPU features: no block {depth}"
@@ -152,8 +161,7 @@ impl CudaFeatures {
             w: s,
         };
         let mut cur = self.conv(&self.stem, &input, batch, None)?;
-        let mut col_offset = 0;
-        let mut done = vec![false; self.taps.len()];
+        let mut written = 0;
         for (i, b) in self.blocks.iter().enumerate() {
             let expanded = match &b.expand {
                 Some(e) => Some(self.conv(e, &cur, batch, None)?),
@@ -162,12 +170,7 @@ impl CudaFeatures {
             let dw = self.conv(&b.depthwise, expanded.as_ref().unwrap_or(&cur), batch, None)?;
             let skip = if b.skip { Some(&cur.data) } else { None };
             cur = self.conv(&b.project, &dw, batch, skip)?;
-            // Taps in column order; a block may be tapped once.
-            for (t, &tap) in self.taps.iter().enumerate() {
-                if tap != i || done[t] {
-                    continue;
-                }
-                done[t] = true;
+            for &(_, col_offset) in self.taps.iter().filter(|(block, _)| *block == i) {
                 let planes = batch * cur.channels;
                 let resized = if (cur.h, cur.w) == (g, g) {
                     None
@@ -197,12 +200,12 @@ impl CudaFeatures {
                     dim,
                     col_offset,
                 )?;
-                col_offset += cur.channels;
+                written += cur.channels;
             }
         }
-        if col_offset != dim {
+        if written != dim {
             return Err(CudaError::Invalid(format!(
-                "GPU features: taps gave {col_offset} channels, the feature spec {dim}"
+                "GPU features: taps gave {written} channels, the feature spec {dim}"
             )));
         }
         Ok(rows)

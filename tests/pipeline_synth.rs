@@ -352,22 +352,8 @@ fn the_cuda_device_runs_or_says_clearly_why_not() {
         return;
     };
     let good = data.join("synth_wood/test/good");
-    let out = run(&[
-        "inspect",
-        "--model",
-        model.to_str().unwrap(),
-        "--class",
-        "synth_wood",
-        "--score",
-        "product",
-        "--device",
-        "cuda",
-        good.to_str().unwrap(),
-    ]);
-    if cfg!(feature = "cuda") && out.status.success() {
-        // A GPU is here: the scores must match the CPU run (tests/cuda_parity.rs checks the
-        // ops; this checks the wiring).
-        let cpu = ok(&[
+    let inspect = |device: &str| {
+        run(&[
             "inspect",
             "--model",
             model.to_str().unwrap(),
@@ -375,8 +361,18 @@ fn the_cuda_device_runs_or_says_clearly_why_not() {
             "synth_wood",
             "--score",
             "product",
+            "--device",
+            device,
             good.to_str().unwrap(),
-        ]);
+        ])
+    };
+    let out = inspect("cuda");
+    if cfg!(feature = "cuda") && out.status.success() {
+        // A GPU is here: the scores must match the CPU run (tests/cuda_parity.rs checks the
+        // ops; this checks the wiring).
+        let cpu_out = inspect("cpu");
+        assert!(cpu_out.status.success());
+        let cpu = String::from_utf8_lossy(&cpu_out.stdout).to_string();
         let scores = |text: &str| -> Vec<f64> {
             text.lines()
                 .map(|l| {

@@ -58,8 +58,9 @@ pub struct CudaFeatures {
     stem: DeviceConv,
     /// Blocks up to the deepest tap.
     blocks: Vec<DeviceMbConv>,
-    /// Block index and first feature column of each tap (columns follow the spec's tap order).
-    taps: Vec<(usize, usize)>,
+    /// Block index (`None`: the stem) and first feature column of each tap (columns follow
+    /// the spec's tap order).
+    taps: Vec<(Option<usize>, usize)>,
     input_size: usize,
     grid: usize,
     dim: usize,
@@ -93,33 +94,41 @@ impl CudaFeatures {
         let taps = spec
             .taps
             .iter()
-            .map(|t| {
-                t.strip_prefix("blocks.")
+            .map(|t| match t.as_str() {
+                "stem" => Ok(None),
+                _ => t
+                    .strip_prefix("blocks.")
                     .and_then(|n| n.parse::<usize>().ok())
+                    .map(Some)
                     .ok_or_else(|| {
                         CudaError::Invalid(format!(
-                            "GPU features: tap '{t}' is not supported (use blocks.N)"
+                            "GPU features: unknown tap '{t}' (stem or blocks.N)"
                         ))
-                    })
+                    }),
             })
-            .collect::<CudaResult<Vec<usize>>>()?;
+            .collect::<CudaResult<Vec<Option<usize>>>>()?;
         let net: &EfficientNetLite0 = features.net();
-        let depth = taps.iter().copied().max().unwrap_or(0);
+        // Blocks to run: up to the deepest tapped one (none when only the stem is tapped).
+        let run_blocks = taps.iter().flatten().map(|&b| b + 1).max().unwrap_or(0);
+        if run_blocks > net.blocks.len() {
+            return Err(CudaError::Invalid(format!(
+                "GPU features: the backbone has no block {}",
+                run_blocks - 1
+            )));
+        }
         let mut column = 0;
         let taps = taps
             .into_iter()
             .map(|block| {
                 let first = column;
-                column += net.blocks.get(block).map_or(0, |b| b.project.c_out);
+                column += match block {
+                    None => net.stem.c_out,
+                    Some(b) => net.blocks[b].project.c_out,
+                };
                 (block, first)
             })
             .collect();
-        if depth >= net.blocks.len() {
-            return Err(CudaError::Invalid(format!(
-                "GPU features: no block {depth}"
-            )));
-        }
-        let blocks = net.blocks[..=depth]
+        let blocks = net.blocks[..run_blocks]
             .iter()
             .map(|b| {
                 Ok(DeviceMbConv {
@@ -161,7 +170,7 @@ impl CudaFeatures {
             w: s,
         };
         let mut cur = self.conv(&self.stem, &input, batch, None)?;
-        let mut written = 0;
+        let mut written = self.write_taps(None, &cur, batch, &mut rows)?;
         for (i, b) in self.blocks.iter().enumerate() {
             let expanded = match &b.expand {
                 Some(e) => Some(self.conv(e, &cur, batch, None)?),
@@ -170,38 +179,7 @@ impl CudaFeatures {
             let dw = self.conv(&b.depthwise, expanded.as_ref().unwrap_or(&cur), batch, None)?;
             let skip = if b.skip { Some(&cur.data) } else { None };
             cur = self.conv(&b.project, &dw, batch, skip)?;
-            for &(_, col_offset) in self.taps.iter().filter(|(block, _)| *block == i) {
-                let planes = batch * cur.channels;
-                let resized = if (cur.h, cur.w) == (g, g) {
-                    None
-                } else {
-                    Some(resize_bilinear(
-                        dev,
-                        &cur.data,
-                        planes,
-                        (cur.h, cur.w),
-                        (g, g),
-                    )?)
-                };
-                let src = resized.as_ref().unwrap_or(&cur.data);
-                let pooled = if self.pool > 1 {
-                    Some(avg_pool(dev, src, planes, g, g, self.pool)?)
-                } else {
-                    None
-                };
-                let src = pooled.as_ref().unwrap_or(src);
-                nchw_to_rows(
-                    dev,
-                    src,
-                    &mut rows,
-                    batch,
-                    cur.channels,
-                    g * g,
-                    dim,
-                    col_offset,
-                )?;
-                written += cur.channels;
-            }
+            written += self.write_taps(Some(i), &cur, batch, &mut rows)?;
         }
         if written != dim {
             return Err(CudaError::Invalid(format!(
@@ -209,6 +187,44 @@ impl CudaFeatures {
             )));
         }
         Ok(rows)
+    }
+
+    /// Writes `map` (the output of `block`, `None` = the stem) into the columns of every tap
+    /// of it: resized to the grid, pooled. Returns the channels written.
+    fn write_taps(
+        &self,
+        block: Option<usize>,
+        map: &Map,
+        batch: usize,
+        rows: &mut CudaSlice<f32>,
+    ) -> CudaResult<usize> {
+        let dev = &*self.dev;
+        let (g, dim) = (self.grid, self.dim);
+        let mut written = 0;
+        for &(_, col_offset) in self.taps.iter().filter(|(b, _)| *b == block) {
+            let planes = batch * map.channels;
+            let resized = if (map.h, map.w) == (g, g) {
+                None
+            } else {
+                Some(resize_bilinear(
+                    dev,
+                    &map.data,
+                    planes,
+                    (map.h, map.w),
+                    (g, g),
+                )?)
+            };
+            let src = resized.as_ref().unwrap_or(&map.data);
+            let pooled = if self.pool > 1 {
+                Some(avg_pool(dev, src, planes, g, g, self.pool)?)
+            } else {
+                None
+            };
+            let src = pooled.as_ref().unwrap_or(src);
+            nchw_to_rows(dev, src, rows, batch, map.channels, g * g, dim, col_offset)?;
+            written += map.channels;
+        }
+        Ok(written)
     }
 
     /// One folded conv (+ bias, ReLU6 where the layer has it, + `residual`).

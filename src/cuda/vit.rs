@@ -126,6 +126,12 @@ impl CudaVit {
     /// Uploads the weights of `vit` to `dev` (once; reused by every forward pass).
     pub fn upload(dev: Arc<CudaDevice>, vit: &Vit) -> CudaResult<CudaVit> {
         let c = vit.config().clone();
+        if c.heads == 0 || c.width / c.heads > 128 {
+            return Err(CudaError::Invalid(format!(
+                "GPU ViT: head size {} / {} is over the attention kernels' 128",
+                c.width, c.heads
+            )));
+        }
         let up = Uploader { dev: &dev, vit };
         let d = c.width;
         let encoder = (0..c.depth)

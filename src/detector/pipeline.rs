@@ -379,13 +379,15 @@ impl Detector {
             index,
         };
         // Calibrate on the held-out normals.
-        let feats = self.calibrate(&mut model, &hold)?;
-        self.save_class(&model)?;
-        let info = model.info.clone();
+        // A bank of this name uploaded earlier is stale from here on (calibration searches
+        // the new one).
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.gpu {
             gpu.forget_class(class);
         }
+        let feats = self.calibrate(&mut model, &hold)?;
+        self.save_class(&model)?;
+        let info = model.info.clone();
         self.classes.insert(class.to_string(), model);
         Ok((info, Holdout { paths: hold, feats }))
     }
@@ -475,6 +477,11 @@ impl Detector {
     /// Installs a trained ViT (and saves it) with its reconstruction-stage settings.
     pub fn set_vit(&mut self, vit: Vit, recon: md::ReconConfig) -> Result<()> {
         check_vit_fits(&vit, &self.config, &self.dir)?;
+        // The GPU copy first: a failed upload leaves model files and memory as they were.
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            gpu.set_vit(Some(&vit))?;
+        }
         vit.save(&self.dir.join(md::VIT_FILE))?;
         let cb_file = self.dir.join(md::TOKENIZER_FILE);
         self.codebook = if recon.tokens == "codebook" && cb_file.is_file() {
@@ -484,10 +491,6 @@ impl Detector {
         };
         self.config.recon = Some(recon);
         md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = self.gpu.as_mut() {
-            gpu.set_vit(Some(&vit))?;
-        }
         self.vit = Some(vit);
         Ok(())
     }

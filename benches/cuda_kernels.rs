@@ -281,7 +281,7 @@ fn cuda_kernels(c: &mut Criterion) {
     );
     let x16 = randn(&dev, 64 * 16 * 112 * 112, &mut rng);
     let w96 = randn(&dev, 96 * 16, &mut rng);
-    let pw_flops = (2 * 64 * 16 * 96 * 112 * 112) as u64;
+    let pw_flops = 2 * 64 * 16 * 96 * 112 * 112_u64;
     time(
         c,
         &dev,

@@ -29,8 +29,8 @@ for line in sys.stdin:
 }
 cargo build --release --features cuda
 cp target/release/pmad "$KIT/bin/pmad"
-parity=$(cargo test --release --features cuda --test cuda_parity --no-run --message-format=json | executable cuda_parity)
-bench=$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json | executable cuda_kernels)
+parity=$(cargo test --release --features cuda --test cuda_parity --no-run --message-format=json-render-diagnostics | executable cuda_parity)
+bench=$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json-render-diagnostics | executable cuda_kernels)
 cp "$parity" "$KIT/bin/cuda_parity"
 cp "$bench" "$KIT/bin/cuda_kernels"
 strip "$KIT"/bin/*

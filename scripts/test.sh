@@ -16,3 +16,6 @@ cargo clippy --release --all-targets -- -D warnings
 # type-check the cuda feature's Rust code and parity tests. No GPU is needed for this.
 bash scripts/cuda_toolchain.sh
 cargo clippy --release --all-targets --features cuda -- -D warnings
+# Clippy does not run every rustc lint of a real build (e.g. arithmetic overflow in constants):
+# build the GPU bench binary the device kit carries.
+cargo bench --features cuda --bench cuda_kernels --no-run

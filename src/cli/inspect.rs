@@ -30,7 +30,7 @@ pub struct InspectArgs {
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
     /// Images per batch (decoded in parallel, one backbone / search / ViT pass each).
-    #[arg(long, default_value_t = pmad::detector::pipeline::BATCH, value_parser = clap::value_parser!(usize))]
+    #[arg(long, default_value_t = pmad::detector::pipeline::BATCH)]
     pub batch: usize,
     /// Print the images/s of the whole run (decode, scoring, output) to stderr at the end.
     #[arg(long)]

@@ -129,18 +129,11 @@ pub struct Holdout {
     pub feats: Vec<f32>,
 }
 
-/// Patches on the ViT's grid (`14² = 196` at 224 px with 16-px patches).
-fn vit_patches(vit: &Vit) -> usize {
-    let g = vit.config().image_size / vit.config().patch;
-    g * g
-}
-
-/// Nearest upsampling of per-patch values from the ViT grid (`[B * vpatches]`) to the
-/// feature grid (`[B * grid²]`); the feature grid is a multiple of the ViT grid.
-fn vit_to_feature_grid(v: &[f32], vpatches: usize, grid: usize) -> Vec<f32> {
-    let vgrid = (vpatches as f64).sqrt().round() as usize;
-    let mut out = Vec::with_capacity(v.len() / vpatches * grid * grid);
-    for e in v.chunks(vpatches) {
+/// Nearest upsampling of per-patch values from the ViT grid (`[B * vgrid²]`) to the feature
+/// grid (`[B * grid²]`); the feature grid is a multiple of the ViT grid.
+fn vit_to_feature_grid(v: &[f32], vgrid: usize, grid: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(v.len() / (vgrid * vgrid) * grid * grid);
+    for e in v.chunks(vgrid * vgrid) {
         for r in 0..grid {
             for c in 0..grid {
                 out.push(e[(r * vgrid / grid) * vgrid + c * vgrid / grid]);
@@ -761,15 +754,16 @@ impl Detector {
             .position(|k| *k == ScoreKind::Distance)
             .map(|i| &base_patches[i]);
         let own = kinds.iter().any(|k| k.uses_own_token());
-        // Uncertainties on the ViT grid.
+        // Uncertainties, brought from the ViT grid to the feature grid once for all kinds.
         let (entropy, cross) = match (needs_vit, distance) {
             (true, Some(a)) => {
                 let (e, c) = self.reconstruction_uncertainty(model, x, feats, a, own)?;
-                (Some(e), c)
+                let vit = self.require_vit()?.config();
+                let up = |u: &[f32]| vit_to_feature_grid(u, vit.image_size / vit.patch, grid);
+                (Some(up(&e)), c.as_deref().map(up))
             }
             _ => (None, None),
         };
-        let vpatches = self.vit.as_ref().map_or(1, vit_patches);
         kinds
             .iter()
             .map(|kind| {
@@ -778,11 +772,8 @@ impl Detector {
                 } else {
                     &entropy
                 };
-                let stage2 = stage2
-                    .as_deref()
-                    .map(|u| vit_to_feature_grid(u, vpatches, grid));
                 let patches: Vec<f32> = match (kind, stage2, distance) {
-                    (ScoreKind::Entropy | ScoreKind::CrossEntropy, Some(e), _) => e,
+                    (ScoreKind::Entropy | ScoreKind::CrossEntropy, Some(e), _) => e.clone(),
                     // Full PMAD (METHOD.md §7): uncertainty x abnormality, 0 where unmasked.
                     (ScoreKind::Product | ScoreKind::ProductCe, Some(e), Some(a)) => {
                         e.iter().zip(a).map(|(e, a)| e * a).collect()

@@ -23,6 +23,21 @@ pub enum Error {
     /// The CUDA backend was asked for but is unavailable or failed.
     #[error("cuda: {0}")]
     Cuda(String),
+    /// A computed value is NaN or infinite. Never turned into a verdict: the image, the class
+    /// and the stage that produced it are named so the cause (broken weights, a corrupt
+    /// input) can be found.
+    #[error(
+        "class '{class}', image {image} of the batch: the {stage} produced a non-finite \
+         value ({value}); no verdict (corrupt weights or input?)"
+    )]
+    NonFinite {
+        class: String,
+        /// Index of the image in the batch that was scored.
+        image: usize,
+        /// backbone | search | flow | vit | map
+        stage: &'static str,
+        value: f32,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

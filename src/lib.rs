@@ -15,6 +15,7 @@ pub mod cuda;
 pub mod data;
 pub mod detector;
 pub mod error;
+pub mod fault;
 pub mod metrics;
 pub mod models;
 pub mod ops;

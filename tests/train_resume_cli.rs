@@ -111,8 +111,9 @@ fn killed_training_resumes_to_the_same_model() {
     );
     for class in ["synth_fabric", "synth_cap"] {
         let info = |m: &Path| -> serde_json::Value {
-            serde_json::from_slice(&read(&m.join("classes").join(class).join("class.json")))
-                .unwrap()
+            let cdir = m.join("classes").join(class);
+            let v = String::from_utf8(read(&cdir.join("CURRENT"))).unwrap();
+            serde_json::from_slice(&read(&cdir.join(v.trim()).join("class.json"))).unwrap()
         };
         assert_eq!(
             info(&whole)["thresholds"],

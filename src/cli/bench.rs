@@ -96,7 +96,7 @@ fn list(cases: &[Case], json: Option<&PathBuf>) -> Result<()> {
         }
         None => {
             for c in cases {
-                println!(
+                say!(
                     "{:<28} {}",
                     c.name,
                     serde_json::to_string(&c.spec).unwrap_or_default()
@@ -132,7 +132,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if to_stderr {
             eprintln!("{line}");
         } else {
-            println!("{line}");
+            say!("{line}");
         }
     };
     print(format!(

@@ -69,12 +69,12 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
         let logits = net.forward(x)?;
         let probs = softmax(&logits);
         let p = probs.f32s();
-        println!("{}", path.display());
+        say!("{}", path.display());
         for (rank, &c) in topk_row(&p, args.top).iter().enumerate() {
             let name = labels
                 .as_ref()
                 .map_or_else(|| format!("class {c}"), |l| l[c].clone());
-            println!("  {}. {:<40} {:.4}  ({c})", rank + 1, name, p[c]);
+            say!("  {}. {:<40} {:.4}  ({c})", rank + 1, name, p[c]);
         }
     }
     Ok(())

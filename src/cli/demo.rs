@@ -47,7 +47,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     std::fs::write(&marker, "made by `pmad demo`; safe to delete\n")
         .map_err(|e| Error::io(&marker, e))?;
-    println!(
+    say!(
         "1/5 backbone: {}",
         pmad::weights::fetch_efficientnet_lite0(&default_weights_dir())?.display()
     );
@@ -59,7 +59,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ..SynthConfig::default()
     };
     let summary = generate(&data, &cfg)?;
-    println!(
+    say!(
         "2/5 synthetic data: {} classes in {} ({} images each)",
         summary.classes.len(),
         data.display(),
@@ -92,32 +92,37 @@ pub fn run(args: DemoArgs) -> Result<()> {
         None,
         Some(super::progress::bar_callback()),
     )?;
-    println!("3/5 trained on seen classes {}:", SEEN.join(", "));
+    say!("3/5 trained on seen classes {}:", SEEN.join(", "));
     super::train::print_report(&report);
 
     let mut det = Detector::open(&model, None)?;
     det.progress = Some(super::progress::bar_callback());
     let unseen = ClassData::open(&data, UNSEEN)?;
     let info = det.register(UNSEEN, &unseen.train)?;
-    println!(
+    say!(
         "4/5 registered unseen class {UNSEEN}: {} prototypes from {} normal images, no retraining",
-        info.n_prototypes, info.n_train_images
+        info.n_prototypes,
+        info.n_train_images
     );
 
-    println!(
+    say!(
         "5/5 evaluation (cross-class: neither the flow nor the ViT saw {UNSEEN}; \
          product = full PMAD, token entropy x distance on proposal-masked patches)"
     );
-    println!(
+    say!(
         "{:<14} {:<8} {:>9} {:>9} {:>7}",
-        "class", "score", "img_auroc", "pix_auroc", "aupro"
+        "class",
+        "score",
+        "img_auroc",
+        "pix_auroc",
+        "aupro"
     );
     for c in SEEN.iter().chain([UNSEEN].iter()) {
         let d = ClassData::open(&data, c)?;
         for kind in [ScoreKind::Distance, ScoreKind::FlowNll, ScoreKind::Product] {
             let r = evaluate_class(&mut det, &d, kind)?;
             let tag = if *c == UNSEEN { " (unseen)" } else { "" };
-            println!(
+            say!(
                 "{:<14} {:<8} {:>9.3} {:>9.3} {:>7.3}{tag}",
                 c,
                 kind.name(),
@@ -135,6 +140,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .and_then(|t| t.path.parent().map(|p| p.to_path_buf()));
     if let Some(dir) = defect_dir {
         super::inspect::run(super::inspect::InspectArgs {
+            fail_fast: true,
             model: model.clone(),
             class: UNSEEN.into(),
             out: Some(heat.clone()),
@@ -145,8 +151,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
             timings: false,
             inputs: vec![dir],
         })?;
-        println!("heatmaps of {UNSEEN} defects: {}", heat.display());
+        say!("heatmaps of {UNSEEN} defects: {}", heat.display());
     }
-    println!("done in {:.1} s", start.elapsed().as_secs_f64());
+    say!("done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }

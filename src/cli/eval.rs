@@ -63,16 +63,24 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         classes: BTreeMap::new(),
         mean: BTreeMap::new(),
     };
-    println!(
+    say!(
         "{:<16} {:>9} {:>9} {:>7} {:>7} {:>9} {:>6} {:>8}",
-        "class", "img_auroc", "pix_auroc", "aupro", "f1_max", "pix_f1max", "images", "seconds"
+        "class",
+        "img_auroc",
+        "pix_auroc",
+        "aupro",
+        "f1_max",
+        "pix_f1max",
+        "images",
+        "seconds"
     );
     for data in &datasets {
-        if args.register && det.class(&data.name).is_err() {
+        // Only a class that is absent is registered here: a broken one is an error.
+        if args.register && !pmad::detector::class_store::exists(&args.model, &data.name) {
             det.register(&data.name, &data.train)?;
         }
         let r = evaluate_class(&mut det, data, kind)?;
-        println!(
+        say!(
             "{:<16} {:>9.3} {:>9.3} {:>7.3} {:>7.3} {:>9.3} {:>6} {:>8.1}",
             data.name,
             r.image_auroc,
@@ -100,9 +108,14 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         report.mean.insert(k.to_string(), mean(f));
     }
     let m = &report.mean;
-    println!(
+    say!(
         "{:<16} {:>9.3} {:>9.3} {:>7.3} {:>7.3} {:>9.3}",
-        "mean", m["image_auroc"], m["pixel_auroc"], m["aupro"], m["f1_max"], m["pixel_f1_max"]
+        "mean",
+        m["image_auroc"],
+        m["pixel_auroc"],
+        m["aupro"],
+        m["f1_max"],
+        m["pixel_f1_max"]
     );
     if let Some(path) = &args.json {
         pmad::detector::model_dir::write_json(path, &report)?;

@@ -15,6 +15,6 @@ pub struct FetchWeightsArgs {
 pub fn run(args: FetchWeightsArgs) -> pmad::Result<()> {
     let dir = args.dir.unwrap_or_else(default_weights_dir);
     let path = pmad::weights::fetch_efficientnet_lite0(&dir)?;
-    println!("{}", path.display());
+    say!("{}", path.display());
     Ok(())
 }

@@ -14,6 +14,6 @@ pub struct ImportTorchArgs {
 
 pub fn run(args: ImportTorchArgs) -> pmad::Result<()> {
     let n = pmad::weights::convert_torch_to_safetensors(&args.src, &args.dst)?;
-    println!("{}: {n} tensors", args.dst.display());
+    say!("{}: {n} tensors", args.dst.display());
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! `pmad inspect --model DIR --class X [--out DIR] IMAGE_OR_DIR...`: one JSON line per image
-//! (path, score, verdict) and, with `--out`, a heatmap overlay PNG per image.
+//! (path, score, threshold, verdict) and, with `--out`, a heatmap overlay PNG per image. An
+//! image that cannot be read or scored gets `{"path": ..., "error": ...}` instead, the others
+//! are still scored, and the run exits non-zero at the end (`--fail-fast`: at once).
 
 use clap::Args;
 use pmad::data::load_rgb;
@@ -17,9 +19,14 @@ pub struct InspectArgs {
     pub model: PathBuf,
     #[arg(long)]
     pub class: String,
-    /// Folder for heatmap overlays (`<folder>_<stem>_heatmap.png`).
+    /// Folder for heatmap overlays: each image's path is mirrored under it
+    /// (`a/good/000.png` -> `OUT/a/good/000_heatmap.png`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Stop at the first image that cannot be read or scored (default: report it as a JSON
+    /// error line, score the rest, exit non-zero at the end).
+    #[arg(long)]
+    pub fail_fast: bool,
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Score to use (default: the model's); e.g. `product` for full two-stage PMAD.
@@ -85,17 +92,106 @@ fn write_overlay(
     pmad::detector::model_dir::write_atomic(path, &bytes)
 }
 
-pub fn run(args: InspectArgs) -> Result<()> {
+/// Every image to inspect, with the relative path its outputs mirror under `--out`.
+/// Folders are walked recursively (sorted), so `inspect data/bottle/test` takes every
+/// defect folder.
+fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
-    for p in &args.inputs {
+    for p in inputs {
         if p.is_dir() {
-            paths.extend(list_images(p)?);
+            walk_images(p, &mut paths)?;
         } else {
             paths.push(p.clone());
         }
     }
+    Ok(paths)
+}
+
+fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    out.extend(list_images(dir)?);
+    let mut sub: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    sub.sort();
+    for d in sub {
+        walk_images(&d, out)?;
+    }
+    Ok(())
+}
+
+/// Where the heatmap of `image` goes under `out`: the image's path as given, mirrored
+/// (an absolute path loses its root, `..` becomes `__`), with `<stem>_heatmap.png` as the
+/// file name (`<stem>_<ext>_heatmap.png` for non-PNG inputs, so `a.png` and `a.jpg` differ).
+/// Distinct inputs get distinct names; the same input always gets the same name.
+pub fn heatmap_path(out: &Path, image: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut rel = PathBuf::new();
+    if let Some(parent) = image.parent() {
+        for c in parent.components() {
+            match c {
+                Component::Normal(n) => rel.push(n),
+                Component::ParentDir => rel.push("__"),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+    }
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let ext = image
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = if ext == "png" {
+        format!("{stem}_heatmap.png")
+    } else {
+        format!("{stem}_{ext}_heatmap.png")
+    };
+    out.join(rel).join(name)
+}
+
+/// One image's JSON line: its verdict, or what went wrong with it.
+fn result_line(
+    path: &Path,
+    img: &pmad::data::RgbImage,
+    r: &pmad::detector::Inspection,
+    out: Option<&Path>,
+) -> Result<serde_json::Value> {
+    let mut line = serde_json::json!({
+        "path": path.display().to_string(),
+        "score": r.map.score,
+        "threshold": r.threshold,
+        "verdict": if r.anomalous { "anomalous" } else { "normal" },
+    });
+    if let Some(o) = out {
+        let hp = heatmap_path(o, path);
+        if let Some(d) = hp.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        write_overlay(img, &r.map, r.threshold, &hp)?;
+        line["heatmap"] = hp.display().to_string().into();
+    }
+    Ok(line)
+}
+
+fn error_line(path: &Path, e: &Error) -> serde_json::Value {
+    serde_json::json!({"path": path.display().to_string(), "error": e.to_string()})
+}
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    let paths = collect_inputs(&args.inputs)?;
     if paths.is_empty() {
-        return Err(Error::invalid("no images to inspect"));
+        return Err(Error::invalid(format!(
+            "no images (png/jpg/jpeg) to inspect in {}",
+            args.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
     if args.batch == 0 {
         return Err(Error::invalid("--batch must be at least 1"));
@@ -107,39 +203,60 @@ pub fn run(args: InspectArgs) -> Result<()> {
         // For this run only (model.json keeps its default).
         det.config.score = kind;
     }
-    det.class(&args.class)?;
+    // A class that cannot give verdicts (missing, broken, no threshold for this score)
+    // fails before any image is read.
+    let kind = det.config.score;
+    let info_path = pmad::detector::model_dir::class_dir(&args.model, &args.class)
+        .join(pmad::detector::model_dir::CLASS_FILE);
+    det.class(&args.class)?.info.threshold(kind, &info_path)?;
     if let Some(o) = &args.out {
         std::fs::create_dir_all(o).map_err(|e| Error::io(o, e))?;
     }
-    // Batches of images: decoded in parallel, one backbone pass each.
+    let out = args.out.as_deref();
+    let mut failed = 0usize;
+    // Batches of images: decoded in parallel, one backbone pass each. An image that cannot
+    // be read or scored gets an error line; the others are still scored.
     for chunk in paths.chunks(args.batch) {
-        let imgs: Vec<pmad::data::RgbImage> = chunk
+        // Each input is an index into the decoded images, or why it could not be decoded.
+        let mut imgs = Vec::with_capacity(chunk.len());
+        let slots: Vec<Result<usize>> = chunk
             .par_iter()
             .map(|p| load_rgb(p))
-            .collect::<Result<_>>()?;
-        let results = det.inspect_batch(&args.class, &imgs)?;
-        for ((path, img), r) in chunk.iter().zip(&imgs).zip(results) {
-            let mut line = serde_json::json!({
-                "path": path.display().to_string(),
-                "score": r.map.score,
-                "threshold": r.threshold,
-                "verdict": if r.anomalous { "anomalous" } else { "normal" },
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|d| {
+                d.map(|img| {
+                    imgs.push(img);
+                    imgs.len() - 1
+                })
+            })
+            .collect();
+        // One pass for the batch; if it fails, each image alone (so one bad image only
+        // costs its own verdict).
+        let mut scored: Vec<Option<Result<pmad::detector::Inspection>>> =
+            match det.inspect_batch(&args.class, &imgs) {
+                Ok(v) => v.into_iter().map(|r| Some(Ok(r))).collect(),
+                Err(_) if imgs.len() > 1 => imgs
+                    .iter()
+                    .map(|img| Some(det.inspect_image(&args.class, img)))
+                    .collect(),
+                Err(e) => vec![Some(Err(e))],
+            };
+        for (path, slot) in chunk.iter().zip(slots) {
+            let line = slot.and_then(|i| {
+                let r = scored[i].take().expect("one result per decoded image")?;
+                result_line(path, &imgs[i], &r, out)
             });
-            if let Some(o) = &args.out {
-                // `<folder>_<stem>`: test folders of one class reuse file names (000.png ...).
-                let name = |p: Option<&std::ffi::OsStr>| {
-                    p.map(|s| s.to_string_lossy().to_string())
-                        .unwrap_or_default()
-                };
-                let hp = o.join(format!(
-                    "{}_{}_heatmap.png",
-                    name(path.parent().and_then(|p| p.file_name())),
-                    name(path.file_stem())
-                ));
-                write_overlay(img, &r.map, r.threshold, &hp)?;
-                line["heatmap"] = hp.display().to_string().into();
+            match line {
+                Ok(l) => say!("{l}"),
+                Err(e) => {
+                    if args.fail_fast {
+                        return Err(e);
+                    }
+                    failed += 1;
+                    say!("{}", error_line(path, &e));
+                }
             }
-            println!("{line}");
         }
     }
     if args.timings {
@@ -151,6 +268,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
             args.device.name(),
             paths.len() as f64 / secs
         );
+    }
+    if failed > 0 {
+        return Err(Error::invalid(format!(
+            "{failed} of {} images could not be inspected (see their \"error\" lines)",
+            paths.len()
+        )));
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The `pmad` command line: one file per verb. Each verb parses its own arguments (clap) and
 //! calls the library; nothing here computes anything the library API cannot.
 
+#[macro_use]
+pub mod output;
 pub mod bench;
 pub mod classify;
 pub mod demo;

@@ -4,6 +4,7 @@
 use clap::Args;
 use pmad::data::dataset::ClassData;
 use pmad::detector::Detector;
+use pmad::detector::register::{OUTLIER_Z, RegisterOptions};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -26,21 +27,49 @@ pub struct RegisterArgs {
     /// Backbone weights (default: the fetched EfficientNet-Lite0).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Leave the normal images reported as outliers (warnings) out of the bank and the
+    /// calibration.
+    #[arg(long)]
+    pub drop_outliers: bool,
 }
 
 pub fn run(args: RegisterArgs) -> pmad::Result<()> {
-    let data = ClassData::open(&args.data, &args.class)?;
+    // Only train/good is read: the test set (and its masks) may be absent or incomplete.
+    let data = ClassData::open_train(&args.data, &args.class)?;
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
     det.set_device(args.device)?;
     det.progress = Some(super::progress::bar_callback());
     let t = std::time::Instant::now();
-    let info = det.register_with_mask_ratio(&args.class, &data.train, args.mask_ratio)?;
-    println!(
-        "registered '{}': {} prototypes from {} normal images, threshold {:?} ({:.1} s)",
+    let opts = RegisterOptions {
+        mask_ratio: args.mask_ratio,
+        drop_outliers: args.drop_outliers,
+    };
+    let info = det.register_with(&args.class, &data.train, &opts)?.info;
+    for o in &info.outliers {
+        eprintln!(
+            "warning: class '{}': {} looks unlike the other normal images (robust z {:.1} > \
+             {OUTLIER_Z}); {}",
+            info.name,
+            o.path.display(),
+            o.z,
+            if o.dropped {
+                "left out (--drop-outliers)"
+            } else {
+                "check it, or register with --drop-outliers"
+            }
+        );
+    }
+    let thresholds: Vec<String> = info
+        .thresholds
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
+    say!(
+        "registered '{}': {} prototypes from {} normal images, thresholds: {} ({:.1} s)",
         info.name,
         info.n_prototypes,
         info.n_train_images,
-        info.thresholds,
+        thresholds.join(", "),
         t.elapsed().as_secs_f64()
     );
     Ok(())

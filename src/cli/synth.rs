@@ -56,7 +56,7 @@ pub fn run(args: SynthArgs) -> Result<()> {
             .map(|d| format!("{} {}", d.defect, d.count))
             .collect();
         let kind = if c.object { "object" } else { "texture" };
-        println!(
+        say!(
             "{:<14} {:<7} train {}, test good {}, defects: {}",
             c.name,
             kind,
@@ -69,7 +69,7 @@ pub fn run(args: SynthArgs) -> Result<()> {
             }
         );
     }
-    println!(
+    say!(
         "wrote {} images ({} classes, {}x{}, seed {}) to {} in {:.2} s",
         summary.images(),
         summary.classes.len(),

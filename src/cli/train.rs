@@ -152,13 +152,13 @@ pub fn run(args: TrainArgs) -> pmad::Result<()> {
         Some(super::progress::bar_callback()),
     )?;
     print_report(&r);
-    println!("model written to {}", args.out.display());
+    say!("model written to {}", args.out.display());
     Ok(())
 }
 
 pub fn print_report(r: &TrainReport) {
     for (name, protos, images, secs) in &r.classes {
-        println!("{name}: {protos} prototypes from {images} normal images ({secs:.1} s)");
+        say!("{name}: {protos} prototypes from {images} normal images ({secs:.1} s)");
     }
     if !r.flow_nll.is_empty() {
         let nll: Vec<f32> = r
@@ -166,15 +166,17 @@ pub fn print_report(r: &TrainReport) {
             .iter()
             .map(|v| (v * 1000.0).round() / 1000.0)
             .collect();
-        println!(
+        say!(
             "flow: {} residuals, NLL/dim per epoch {nll:?} ({:.1} s)",
-            r.flow_residuals, r.flow_seconds
+            r.flow_residuals,
+            r.flow_seconds
         );
     }
     if r.vocab > 0 {
-        println!(
+        say!(
             "tokenizer: {} visual tokens ({:.1} s)",
-            r.vocab, r.tokenizer_seconds
+            r.vocab,
+            r.tokenizer_seconds
         );
     }
     if !r.vit_loss.is_empty() {
@@ -183,9 +185,10 @@ pub fn print_report(r: &TrainReport) {
             .iter()
             .map(|v| (v * 1000.0).round() / 1000.0)
             .collect();
-        println!(
+        say!(
             "vit: masked-token CE per epoch {loss:?}, {:.2} images/s ({:.1} s)",
-            r.vit_images_per_s, r.vit_seconds
+            r.vit_images_per_s,
+            r.vit_seconds
         );
     }
 }

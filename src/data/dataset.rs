@@ -50,6 +50,14 @@ impl ClassData {
     /// Lists and checks `root/class`. `test/` is optional (a class registered from normal
     /// images only has none); `train/good` must hold at least one image.
     pub fn open(root: &Path, class: &str) -> Result<ClassData> {
+        let mut data = ClassData::open_train(root, class)?;
+        data.test = list_test(&data.dir)?;
+        Ok(data)
+    }
+
+    /// Lists and checks only `root/class/train/good` (what registration reads): a missing
+    /// or incomplete test set does not matter here. `test` is left empty.
+    pub fn open_train(root: &Path, class: &str) -> Result<ClassData> {
         let dir = class_dir(root, class)?;
         let train_dir = dir.join("train").join(GOOD);
         if !train_dir.is_dir() {
@@ -71,12 +79,11 @@ impl ClassData {
         for p in &train {
             image_size(p)?;
         }
-        let test = list_test(&dir)?;
         Ok(ClassData {
             name: class.to_string(),
             dir,
             train,
-            test,
+            test: Vec::new(),
         })
     }
 

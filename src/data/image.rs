@@ -21,7 +21,13 @@ pub struct RgbImage {
 /// Alpha is dropped; 16-bit samples are scaled to 8 bits.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = ::image::load_from_memory(&bytes)
+    decode_rgb(&bytes, path)
+}
+
+/// [`load_rgb`] of bytes already in memory; `origin` names them in errors.
+pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
+    let path = origin;
+    let img = ::image::load_from_memory(bytes)
         .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);

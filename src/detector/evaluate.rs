@@ -5,7 +5,8 @@
 use crate::data::dataset::{ClassData, load_mask};
 use crate::detector::model_dir::ScoreKind;
 use crate::detector::pipeline::{BATCH, Detector, image_input};
-use crate::error::Result;
+use crate::detector::register::name_image;
+use crate::error::{Error, Result};
 use crate::metrics::{DEFAULT_MAX_FPR, aupro, auroc, f1_max};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -52,7 +53,11 @@ pub fn evaluate_class(
             .map(|t| crate::data::load_rgb(&t.path).map(|img| image_input(&img, size)))
             .collect::<Result<_>>()?;
         let x = Tensor::new(inputs.concat(), &[chunk.len(), 3, size, size])?;
-        maps.extend(det.score_inputs(&data.name, &x, kind)?);
+        let paths: Vec<std::path::PathBuf> = chunk.iter().map(|t| t.path.clone()).collect();
+        maps.extend(
+            det.score_inputs(&data.name, &x, kind)
+                .map_err(|e| name_image(e, &paths))?,
+        );
         if let Some(p) = &det.progress {
             p(
                 "eval",
@@ -67,12 +72,26 @@ pub fn evaluate_class(
     let pixel_labels: Vec<bool> = masks.iter().flatten().copied().collect();
     let map_refs: Vec<&[f32]> = maps.iter().map(|m| &m.values[..]).collect();
     let mask_refs: Vec<&[bool]> = masks.iter().map(|m| &m[..]).collect();
+    // A metric that cannot be computed says which class and folder lack what.
+    let test_dir = data.dir.join("test");
+    let ctx = |what: &str, e: Error| {
+        Error::format(
+            &test_dir,
+            format!(
+                "class '{}': cannot compute the {what} ({e}); the test set needs normal \
+                 images in test/good and defective ones (with masks in ground_truth/) in \
+                 other test/ folders",
+                data.name
+            ),
+        )
+    };
     Ok(ClassReport {
-        image_auroc: auroc(&image_scores, &image_labels)?,
-        pixel_auroc: auroc(&pixel_scores, &pixel_labels)?,
-        aupro: aupro(&map_refs, &mask_refs, map_size, map_size, DEFAULT_MAX_FPR)?,
-        f1_max: f1_max(&image_scores, &image_labels)?,
-        pixel_f1_max: f1_max(&pixel_scores, &pixel_labels)?,
+        image_auroc: auroc(&image_scores, &image_labels).map_err(|e| ctx("image AUROC", e))?,
+        pixel_auroc: auroc(&pixel_scores, &pixel_labels).map_err(|e| ctx("pixel AUROC", e))?,
+        aupro: aupro(&map_refs, &mask_refs, map_size, map_size, DEFAULT_MAX_FPR)
+            .map_err(|e| ctx("AUPRO", e))?,
+        f1_max: f1_max(&image_scores, &image_labels).map_err(|e| ctx("F1-max", e))?,
+        pixel_f1_max: f1_max(&pixel_scores, &pixel_labels).map_err(|e| ctx("pixel F1-max", e))?,
         n_images: data.test.len(),
         seconds: start.elapsed().as_secs_f64(),
     })

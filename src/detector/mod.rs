@@ -1,5 +1,6 @@
 //! The anomaly detector: features -> prototypes -> (ProtoFlow) abnormality -> maps and scores.
 
+pub mod class_store;
 pub mod coreset;
 pub mod device;
 pub mod evaluate;
@@ -7,6 +8,7 @@ pub mod features;
 pub mod flow;
 pub mod model_dir;
 pub mod pipeline;
+pub mod register;
 pub mod scoring;
 pub mod train;
 

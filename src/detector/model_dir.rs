@@ -7,12 +7,14 @@
 //!   tokenizer.safetensors           visual-token codebook (when the ViT was trained)
 //!   vit.safetensors                 masked-token ViT weights (when trained)
 //!   vit.checkpoint.safetensors      training checkpoint (params, optimiser, step), for --resume
-//!   classes/<name>/prototypes.safetensors   the class's prototype bank [P, D]
-//!   classes/<name>/class.json       ClassInfo (calibrated threshold, normal-score statistics)
+//!   classes/<name>/CURRENT          the class's current version, e.g. "v000002"
+//!   classes/<name>/v000002/prototypes.safetensors   the class's prototype bank [P, D]
+//!   classes/<name>/v000002/class.json     ClassInfo (calibrated thresholds, normal scores)
 //! ```
 //! Every file is written to a temporary name in the same folder and renamed into place, so a
-//! crash never leaves a half-written model; a class is registered by writing its folder under
-//! a temporary name and renaming it.
+//! crash never leaves a half-written model; a class is replaced in one atomic step
+//! ([`crate::detector::class_store`]). Every number is range-checked when read
+//! ([`ModelConfig::check`], [`ClassInfo::check`]).
 
 use crate::detector::features::FeatureSpec;
 use crate::detector::scoring::MapSpec;
@@ -217,6 +219,17 @@ impl Default for ModelConfig {
     }
 }
 
+/// A normal image that looks unlike the rest of its class.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Outlier {
+    pub path: PathBuf,
+    /// Robust z-score of its distance to the nearest other normal image
+    /// (`crate::detector::register::outlier_z`).
+    pub z: f32,
+    /// Whether it was left out (`drop_outliers`).
+    pub dropped: bool,
+}
+
 /// `classes/<name>/class.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassInfo {
@@ -234,6 +247,9 @@ pub struct ClassInfo {
     /// Inference mask ratio of this class (None: the model's default).
     #[serde(default)]
     pub mask_ratio: Option<f32>,
+    /// Normal images that looked unlike the rest at registration (warnings).
+    #[serde(default)]
+    pub outliers: Vec<Outlier>,
 }
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
@@ -278,20 +294,295 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
             "not a pmad model directory (no model.json)",
         ));
     }
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    parse_config(&bytes, &path)
+}
+
+/// Parses and checks the bytes of a `model.json` (`path` names it in errors).
+pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelConfig> {
     // Check the version before the full parse so an old/new layout gets a clear message.
-    let raw: serde_json::Value = read_json(&path)?;
-    let v = raw.get("format_version").and_then(|v| v.as_u64());
-    if v != Some(FORMAT_VERSION as u64) {
+    let raw: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+    let v = match raw.get("format_version") {
+        None => "missing".to_string(),
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(FORMAT_VERSION as u64) => {
+            String::new()
+        }
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(other) => format!("{other} (a {}, not an integer)", json_kind(other)),
+    };
+    if !v.is_empty() {
         return Err(Error::format(
-            &path,
+            path,
             format!(
-                "model format version {} is not supported by this pmad (expects {FORMAT_VERSION}); retrain or use a matching pmad",
-                v.map_or("missing".to_string(), |v| v.to_string())
+                "field 'format_version': model format version {v} is not supported by this \
+                 pmad (expects {FORMAT_VERSION}); retrain or use a matching pmad"
             ),
         ));
     }
-    serde_json::from_value(raw)
-        .map_err(|e| Error::format(&path, format!("invalid model config: {e}")))
+    let config: ModelConfig = serde_json::from_value(raw)
+        .map_err(|e| Error::format(path, format!("invalid model config: {e}")))?;
+    config.check(path)?;
+    Ok(config)
+}
+
+/// Parses and checks the bytes of a `class.json` (`path` names it in errors).
+pub fn parse_class_info(bytes: &[u8], path: &Path) -> Result<ClassInfo> {
+    let info: ClassInfo = serde_json::from_slice(bytes)
+        .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+    info.check(path)?;
+    Ok(info)
+}
+
+/// "string", "array", ... for messages about a JSON value of the wrong type.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// An error naming the file and the field of a config value out of its range.
+fn field_error(path: &Path, field: &str, msg: impl std::fmt::Display) -> Error {
+    Error::format(path, format!("field '{field}': {msg}"))
+}
+
+/// Checks that `v` lies in `lo..=hi` (an integer field).
+fn in_range(path: &Path, field: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(field_error(
+            path,
+            field,
+            format!("{v} is outside {lo}..={hi}"),
+        ))
+    }
+}
+
+/// Checks that `v` is finite and lies in `lo..=hi` (a float field).
+fn in_range_f(path: &Path, field: &str, v: f32, lo: f32, hi: f32) -> Result<()> {
+    if v.is_finite() && (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(field_error(
+            path,
+            field,
+            format!("{v} is outside {lo}..={hi}"),
+        ))
+    }
+}
+
+/// Bounds on the sizes a model directory may ask for. They keep every allocation derived
+/// from a config (feature maps, anomaly maps, flow and ViT parameters) bounded, far above
+/// anything the method uses (224 px input, 256 px maps, a 4x256 flow, ViT-B).
+pub mod limits {
+    pub const INPUT_SIZE: (usize, usize) = (32, 1024);
+    pub const MAP_SIZE: (usize, usize) = (8, 4096);
+    pub const SIGMA_AT_256: (f32, f32) = (1e-3, 64.0);
+    pub const POOL_MAX: usize = 15;
+    pub const PROJ_DIM_MAX: usize = 8192;
+    pub const FLOW_BLOCKS: (usize, usize) = (1, 64);
+    pub const FLOW_HIDDEN: (usize, usize) = (1, 16384);
+    pub const FLOW_COND_DIM: (usize, usize) = (4, 1024);
+    pub const MAX_TAPS: usize = 16;
+}
+
+impl ModelConfig {
+    /// Range-checks every number (the message names `path` and the field). Allocation sizes
+    /// derived from the config are bounded by [`limits`].
+    pub fn check(&self, path: &Path) -> Result<()> {
+        use limits::*;
+        let f = &self.features;
+        if f.taps.is_empty() || f.taps.len() > MAX_TAPS {
+            return Err(field_error(
+                path,
+                "features.taps",
+                format!("{} taps (1..={MAX_TAPS} expected)", f.taps.len()),
+            ));
+        }
+        in_range(
+            path,
+            "features.input_size",
+            f.input_size,
+            INPUT_SIZE.0,
+            INPUT_SIZE.1,
+        )?;
+        if !f.input_size.is_multiple_of(32) {
+            return Err(field_error(
+                path,
+                "features.input_size",
+                format!(
+                    "{} is not a multiple of 32 (the backbone's stride)",
+                    f.input_size
+                ),
+            ));
+        }
+        in_range(path, "features.pool", f.pool, 1, POOL_MAX)?;
+        if f.pool.is_multiple_of(2) {
+            return Err(field_error(
+                path,
+                "features.pool",
+                format!("{} is even; the averaging window must be odd", f.pool),
+            ));
+        }
+        let (_, dim) = f.geometry().map_err(|e| field_error(path, "features", e))?;
+        in_range(path, "map.size", self.map.size, MAP_SIZE.0, MAP_SIZE.1)?;
+        in_range_f(
+            path,
+            "map.sigma_at_256",
+            self.map.sigma_at_256,
+            SIGMA_AT_256.0,
+            SIGMA_AT_256.1,
+        )?;
+        if !(self.coreset.ratio.is_finite()
+            && self.coreset.ratio > 0.0
+            && self.coreset.ratio <= 1.0)
+        {
+            return Err(field_error(
+                path,
+                "coreset.ratio",
+                format!("{} is outside (0, 1]", self.coreset.ratio),
+            ));
+        }
+        in_range(
+            path,
+            "coreset.proj_dim",
+            self.coreset.proj_dim,
+            0,
+            PROJ_DIM_MAX,
+        )?;
+        in_range_f(
+            path,
+            "threshold_quantile",
+            self.threshold_quantile,
+            0.5,
+            1.0,
+        )?;
+        if let Some(v) = &self.flow {
+            let fc: crate::detector::flow::FlowConfig =
+                serde_json::from_value(v.clone()).map_err(|e| field_error(path, "flow", e))?;
+            if fc.dim != dim {
+                return Err(field_error(
+                    path,
+                    "flow.dim",
+                    format!("{} where the features have {dim} dimensions", fc.dim),
+                ));
+            }
+            in_range(path, "flow.blocks", fc.blocks, FLOW_BLOCKS.0, FLOW_BLOCKS.1)?;
+            in_range(path, "flow.hidden", fc.hidden, FLOW_HIDDEN.0, FLOW_HIDDEN.1)?;
+            in_range(
+                path,
+                "flow.cond_dim",
+                fc.cond_dim,
+                FLOW_COND_DIM.0,
+                FLOW_COND_DIM.1,
+            )?;
+            if !fc.cond_dim.is_multiple_of(4) {
+                return Err(field_error(
+                    path,
+                    "flow.cond_dim",
+                    format!("{} is not a multiple of 4", fc.cond_dim),
+                ));
+            }
+            in_range_f(path, "flow.clamp_alpha", fc.clamp_alpha, 1e-3, 100.0)?;
+        }
+        if let Some(r) = &self.recon {
+            in_range_f(path, "recon.mask_ratio", r.mask_ratio, 0.0, 1.0)?;
+            r.vit
+                .validate()
+                .map_err(|e| field_error(path, "recon.vit", e))?;
+            if r.vit.vocab != r.vocab {
+                return Err(field_error(
+                    path,
+                    "recon.vocab",
+                    format!("{} where recon.vit.vocab is {}", r.vocab, r.vit.vocab),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClassInfo {
+    /// Checks every number of a `class.json` (the message names `path` and the field):
+    /// thresholds and normal scores finite (and non-negative for every score but
+    /// `flow-nll`, a log-likelihood), counts positive, the mask ratio in [0, 1].
+    pub fn check(&self, path: &Path) -> Result<()> {
+        check_class_name(&self.name).map_err(|e| field_error(path, "name", e))?;
+        if self.n_prototypes == 0 {
+            return Err(field_error(
+                path,
+                "n_prototypes",
+                "0: the class has no prototypes",
+            ));
+        }
+        if self.thresholds.is_empty() {
+            return Err(field_error(
+                path,
+                "thresholds",
+                "none calibrated: register the class again",
+            ));
+        }
+        for (kind, &t) in &self.thresholds {
+            let k: ScoreKind = kind
+                .parse()
+                .map_err(|e: String| field_error(path, &format!("thresholds.{kind}"), e))?;
+            let lo = if k == ScoreKind::FlowNll {
+                f32::MIN
+            } else {
+                0.0
+            };
+            in_range_f(path, &format!("thresholds.{kind}"), t, lo, f32::MAX)?;
+        }
+        for (kind, v) in &self.normal_scores {
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(field_error(
+                    path,
+                    &format!("normal_scores.{kind}"),
+                    format!("non-finite score {x}"),
+                ));
+            }
+        }
+        if let Some(r) = self.mask_ratio {
+            in_range_f(path, "mask_ratio", r, 0.0, 1.0)?;
+        }
+        if let Some(l) = self.flow_ref_ll
+            && !l.is_finite()
+        {
+            return Err(field_error(
+                path,
+                "flow_ref_ll",
+                format!("{l} is not finite"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The calibrated threshold of `kind`, or an error saying the class lacks it.
+    pub fn threshold(&self, kind: ScoreKind, path: &Path) -> Result<f32> {
+        self.thresholds.get(kind.name()).copied().ok_or_else(|| {
+            field_error(
+                path,
+                &format!("thresholds.{}", kind.name()),
+                format!(
+                    "missing: class '{}' has no threshold for the '{}' score (calibrated: \
+                     {}); register it again with this model",
+                    self.name,
+                    kind.name(),
+                    self.thresholds
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    }
 }
 
 pub fn class_dir(dir: &Path, class: &str) -> PathBuf {
@@ -300,20 +591,7 @@ pub fn class_dir(dir: &Path, class: &str) -> PathBuf {
 
 /// Class names registered in `dir` (sorted).
 pub fn registered_classes(dir: &Path) -> Result<Vec<String>> {
-    let cdir = dir.join(CLASSES_DIR);
-    if !cdir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(&cdir).map_err(|e| Error::io(&cdir, e))? {
-        let e = e.map_err(|e| Error::io(&cdir, e))?;
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with('.') && e.path().join(CLASS_FILE).is_file() {
-            v.push(name);
-        }
-    }
-    v.sort();
-    Ok(v)
+    crate::detector::class_store::list(dir)
 }
 
 /// Class names must be plain folder names.

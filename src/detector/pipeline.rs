@@ -13,12 +13,12 @@
 //! ```
 
 use crate::data::image::{RgbImage, load_rgb, to_network_input};
-use crate::detector::coreset::{CoresetConfig, select_coreset};
+use crate::detector::class_store;
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
 use crate::detector::flow::{FlowConfig, ProtoFlow, abnormality_from_ll, positional_encoding};
 use crate::detector::model_dir::{self as md, ClassInfo, InferenceMask, ModelConfig, ScoreKind};
-use crate::detector::scoring::{AnomalyMap, patch_scores_to_map, quantile};
+use crate::detector::scoring::{AnomalyMap, patch_scores_to_map};
 use crate::error::{Error, Result};
 use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
@@ -29,16 +29,13 @@ use crate::recon::vit::Vit;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Images per backbone batch.
 pub const BATCH: usize = 8;
-
-/// Tensor name of the bank index's k-means centroids in `prototypes.safetensors`.
-const INDEX_CENTROIDS: &str = "index_centroids";
 
 /// A progress callback: (step name, done, total).
 pub type ProgressFn = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
@@ -62,15 +59,15 @@ pub struct Inspection {
 }
 
 pub struct Detector {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     pub config: ModelConfig,
-    features: FeatureExtractor,
-    classes: HashMap<String, ClassModel>,
+    pub(crate) features: FeatureExtractor,
+    pub(crate) classes: HashMap<String, ClassModel>,
     flow: Option<ProtoFlow>,
     /// Positional encoding of the patch grid, `[grid², cond_dim]` (flow condition).
     cond: Vec<f32>,
     /// The reconstruction stage's masked-token ViT (when trained).
-    vit: Option<Vit>,
+    pub(crate) vit: Option<Vit>,
     /// The visual-token codebook the ViT was trained on (absent for external token ids).
     codebook: Option<Codebook>,
     /// Which patches the ViT reconstructs at inference (the proposal by default; random and
@@ -105,30 +102,6 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Seeded split of a class's normal images into (bank images, held-out calibration images):
-/// ~15% (at least 1) held out. The same images and seed always give the same split.
-pub fn holdout_split(normal_images: &[PathBuf], seed: u64) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let mut order: Vec<usize> = (0..normal_images.len()).collect();
-    Rng::new(seed ^ 0xCA1B).shuffle(&mut order);
-    let n_hold = (normal_images.len() * 15 / 100)
-        .max(1)
-        .min(normal_images.len());
-    let (hold_idx, fit_idx) = order.split_at(n_hold);
-    let pick = |idx: &[usize]| -> Vec<PathBuf> {
-        let mut v: Vec<usize> = idx.to_vec();
-        v.sort();
-        v.iter().map(|&i| normal_images[i].clone()).collect()
-    };
-    (pick(fit_idx), pick(hold_idx))
-}
-
-/// The held-out normal images of a registration and their patch features.
-pub struct Holdout {
-    pub paths: Vec<PathBuf>,
-    /// `[n * grid², dim]`.
-    pub feats: Vec<f32>,
-}
-
 /// Nearest upsampling of per-patch values from the ViT grid (`[B * vgrid²]`) to the feature
 /// grid (`[B * grid²]`); the feature grid is a multiple of the ViT grid.
 fn vit_to_feature_grid(v: &[f32], vgrid: usize, grid: usize) -> Vec<f32> {
@@ -141,6 +114,20 @@ fn vit_to_feature_grid(v: &[f32], vgrid: usize, grid: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// A NaN/Inf in `v` (`per` values per image) as an error naming the class, the image of the
+/// batch and the stage.
+pub(crate) fn check_finite(v: &[f32], per: usize, class: &str, stage: &'static str) -> Result<()> {
+    match crate::weights::first_non_finite(v) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
+            class: class.to_string(),
+            image: i / per.max(1),
+            stage,
+            value: v[i],
+        }),
+    }
 }
 
 /// Decodes images (in parallel) into one `[n, 3, S, S]` batch of network inputs.
@@ -193,7 +180,7 @@ impl Detector {
                 dir.display()
             )));
         }
-        config.features.geometry()?;
+        config.check(&dir.join(md::CONFIG_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         md::write_json(&dir.join(md::CONFIG_FILE), config)
     }
@@ -286,7 +273,10 @@ impl Detector {
         let mut out = Vec::with_capacity(paths.len() * grid * grid * self.features.dim());
         for (bi, chunk) in paths.chunks(BATCH).enumerate() {
             let x = load_inputs(chunk, size)?;
-            out.extend_from_slice(&self.extract_features(&x)?);
+            let f = self.extract_features(&x)?;
+            check_finite(&f, grid * grid * self.features.dim(), "", "backbone")
+                .map_err(|e| crate::detector::register::name_image(e, chunk))?;
+            out.extend_from_slice(&f);
             self.report(
                 what,
                 (bi * BATCH + chunk.len()).min(paths.len()),
@@ -294,95 +284,6 @@ impl Detector {
             );
         }
         Ok(out)
-    }
-
-    /// Registers `class` from its normal images: prototypes by greedy k-center coreset, and a
-    /// per-class threshold from held-out normal images (never test images). Writes the class
-    /// folder atomically and replaces an older registration of the same name.
-    pub fn register(&mut self, class: &str, normal_images: &[PathBuf]) -> Result<ClassInfo> {
-        self.register_with_holdout(class, normal_images, None)
-            .map(|(info, _)| info)
-    }
-
-    /// [`register`](Self::register) with the class's own inference mask ratio (the fraction
-    /// of patches the proposal stage masks; `None`: the model's default). Thresholds are
-    /// calibrated with it.
-    pub fn register_with_mask_ratio(
-        &mut self,
-        class: &str,
-        normal_images: &[PathBuf],
-        mask_ratio: Option<f32>,
-    ) -> Result<ClassInfo> {
-        self.register_with_holdout(class, normal_images, mask_ratio)
-            .map(|(info, _)| info)
-    }
-
-    /// [`register`](Self::register), also returning the held-out normal images and their
-    /// patch features (`[n * grid², dim]`), which flow training uses as out-of-bank residuals.
-    pub fn register_with_holdout(
-        &mut self,
-        class: &str,
-        normal_images: &[PathBuf],
-        mask_ratio: Option<f32>,
-    ) -> Result<(ClassInfo, Holdout)> {
-        md::check_class_name(class)?;
-        if let Some(r) = mask_ratio
-            && !(0.0..=1.0).contains(&r)
-        {
-            return Err(Error::invalid(format!(
-                "class '{class}': mask ratio must be in [0, 1], got {r}"
-            )));
-        }
-        if normal_images.len() < 2 {
-            return Err(Error::invalid(format!(
-                "class '{class}': registration needs at least 2 normal images, got {}",
-                normal_images.len()
-            )));
-        }
-        let (fit, hold) = holdout_split(normal_images, self.config.coreset.seed);
-        let dim = self.features.dim();
-        let pool = self.embed_paths(&fit, "embed")?;
-        let cfg = CoresetConfig {
-            ratio: self.config.coreset.ratio,
-            proj_dim: self.config.coreset.proj_dim,
-            seed: self.config.coreset.seed,
-        };
-        self.report("coreset", 0, 1);
-        let sel = select_coreset(&pool, dim, &cfg);
-        self.report("coreset", 1, 1);
-        let mut bank = Vec::with_capacity(sel.len() * dim);
-        for &i in &sel {
-            bank.extend_from_slice(&pool[i * dim..(i + 1) * dim]);
-        }
-        drop(pool);
-        self.report("index", 0, 1);
-        let index = BankIndex::build(&bank, dim);
-        self.report("index", 1, 1);
-        let mut model = ClassModel {
-            info: ClassInfo {
-                name: class.to_string(),
-                n_train_images: normal_images.len(),
-                n_prototypes: sel.len(),
-                thresholds: BTreeMap::new(),
-                normal_scores: BTreeMap::new(),
-                flow_ref_ll: None,
-                mask_ratio,
-            },
-            bank,
-            index,
-        };
-        // Calibrate on the held-out normals.
-        // A bank of this name uploaded earlier is stale from here on (calibration searches
-        // the new one).
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.gpu {
-            gpu.forget_class(class);
-        }
-        let feats = self.calibrate(&mut model, &hold)?;
-        self.save_class(&model)?;
-        let info = model.info.clone();
-        self.classes.insert(class.to_string(), model);
-        Ok((info, Holdout { paths: hold, feats }))
     }
 
     /// The score kinds this model can compute (those that get a threshold).
@@ -400,65 +301,16 @@ impl Detector {
         kinds
     }
 
-    /// Thresholds (quantile of held-out normal image scores) for every available score kind,
-    /// from the held-out normal images `hold`. Returns their patch features.
-    fn calibrate(&self, model: &mut ClassModel, hold: &[PathBuf]) -> Result<Vec<f32>> {
-        let kinds = self.available_scores();
-        let size = self.config.features.input_size;
-        let mut feats = Vec::new();
-        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); kinds.len()];
-        for (bi, chunk) in hold.chunks(BATCH).enumerate() {
-            let x = load_inputs(chunk, size)?;
-            let f = self.extract_features(&x)?;
-            let maps = self.maps_from_features(model, &x, &f, &kinds)?;
-            for (s, m) in scores.iter_mut().zip(maps) {
-                s.extend(m.iter().map(|m| m.score));
-            }
-            feats.extend_from_slice(&f);
-            self.report("calibrate", bi * BATCH + chunk.len(), hold.len());
-        }
-        for (kind, scores) in kinds.iter().zip(scores) {
-            let key = kind.name().to_string();
-            model.info.thresholds.insert(
-                key.clone(),
-                quantile(&scores, self.config.threshold_quantile),
-            );
-            model.info.normal_scores.insert(key, scores);
-        }
-        Ok(feats)
-    }
-
-    /// Residuals to the nearest prototype of `class` for image features `[n * grid², dim]`,
-    /// with each patch's positional condition. Used to train the flow.
-    pub fn residuals(
-        &mut self,
-        class: &str,
-        feats: &[f32],
-        cond_dim: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>)> {
-        self.class(class)?;
-        let dim = self.features.dim();
-        let model = &self.classes[class];
-        let nn = model.index.nearest(feats);
-        let mut r = feats.to_vec();
-        for (row, &j) in r.chunks_mut(dim).zip(&nn.index) {
-            let p = &model.bank[j as usize * dim..(j as usize + 1) * dim];
-            row.iter_mut().zip(p).for_each(|(a, b)| *a -= b);
-        }
-        let g2 = self.features.grid() * self.features.grid();
-        let pe = positional_encoding(self.features.grid(), cond_dim);
-        let n_images = feats.len() / (g2 * dim);
-        Ok((r, pe.repeat(n_images)))
-    }
-
     /// Installs a trained flow: saves it (atomically) and records its config in `model.json`.
     pub fn set_flow(&mut self, flow: ProtoFlow) -> Result<()> {
+        let _lock = class_store::lock_writer(&self.dir)?;
         let tensors = flow.to_tensors()?;
         crate::weights::write_safetensors(
             self.dir.join(md::FLOW_FILE),
             tensors.iter().map(|(n, t)| (n.as_str(), t)),
             None,
         )?;
+        crate::fault::point("train.flow-saved");
         self.config.flow =
             Some(serde_json::to_value(&flow.config).map_err(|e| Error::invalid(e.to_string()))?);
         md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
@@ -475,7 +327,9 @@ impl Detector {
         if let Some(gpu) = self.gpu.as_mut() {
             gpu.set_vit(Some(&vit))?;
         }
+        let _lock = class_store::lock_writer(&self.dir)?;
         vit.save(&self.dir.join(md::VIT_FILE))?;
+        crate::fault::point("train.vit-saved");
         let cb_file = self.dir.join(md::TOKENIZER_FILE);
         self.codebook = if recon.tokens == "codebook" && cb_file.is_file() {
             Some(Codebook::load(&cb_file)?)
@@ -542,97 +396,37 @@ impl Detector {
         self.vit.as_ref()
     }
 
-    /// Re-calibrates the thresholds of `class` from its held-out normal images `hold` (after
-    /// a new flow or ViT was installed).
-    pub fn recalibrate(&mut self, class: &str, hold: &[PathBuf]) -> Result<()> {
-        self.class(class)?;
-        let mut model = self.classes.remove(class).expect("loaded above");
-        let r = self
-            .calibrate(&mut model, hold)
-            .and_then(|_| self.save_class(&model));
-        self.classes.insert(class.to_string(), model);
-        r
-    }
-
-    fn save_class(&self, model: &ClassModel) -> Result<()> {
-        let name = &model.info.name;
-        let final_dir = md::class_dir(&self.dir, name);
-        let parent = self.dir.join(md::CLASSES_DIR);
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let write = || -> Result<()> {
-            let dim = self.features.dim();
-            let bank = Tensor::new(model.bank.clone(), &[model.bank.len() / dim, dim])?;
-            let centroids = model.index.centroids();
-            let centroids = Tensor::new(centroids.clone(), &[centroids.len() / dim, dim])?;
-            crate::weights::write_safetensors(
-                tmp.join(md::BANK_FILE),
-                [("prototypes", &bank), (INDEX_CENTROIDS, &centroids)],
-                None,
-            )?;
-            md::write_json(&tmp.join(md::CLASS_FILE), &model.info)?;
-            if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
-            }
-            std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))
-        };
-        let r = write();
-        if r.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        r
-    }
-
-    /// Loads (once) and returns a registered class.
+    /// Loads (once) and returns a registered class (checked: see `class_store::load`).
     pub fn class(&mut self, class: &str) -> Result<&ClassModel> {
         if !self.classes.contains_key(class) {
             md::check_class_name(class)?;
-            let cdir = md::class_dir(&self.dir, class);
-            if !cdir.join(md::CLASS_FILE).is_file() {
-                let known = md::registered_classes(&self.dir)?;
-                return Err(Error::invalid(format!(
-                    "{}: class '{class}' is not registered (registered: {})",
-                    self.dir.display(),
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )));
-            }
-            let info: ClassInfo = md::read_json(&cdir.join(md::CLASS_FILE))?;
-            let st = crate::weights::SafeTensors::open(cdir.join(md::BANK_FILE))?;
             let dim = self.features.dim();
-            let p = st
-                .info("prototypes")
-                .map(|i| i.shape.first().copied().unwrap_or(0))
-                .unwrap_or(0);
-            let bank = st
-                .tensor_f32_checked("prototypes", &[p, dim])?
-                .into_f32_vec();
-            if bank.is_empty() {
-                return Err(Error::format(
-                    cdir.join(md::BANK_FILE),
-                    "empty prototype bank",
-                ));
-            }
-            // The saved centroids rebuild the same index without k-means; a bank written
-            // without them (or with a malformed entry) gets a fresh index.
-            let index = match st.info(INDEX_CENTROIDS).map(|i| i.shape.clone()) {
-                Some(shape) if shape.len() == 2 && shape[0] > 0 && shape[1] == dim => {
-                    let c = st
-                        .tensor_f32_checked(INDEX_CENTROIDS, &shape)?
-                        .into_f32_vec();
-                    BankIndex::with_centroids(&bank, dim, &c, IndexParams::default().proj_dim)
+            let stored = class_store::load(&self.dir, class, dim)?;
+            let index = match &stored.centroids {
+                Some(c) => {
+                    BankIndex::with_centroids(&stored.bank, dim, c, IndexParams::default().proj_dim)
                 }
-                _ => BankIndex::build(&bank, dim),
+                None => BankIndex::build(&stored.bank, dim),
             };
-            self.classes
-                .insert(class.to_string(), ClassModel { info, bank, index });
+            self.classes.insert(
+                class.to_string(),
+                ClassModel {
+                    info: stored.info,
+                    bank: stored.bank,
+                    index,
+                },
+            );
         }
         Ok(&self.classes[class])
+    }
+
+    /// Forgets the device copy of a class's bank (it is being replaced).
+    pub(crate) fn forget_device_class(&self, class: &str) {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            gpu.forget_class(class);
+        }
+        let _ = class;
     }
 
     /// Per-patch abnormality of the features `[n * grid², dim]` of `n` whole images (one
@@ -669,7 +463,10 @@ impl Detector {
                 k.name()
             )));
         }
+        let name = model.info.name.as_str();
+        check_finite(feats, per * dim, name, "backbone")?;
         let nn = self.nearest(model, feats)?;
+        check_finite(&nn.dist2, per, name, "search")?;
         // Per-patch log-likelihood of the residual to the nearest prototype, if asked for.
         let mut ll: Option<Vec<f32>> = None;
         if kinds.iter().any(|k| k.uses_flow()) {
@@ -688,6 +485,7 @@ impl Detector {
             for image in r.chunks(per * dim) {
                 all.extend(flow.log_likelihood(image, &self.cond)?);
             }
+            check_finite(&all, per, name, "flow")?;
             ll = Some(all);
         }
         Ok(kinds
@@ -734,7 +532,7 @@ impl Detector {
     /// Anomaly maps for each of `kinds` (outer) and each image (inner) of the inputs `x`
     /// `[B, 3, S, S]` whose patch features are `feats`. The nearest-prototype search, the
     /// flow and the ViT each run once, whatever the kinds share.
-    fn maps_from_features(
+    pub(crate) fn maps_from_features(
         &self,
         model: &ClassModel,
         x: &Tensor,
@@ -758,6 +556,12 @@ impl Detector {
         let (entropy, cross) = match (needs_vit, distance) {
             (true, Some(a)) => {
                 let (e, c) = self.reconstruction_uncertainty(model, x, feats, a, own)?;
+                let vit = self.require_vit()?.config();
+                let vper = (vit.image_size / vit.patch).pow(2);
+                check_finite(&e, vper, &model.info.name, "vit")?;
+                if let Some(c) = &c {
+                    check_finite(c, vper, &model.info.name, "vit")?;
+                }
                 let vit = self.require_vit()?.config();
                 let up = |u: &[f32]| vit_to_feature_grid(u, vit.image_size / vit.patch, grid);
                 (Some(up(&e)), c.as_deref().map(up))
@@ -783,10 +587,22 @@ impl Detector {
                         base_patches[i].clone()
                     }
                 };
-                Ok(patches
+                let maps: Vec<AnomalyMap> = patches
                     .par_chunks(grid * grid)
                     .map(|p| patch_scores_to_map(p, grid, &self.config.map))
-                    .collect())
+                    .collect();
+                // The last line of defence: no non-finite score leaves the detector.
+                for (i, m) in maps.iter().enumerate() {
+                    if !m.score.is_finite() {
+                        return Err(Error::NonFinite {
+                            class: model.info.name.clone(),
+                            image: i,
+                            stage: "map",
+                            value: m.score,
+                        });
+                    }
+                }
+                Ok(maps)
             })
             .collect()
     }
@@ -909,12 +725,10 @@ impl Detector {
         let inputs: Vec<Vec<f32>> = imgs.par_iter().map(|img| image_input(img, size)).collect();
         let x = Tensor::new(inputs.concat(), &[imgs.len(), 3, size, size])?;
         let maps = self.score_inputs(class, &x, kind)?;
-        let threshold = self.classes[class]
-            .info
-            .thresholds
-            .get(kind.name())
-            .copied()
-            .unwrap_or(f32::INFINITY);
+        // A class without a threshold for this score cannot give a verdict: an error, never
+        // "normal".
+        let info_path = md::class_dir(&self.dir, class).join(md::CLASS_FILE);
+        let threshold = self.classes[class].info.threshold(kind, &info_path)?;
         Ok(maps
             .into_iter()
             .map(|map| Inspection {

@@ -14,7 +14,8 @@ use crate::data::dataset::ClassData;
 use crate::detector::Detector;
 use crate::detector::flow::{FlowConfig, FlowTrainConfig, ProtoFlow};
 use crate::detector::model_dir::{self as md, ModelConfig, ReconConfig};
-use crate::detector::pipeline::{BATCH, ProgressFn, holdout_split, load_inputs};
+use crate::detector::pipeline::{BATCH, ProgressFn, load_inputs};
+use crate::detector::register::{RegisterOptions, holdout_split};
 use crate::error::{Error, Result};
 use crate::recon::masking::{CombinationalMasker, MaskingConfig, foreground, frequency_weights};
 use crate::recon::tokenizer::{Codebook, default_vocab, load_token_ids, pool_to_vit_grid};
@@ -156,15 +157,16 @@ pub fn train(
             continue;
         }
         let t = Instant::now();
-        let (info, hold) = det.register_with_holdout(&d.name, &d.train, None)?;
+        let r = det.register_with(&d.name, &d.train, &RegisterOptions::default())?;
         report.classes.push((
-            info.name.clone(),
-            info.n_prototypes,
-            info.n_train_images,
+            r.info.name.clone(),
+            r.info.n_prototypes,
+            r.info.n_train_images,
             t.elapsed().as_secs_f64(),
         ));
-        residual_feats.push((d.name.clone(), hold.feats));
-        holdouts.push((d.name.clone(), hold.paths));
+        residual_feats.push((d.name.clone(), r.holdout.feats));
+        holdouts.push((d.name.clone(), r.holdout.paths));
+        crate::fault::point("train.class-registered");
     }
 
     // Stage 2: the flow.
@@ -179,6 +181,7 @@ pub fn train(
             &mut report,
         )?;
         recalibrate = true;
+        crate::fault::point("train.flow-installed");
     }
 
     // Stages 3-4: tokens and the ViT.
@@ -192,12 +195,15 @@ pub fn train(
         tokens_for(&det, data, classes, &pooled, opts, &mut report)?;
     }
 
-    // Thresholds for the new scores, from the same held-out normal images.
-    if recalibrate {
-        for (name, hold) in &holdouts {
+    // Thresholds for the new scores, from the same held-out normal images. A run killed
+    // after a stage was installed but before this point left classes without thresholds
+    // for it: `--resume` recalibrates every class that lacks one.
+    for (name, hold) in &holdouts {
+        if recalibrate || !det.is_calibrated(name)? {
             det.recalibrate(name, hold)?;
         }
     }
+    crate::fault::point("train.done");
     Ok(report)
 }
 

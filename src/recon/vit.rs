@@ -140,6 +140,21 @@ impl VitConfig {
         if self.vocab > u32::MAX as usize {
             return bad(format!("vocab {} does not fit token ids (u32)", self.vocab));
         }
+        // Upper bounds keep the parameter allocation of a tampered config bounded (ViT-L
+        // sizes fit well inside them).
+        let bounded = [
+            ("image_size", self.image_size, 1024),
+            ("width", self.width, 8192),
+            ("depth", self.depth, 64),
+            ("decoder_depth", self.decoder_depth, 64),
+            ("heads", self.heads, 128),
+            ("mlp", self.mlp, 32768),
+            ("vocab", self.vocab, 1 << 16),
+            ("input_dim", self.input_dim, 8192),
+        ];
+        if let Some((name, v, max)) = bounded.iter().find(|(_, v, max)| v > max) {
+            return bad(format!("{name} {v} is above the limit {max}"));
+        }
         Ok(())
     }
 

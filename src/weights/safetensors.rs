@@ -38,6 +38,23 @@ pub struct TensorInfo {
     pub data_offsets: (usize, usize),
 }
 
+/// Index of the first NaN/Inf in `v`. The all-finite case (the common one) is one pass of
+/// branch-free chunked checks the compiler vectorises.
+pub fn first_non_finite(v: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 256;
+    for (c, chunk) in v.chunks(CHUNK).enumerate() {
+        // |x| < inf is false exactly for NaN and ±inf.
+        if !chunk
+            .iter()
+            .fold(true, |ok, x| ok & (x.abs() < f32::INFINITY))
+        {
+            let i = chunk.iter().position(|x| !x.is_finite()).unwrap_or(0);
+            return Some(c * CHUNK + i);
+        }
+    }
+    None
+}
+
 /// A memory-mapped safetensors file whose header has been fully validated.
 ///
 /// Tensors returned by [`SafeTensors::tensor`] view the map without copying and keep it alive
@@ -147,8 +164,10 @@ impl SafeTensors {
     }
 
     /// Like [`SafeTensors::tensor`], for a float weight whose shape the caller knows: a wrong
-    /// shape or a non-float dtype is an error naming the file and tensor. F16/BF16 tensors are
-    /// returned as stored (still zero-copy); `f32s()` widens them when read.
+    /// shape, a non-float dtype or a NaN/Inf value is an error naming the file and tensor
+    /// (one vectorisable pass per tensor, at load: a broken weight must never reach a
+    /// verdict). F16/BF16 tensors are returned as stored (still zero-copy); `f32s()` widens
+    /// them when read.
     pub fn tensor_f32_checked(&self, name: &str, expected_shape: &[usize]) -> Result<Tensor> {
         let info = self.info_or_err(name)?;
         if !info.dtype.is_float() {
@@ -169,7 +188,17 @@ impl SafeTensors {
                 ),
             ));
         }
-        self.tensor(name)
+        let t = self.tensor(name)?;
+        if let Some(i) = first_non_finite(&t.f32s()) {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "tensor '{name}': non-finite value {} at element {i} (corrupt weights)",
+                    t.f32s()[i]
+                ),
+            ));
+        }
+        Ok(t)
     }
 
     /// Every tensor, in name order (zero-copy views).

@@ -91,7 +91,15 @@ pub fn load_torch_checkpoint_bytes(bytes: &[u8], origin: &Path) -> Result<Vec<(S
 /// Converts a PyTorch checkpoint to a safetensors file (written atomically) and returns the
 /// number of tensors. The safetensors metadata records `format: pt` and the source file name.
 pub fn convert_torch_to_safetensors(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<usize> {
-    let src = src.as_ref();
+    let (src, dst) = (src.as_ref(), dst.as_ref());
+    if same_file(src, dst) {
+        return Err(Error::invalid(format!(
+            "{}: the output is the checkpoint being converted; choose another output path \
+             (e.g. {})",
+            dst.display(),
+            src.with_extension("safetensors").display()
+        )));
+    }
     let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
     let tensors = load_torch_checkpoint_bytes(&bytes, src)?;
     let mut meta = BTreeMap::new();
@@ -104,6 +112,14 @@ pub fn convert_torch_to_safetensors(src: impl AsRef<Path>, dst: impl AsRef<Path>
     }
     write_safetensors(dst, tensors.iter().map(|(n, t)| (n, t)), Some(&meta))?;
     Ok(tensors.len())
+}
+
+/// Whether `a` and `b` name the same existing file (through links or `..` as well).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -220,6 +220,17 @@ fn a_nan_prototype_is_an_error_naming_the_bank_not_a_normal_verdict() {
     poison(&bank, "prototypes", 5, f32::INFINITY);
     let out = inspect(&model, "synth_wood", &[], &[&bad_image(&data)]);
     fails_with(&out, &["prototypes.safetensors", "non-finite"]);
+    // `eval` used to fail later with "auroc: score 0 is NaN" (no class, no cause).
+    let out = pmad(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--classes",
+        "synth_wood",
+    ]);
+    fails_with(&out, &["prototypes.safetensors", "non-finite"]);
 }
 
 #[test]

@@ -160,6 +160,14 @@ pub fn print_report(r: &TrainReport) {
     for (name, protos, images, secs) in &r.classes {
         say!("{name}: {protos} prototypes from {images} normal images ({secs:.1} s)");
     }
+    for (class, o) in &r.outliers {
+        eprintln!(
+            "warning: class '{class}': {} looks unlike the other normal images (robust z \
+             {:.1}); check it (`pmad register --drop-outliers` leaves such images out)",
+            o.path.display(),
+            o.z
+        );
+    }
     if !r.flow_nll.is_empty() {
         let nll: Vec<f32> = r
             .flow_nll

@@ -127,8 +127,20 @@ impl ProtoFlow {
     /// the identity (stable early training).
     pub fn new(config: FlowConfig) -> Result<ProtoFlow> {
         let d = config.dim;
-        if d < 2 || !config.cond_dim.is_multiple_of(4) || config.blocks == 0 {
-            return Err(Error::invalid(format!("invalid flow config {config:?}")));
+        let problem = if d < 2 {
+            Some(format!("dim {d} must be at least 2"))
+        } else if !config.cond_dim.is_multiple_of(4) {
+            Some(format!(
+                "cond_dim {} is not a multiple of 4",
+                config.cond_dim
+            ))
+        } else if config.blocks == 0 || config.hidden == 0 {
+            Some("blocks and hidden must be at least 1 (e.g. --flow-blocks 4)".to_string())
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(Error::invalid(format!("flow config: {p}")));
         }
         let mut rng = Rng::new(config.seed);
         let mut params = ParamStore::new();

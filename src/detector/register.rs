@@ -359,3 +359,41 @@ pub(crate) fn name_image(e: Error, paths: &[PathBuf]) -> Error {
         e => e,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outlier_z_flags_the_one_far_image_only() {
+        // 8 descriptors on a small ring, one far away.
+        let mut d = Vec::new();
+        for i in 0..8 {
+            let a = i as f32 * 0.785;
+            d.extend([a.cos(), a.sin(), 0.1 * i as f32 % 0.3]);
+        }
+        d.extend([30.0, -20.0, 5.0]);
+        let z = outlier_z(&d, 3);
+        assert_eq!(z.len(), 9);
+        assert!(z[8] > OUTLIER_Z, "{z:?}");
+        assert!(z[..8].iter().all(|&v| v <= OUTLIER_Z), "{z:?}");
+        // Identical images: the floored spread keeps every z at 0, not NaN.
+        let same = outlier_z(&[1.0; 12], 3);
+        assert!(
+            same.iter().all(|v| v.is_finite() && *v <= OUTLIER_Z),
+            "{same:?}"
+        );
+    }
+
+    #[test]
+    fn a_non_finite_error_is_renamed_to_its_image_path() {
+        let e = crate::detector::pipeline::check_finite(&[0.0, 1.0, f32::NAN, 2.0], 2, "c", "flow")
+            .unwrap_err();
+        let paths = [PathBuf::from("a.png"), PathBuf::from("b.png")];
+        let msg = name_image(e, &paths).to_string();
+        assert!(
+            msg.starts_with("b.png:") && msg.contains("flow") && msg.contains("'c'"),
+            "{msg}"
+        );
+    }
+}

@@ -115,6 +115,8 @@ impl Default for TrainOptions {
 pub struct TrainReport {
     /// (class, prototypes, normal images, seconds)
     pub classes: Vec<(String, usize, usize, f64)>,
+    /// Normal images of the seen classes that looked unlike the rest (class, image).
+    pub outliers: Vec<(String, md::Outlier)>,
     pub flow_residuals: usize,
     /// Mean negative log-likelihood per dimension, per epoch.
     pub flow_nll: Vec<f32>,
@@ -164,6 +166,12 @@ pub fn train(
             r.info.n_train_images,
             t.elapsed().as_secs_f64(),
         ));
+        report.outliers.extend(
+            r.info
+                .outliers
+                .iter()
+                .map(|o| (r.info.name.clone(), o.clone())),
+        );
         residual_feats.push((d.name.clone(), r.holdout.feats));
         holdouts.push((d.name.clone(), r.holdout.paths));
         crate::fault::point("train.class-registered");

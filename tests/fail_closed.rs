@@ -385,6 +385,21 @@ fn out_of_range_model_json_numbers_are_clear_errors_without_panics() {
         ]);
         fails_with(&out, &["model.json", needle]);
     }
+    // A model written before `map.image_score` existed loads, with the max as its score.
+    let mut old = original.clone();
+    old["map"].as_object_mut().unwrap().remove("image_score");
+    std::fs::write(&cfg_path, old.to_string()).unwrap();
+    let cfg = pmad::detector::model_dir::read_config(&model).unwrap();
+    assert_eq!(
+        cfg.map.image_score,
+        pmad::detector::scoring::ImageScore::Max
+    );
+    inspect_works(&model, "synth_wood", &good_image(&data));
+    let mut v = original.clone();
+    v["map"]["image_score"] = serde_json::json!({"top-mean": {"q": 7.0}});
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let out = inspect(&model, "synth_wood", &[], &[&good_image(&data)]);
+    fails_with(&out, &["model.json", "map.image_score"]);
     std::fs::write(&cfg_path, original.to_string()).unwrap();
     // class.json numbers.
     let info = current(&model, "synth_wood").join("class.json");
@@ -693,7 +708,7 @@ fn heatmaps_of_same_named_images_in_different_folders_do_not_collide() {
     let out_dir = base().join("heatmaps-mirror");
     let _ = std::fs::remove_dir_all(&out_dir);
     let a = data.join("synth_wood/test/good/000.png");
-    let b = bad_image(&data); // .../test/<defect>/000.png
+    let b = bad_image(data); // .../test/<defect>/000.png
     let text = ok(&[
         "inspect",
         "--model",
@@ -716,10 +731,12 @@ fn heatmaps_of_same_named_images_in_different_folders_do_not_collide() {
         .collect();
     assert_eq!(maps.len(), 2);
     assert_ne!(maps[0], maps[1]);
-    assert!(
-        maps[0].ends_with("test/good/000_heatmap.png"),
-        "{}",
-        maps[0]
+    // Mirrored below the folder common to both (synth_wood/test).
+    assert_eq!(Path::new(&maps[0]), out_dir.join("good/000_heatmap.png"));
+    let defect = b.parent().unwrap().file_name().unwrap();
+    assert_eq!(
+        Path::new(&maps[1]),
+        out_dir.join(defect).join("000_heatmap.png")
     );
     for m in &maps {
         assert!(Path::new(m).is_file());

@@ -27,6 +27,11 @@ pub struct EvalArgs {
     /// the proposal stage alone).
     #[arg(long)]
     pub score: Option<ScoreKind>,
+    /// Image score for this run (ablation; default: the model's): max | top:Q (mean of the
+    /// map's top Q fraction). Metrics only: the class thresholds stay those calibrated with
+    /// the model's image score.
+    #[arg(long)]
+    pub image_score: Option<pmad::detector::scoring::ImageScore>,
     /// Which patches the ViT reconstructs (ablation): proposal | random | blockwise.
     #[arg(long, default_value = "proposal")]
     pub inference_mask: InferenceMask,
@@ -57,6 +62,9 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
     det.progress = Some(super::progress::bar_callback());
     det.inference_mask = args.inference_mask;
+    if let Some(i) = args.image_score {
+        det.config.map.image_score = i;
+    }
     det.set_device(args.device)?;
     let kind = args.score.unwrap_or(det.config.score);
     let mut report = Report {

@@ -19,8 +19,9 @@ pub struct InspectArgs {
     pub model: PathBuf,
     #[arg(long)]
     pub class: String,
-    /// Folder for heatmap overlays: each image's path is mirrored under it
-    /// (`a/good/000.png` -> `OUT/a/good/000_heatmap.png`).
+    /// Folder for heatmap overlays: each image's path below the folder common to all inputs
+    /// is mirrored under it (`a/good/000.png b/good/000.png` -> `OUT/a/good/000_heatmap.png`,
+    /// `OUT/b/good/000_heatmap.png`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Stop at the first image that cannot be read or scored (default: report it as a JSON
@@ -121,22 +122,40 @@ fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Where the heatmap of `image` goes under `out`: the image's path as given, mirrored
-/// (an absolute path loses its root, `..` becomes `__`), with `<stem>_heatmap.png` as the
-/// file name (`<stem>_<ext>_heatmap.png` for non-PNG inputs, so `a.png` and `a.jpg` differ).
-/// Distinct inputs get distinct names; the same input always gets the same name.
-pub fn heatmap_path(out: &Path, image: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut rel = PathBuf::new();
-    if let Some(parent) = image.parent() {
-        for c in parent.components() {
-            match c {
-                Component::Normal(n) => rel.push(n),
-                Component::ParentDir => rel.push("__"),
-                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+/// The deepest folder holding every image (absolute), so outputs can mirror the images'
+/// paths below it.
+pub fn common_root(images: &[PathBuf]) -> PathBuf {
+    let abs: Vec<PathBuf> = images
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let mut root = abs
+        .first()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    for p in &abs[1.min(abs.len())..] {
+        while !p.starts_with(&root) {
+            if !root.pop() {
+                break;
             }
         }
     }
+    root
+}
+
+/// Where the heatmap of `image` goes under `out`: its path below `root` (see
+/// [`common_root`]) mirrored, with `<stem>_heatmap.png` as the file name
+/// (`<stem>_<ext>_heatmap.png` for non-PNG inputs, so `a.png` and `a.jpg` differ). Distinct
+/// inputs get distinct names: `a/good/000.png` and `b/good/000.png` go to
+/// `OUT/a/good/000_heatmap.png` and `OUT/b/good/000_heatmap.png`.
+pub fn heatmap_path(out: &Path, root: &Path, image: &Path) -> PathBuf {
+    let abs = std::path::absolute(image).unwrap_or_else(|_| image.to_path_buf());
+    let rel_dir = abs
+        .parent()
+        .and_then(|d| d.strip_prefix(root).ok())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let stem = image
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
@@ -150,7 +169,7 @@ pub fn heatmap_path(out: &Path, image: &Path) -> PathBuf {
     } else {
         format!("{stem}_{ext}_heatmap.png")
     };
-    out.join(rel).join(name)
+    out.join(rel_dir).join(name)
 }
 
 /// One image's JSON line: its verdict, or what went wrong with it.
@@ -158,7 +177,7 @@ fn result_line(
     path: &Path,
     img: &pmad::data::RgbImage,
     r: &pmad::detector::Inspection,
-    out: Option<&Path>,
+    out: Option<(&Path, &Path)>,
 ) -> Result<serde_json::Value> {
     let mut line = serde_json::json!({
         "path": path.display().to_string(),
@@ -166,8 +185,8 @@ fn result_line(
         "threshold": r.threshold,
         "verdict": if r.anomalous { "anomalous" } else { "normal" },
     });
-    if let Some(o) = out {
-        let hp = heatmap_path(o, path);
+    if let Some((o, root)) = out {
+        let hp = heatmap_path(o, root, path);
         if let Some(d) = hp.parent() {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
@@ -212,7 +231,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if let Some(o) = &args.out {
         std::fs::create_dir_all(o).map_err(|e| Error::io(o, e))?;
     }
-    let out = args.out.as_deref();
+    let root = common_root(&paths);
+    let out = args.out.as_deref().map(|o| (o, root.as_path()));
     let mut failed = 0usize;
     // Batches of images: decoded in parallel, one backbone pass each. An image that cannot
     // be read or scored gets an error line; the others are still scored.

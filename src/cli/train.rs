@@ -22,6 +22,10 @@ pub struct TrainArgs {
     /// Default patch abnormality of the model.
     #[arg(long, default_value = "distance")]
     pub score: ScoreKind,
+    /// How a map becomes the image score: max | top:Q (mean of the top Q fraction of the
+    /// map's pixels; `top:0.01` raised image AUROC on every development class).
+    #[arg(long, default_value = "max")]
+    pub image_score: pmad::detector::scoring::ImageScore,
     /// Fraction of each class's normal patches kept as prototypes.
     #[arg(long, default_value_t = 0.1)]
     pub coreset_ratio: f32,
@@ -94,6 +98,7 @@ pub fn run(args: TrainArgs) -> pmad::Result<()> {
         ..ModelConfig::default()
     };
     config.coreset.ratio = args.coreset_ratio;
+    config.map.image_score = args.image_score;
     config.coreset.seed = args.seed;
     let mut stages = Stages::default();
     for s in &args.skip {

@@ -439,6 +439,9 @@ impl ModelConfig {
             SIGMA_AT_256.0,
             SIGMA_AT_256.1,
         )?;
+        if let crate::detector::scoring::ImageScore::TopMean { q } = self.map.image_score {
+            in_range_f(path, "map.image_score.top-mean.q", q, 1e-6, 1.0)?;
+        }
         if !(self.coreset.ratio.is_finite()
             && self.coreset.ratio > 0.0
             && self.coreset.ratio <= 1.0)

@@ -1,6 +1,7 @@
 //! From per-patch abnormality to the outputs a user sees (METHOD.md §7 and issue spec):
 //! the `grid x grid` patch scores are bilinearly upsampled to the map size, blurred with a
-//! Gaussian (σ = 4 at 256 px, scaled with the map size), and the image score is the map's max.
+//! Gaussian (σ = 4 at 256 px, scaled with the map size), and the image score is the map's max
+//! (or the mean of its top pixels, [`ImageScore`]).
 //! Nothing here looks at any other image: no normalisation by test-set statistics.
 
 use crate::ops::blur::gaussian_blur;
@@ -13,6 +14,9 @@ pub struct MapSpec {
     pub size: usize,
     /// Gaussian σ in pixels of a 256-pixel map; scaled proportionally for other sizes.
     pub sigma_at_256: f32,
+    /// How the map becomes the image score (models written before this field: the max).
+    #[serde(default)]
+    pub image_score: ImageScore,
 }
 
 impl Default for MapSpec {
@@ -20,7 +24,58 @@ impl Default for MapSpec {
         MapSpec {
             size: 256,
             sigma_at_256: 4.0,
+            // The max stays the default until thresholds are calibrated from more normal
+            // scores (k-fold): the top-1% mean lifts image AUROC on the development set
+            // (magnetic_tile 0.855 -> 0.901, metal_plate 0.972 -> 0.976, bottle 1.000) but
+            // with a 2-image held-out calibration it raised false alarms on synthetic data.
+            image_score: ImageScore::Max,
         }
+    }
+}
+
+/// The image-level score of an anomaly map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageScore {
+    /// The map's maximum (PatchCore, the paper).
+    #[default]
+    Max,
+    /// The mean of the map's top `q` fraction of pixels (`0 < q <= 1`): less swayed by one
+    /// noisy pixel, more by a defect's extent.
+    TopMean { q: f32 },
+}
+
+impl ImageScore {
+    /// The score of map values `v` (not modified).
+    pub fn of(self, v: &[f32]) -> f32 {
+        match self {
+            ImageScore::Max => v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)),
+            ImageScore::TopMean { q } => {
+                let k = ((v.len() as f32 * q).ceil() as usize).clamp(1, v.len().max(1));
+                let mut s = v.to_vec();
+                // Partial selection: the k largest values in s[..k], O(n).
+                if k < s.len() {
+                    s.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                }
+                s[..k].iter().map(|&x| x as f64).sum::<f64>() as f32 / k as f32
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for ImageScore {
+    type Err = String;
+    /// `max`, or `top:Q` (e.g. `top:0.01`, the mean of the top 1%).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "max" {
+            return Ok(ImageScore::Max);
+        }
+        let q = s
+            .strip_prefix("top:")
+            .and_then(|q| q.parse::<f32>().ok())
+            .filter(|q| q.is_finite() && *q > 0.0 && *q <= 1.0)
+            .ok_or_else(|| format!("image score '{s}': expected max or top:Q with 0 < Q <= 1"))?;
+        Ok(ImageScore::TopMean { q })
     }
 }
 
@@ -32,7 +87,7 @@ pub struct AnomalyMap {
     pub score: f32,
 }
 
-/// Patch scores `[grid*grid]` -> blurred map + max.
+/// Patch scores `[grid*grid]` -> blurred map + image score.
 pub fn patch_scores_to_map(patch: &[f32], grid: usize, spec: &MapSpec) -> AnomalyMap {
     let mut values = vec![0.0; spec.size * spec.size];
     bilinear_plane(patch, grid, grid, spec.size, spec.size, &mut values);
@@ -42,7 +97,7 @@ pub fn patch_scores_to_map(patch: &[f32], grid: usize, spec: &MapSpec) -> Anomal
         spec.size,
         spec.sigma_at_256 * spec.size as f32 / 256.0,
     );
-    let score = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let score = spec.image_score.of(&values);
     AnomalyMap {
         size: spec.size,
         values,
@@ -85,5 +140,19 @@ mod tests {
         assert!(m.score > 0.0 && m.score < 5.0, "blur spreads the peak");
         assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
         assert_eq!(quantile(&[1.0, 2.0], 0.25), 1.25);
+        let v = [1.0, 5.0, 3.0, 2.0, 4.0, 0.0, 0.5, 0.25, 6.0, 7.0];
+        assert_eq!(ImageScore::Max.of(&v), 7.0);
+        assert_eq!(ImageScore::TopMean { q: 0.2 }.of(&v), 6.5);
+        assert_eq!(
+            ImageScore::TopMean { q: 0.01 }.of(&v),
+            7.0,
+            "at least one pixel"
+        );
+        assert_eq!(ImageScore::TopMean { q: 1.0 }.of(&v), 2.875);
+        assert_eq!(
+            "top:0.2".parse::<ImageScore>(),
+            Ok(ImageScore::TopMean { q: 0.2 })
+        );
+        assert!("top:0".parse::<ImageScore>().is_err() && "mean".parse::<ImageScore>().is_err());
     }
 }

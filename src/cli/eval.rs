@@ -71,23 +71,26 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         classes: BTreeMap::new(),
         mean: BTreeMap::new(),
     };
-    say!(
-        "{:<16} {:>9} {:>9} {:>7} {:>7} {:>9} {:>6} {:>8}",
-        "class",
-        "img_auroc",
-        "pix_auroc",
-        "aupro",
-        "f1_max",
-        "pix_f1max",
-        "images",
-        "seconds"
-    );
-    for data in &datasets {
+    for (i, data) in datasets.iter().enumerate() {
         // Only a class that is absent is registered here: a broken one is an error.
         if args.register && !pmad::detector::class_store::exists(&args.model, &data.name) {
             det.register(&data.name, &data.train)?;
         }
         let r = evaluate_class(&mut det, data, kind)?;
+        // The header once the first class succeeded: a failed run prints nothing.
+        if i == 0 {
+            say!(
+                "{:<16} {:>9} {:>9} {:>7} {:>7} {:>9} {:>6} {:>8}",
+                "class",
+                "img_auroc",
+                "pix_auroc",
+                "aupro",
+                "f1_max",
+                "pix_f1max",
+                "images",
+                "seconds"
+            );
+        }
         say!(
             "{:<16} {:>9.3} {:>9.3} {:>7.3} {:>7.3} {:>9.3} {:>6} {:>8.1}",
             data.name,

@@ -225,8 +225,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     // A class that cannot give verdicts (missing, broken, no threshold for this score)
     // fails before any image is read.
     let kind = det.config.score;
-    let info_path = pmad::detector::model_dir::class_dir(&args.model, &args.class)
-        .join(pmad::detector::model_dir::CLASS_FILE);
+    let info_path = pmad::detector::class_store::info_path(&args.model, &args.class);
     det.class(&args.class)?.info.threshold(kind, &info_path)?;
     if let Some(o) = &args.out {
         std::fs::create_dir_all(o).map_err(|e| Error::io(o, e))?;

@@ -92,6 +92,16 @@ fn current_dir(cdir: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
+/// The `class.json` of the current version of `class` (for messages; the legacy location
+/// when the class is not registered or unreadable).
+pub fn info_path(model_dir: &Path, class: &str) -> PathBuf {
+    let cdir = md::class_dir(model_dir, class);
+    match current_dir(&cdir) {
+        Ok(Some(v)) => v.join(md::CLASS_FILE),
+        _ => cdir.join(md::CLASS_FILE),
+    }
+}
+
 fn is_version_name(s: &str) -> bool {
     s.len() == 7 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit())
 }
@@ -272,15 +282,31 @@ fn next_version(cdir: &Path) -> Result<String> {
     Ok(format!("v{:06}", top + 1))
 }
 
+/// Whether a temporary named `.<name>.tmp-<pid>[-<n>]` was left by a process that is gone
+/// (on Linux, checked in /proc; elsewhere every temporary found under the lock is stale).
+fn is_stale_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.split(".tmp-").nth(1)) else {
+        return false;
+    };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if cfg!(target_os = "linux") => {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => true,
+    }
+}
+
 /// Removes what killed writers left: temporary version folders and pointer files of this
-/// class, and the temporary class folders of the pre-versioned layout (`classes/.<n>.tmp-*`).
+/// class, temporary class folders of the pre-versioned layout (`classes/.<n>.tmp-*`), and
+/// temporary files of the model directory's own files (model.json, flow, ViT).
 fn clean_stale(model_dir: &Path, cdir: &Path) -> Result<()> {
     let classes = model_dir.join(md::CLASSES_DIR);
-    for dir in [cdir, classes.as_path()] {
+    for dir in [cdir, classes.as_path(), model_dir] {
         for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let e = e.map_err(|e| Error::io(dir, e))?;
             let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') && name.contains(".tmp-") {
+            if is_stale_temp(&name) {
                 let p = e.path();
                 let r = if p.is_dir() {
                     std::fs::remove_dir_all(&p)
@@ -340,4 +366,29 @@ pub fn list(model_dir: &Path) -> Result<Vec<String>> {
     }
     v.sort();
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_temporaries_of_dead_processes_are_stale() {
+        assert!(!is_stale_temp("v000001"));
+        assert!(!is_stale_temp("CURRENT"));
+        assert!(!is_stale_temp(&format!(
+            ".v000002.tmp-{}",
+            std::process::id()
+        )));
+        // PID 0 is never a user process.
+        assert!(is_stale_temp(".v000002.tmp-0"));
+        assert!(is_stale_temp(".model.json.tmp-x"));
+        if cfg!(target_os = "linux") {
+            assert!(is_stale_temp(".flow.safetensors.tmp-4000000000-3"));
+            assert!(
+                !is_stale_temp(".flow.safetensors.tmp-1-0"),
+                "pid 1 is alive"
+            );
+        }
+    }
 }

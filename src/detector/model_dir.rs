@@ -535,12 +535,18 @@ impl ClassInfo {
             let k: ScoreKind = kind
                 .parse()
                 .map_err(|e: String| field_error(path, &format!("thresholds.{kind}"), e))?;
-            let lo = if k == ScoreKind::FlowNll {
-                f32::MIN
-            } else {
-                0.0
-            };
-            in_range_f(path, &format!("thresholds.{kind}"), t, lo, f32::MAX)?;
+            // Every score but the flow's log-likelihood is a distance or an entropy.
+            let field = format!("thresholds.{kind}");
+            if !t.is_finite() {
+                return Err(field_error(path, &field, format!("{t} is not finite")));
+            }
+            if t < 0.0 && k != ScoreKind::FlowNll {
+                return Err(field_error(
+                    path,
+                    &field,
+                    format!("{t} is negative; a '{kind}' score never is"),
+                ));
+            }
         }
         for (kind, v) in &self.normal_scores {
             if let Some(x) = v.iter().find(|x| !x.is_finite()) {

@@ -727,7 +727,7 @@ impl Detector {
         let maps = self.score_inputs(class, &x, kind)?;
         // A class without a threshold for this score cannot give a verdict: an error, never
         // "normal".
-        let info_path = md::class_dir(&self.dir, class).join(md::CLASS_FILE);
+        let info_path = class_store::info_path(&self.dir, class);
         let threshold = self.classes[class].info.threshold(kind, &info_path)?;
         Ok(maps
             .into_iter()

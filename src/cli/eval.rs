@@ -52,6 +52,15 @@ struct Report {
     mean: BTreeMap<String, f64>,
 }
 
+/// A verdict rate for the table ("-" when not computed).
+fn rate(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.3}")
+    } else {
+        "-".into()
+    }
+}
+
 pub fn run(args: EvalArgs) -> pmad::Result<()> {
     // Check every class folder before any work.
     let datasets: Vec<ClassData> = args
@@ -76,29 +85,39 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         if args.register && !pmad::detector::class_store::exists(&args.model, &data.name) {
             det.register(&data.name, &data.train)?;
         }
-        let r = evaluate_class(&mut det, data, kind)?;
+        let mut r = evaluate_class(&mut det, data, kind)?;
+        if args.image_score.is_some() {
+            // The thresholds were calibrated with the model's image score: no verdict rates
+            // for another one (null in the JSON).
+            r.false_alarm_rate = f64::NAN;
+            r.detection_rate = f64::NAN;
+        }
         // The header once the first class succeeded: a failed run prints nothing.
         if i == 0 {
             say!(
-                "{:<16} {:>9} {:>9} {:>7} {:>7} {:>9} {:>6} {:>8}",
+                "{:<16} {:>9} {:>9} {:>7} {:>7} {:>9} {:>6} {:>6} {:>6} {:>8}",
                 "class",
                 "img_auroc",
                 "pix_auroc",
                 "aupro",
                 "f1_max",
                 "pix_f1max",
+                "far",
+                "det",
                 "images",
                 "seconds"
             );
         }
         say!(
-            "{:<16} {:>9.3} {:>9.3} {:>7.3} {:>7.3} {:>9.3} {:>6} {:>8.1}",
+            "{:<16} {:>9.3} {:>9.3} {:>7.3} {:>7.3} {:>9.3} {:>6} {:>6} {:>6} {:>8.1}",
             data.name,
             r.image_auroc,
             r.pixel_auroc,
             r.aupro,
             r.f1_max,
             r.pixel_f1_max,
+            rate(r.false_alarm_rate),
+            rate(r.detection_rate),
             r.n_images,
             r.seconds
         );

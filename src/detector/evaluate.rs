@@ -23,6 +23,12 @@ pub struct ClassReport {
     /// to set a deployment threshold).
     pub f1_max: f64,
     pub pixel_f1_max: f64,
+    /// The class's calibrated verdict threshold for this score (from its normal training
+    /// images), and at it: the fraction of test/good images called anomalous (false alarms)
+    /// and of defective images called anomalous (detections).
+    pub threshold: f32,
+    pub false_alarm_rate: f64,
+    pub detection_rate: f64,
     pub n_images: usize,
     pub seconds: f64,
 }
@@ -34,7 +40,8 @@ pub fn evaluate_class(
     kind: ScoreKind,
 ) -> Result<ClassReport> {
     let start = Instant::now();
-    det.class(&data.name)?;
+    let info_path = crate::detector::class_store::info_path(det.dir(), &data.name);
+    let threshold = det.class(&data.name)?.info.threshold(kind, &info_path)?;
     let size = det.config.features.input_size;
     let map_size = det.config.map.size;
     // Masks first: a missing or broken mask fails before the expensive part.
@@ -85,7 +92,22 @@ pub fn evaluate_class(
             ),
         )
     };
+    // Verdicts at the calibrated threshold (the same rule as `inspect`: score > threshold).
+    let rate = |defective: bool| {
+        let (n, hit) = image_scores
+            .iter()
+            .zip(&image_labels)
+            .filter(|(_, l)| **l == defective)
+            .fold((0usize, 0usize), |(n, h), (s, _)| {
+                (n + 1, h + usize::from(*s > threshold))
+            });
+        hit as f64 / n.max(1) as f64
+    };
+    let (false_alarm_rate, detection_rate) = (rate(false), rate(true));
     Ok(ClassReport {
+        threshold,
+        false_alarm_rate,
+        detection_rate,
         image_auroc: auroc(&image_scores, &image_labels).map_err(|e| ctx("image AUROC", e))?,
         pixel_auroc: auroc(&pixel_scores, &pixel_labels).map_err(|e| ctx("pixel AUROC", e))?,
         aupro: aupro(&map_refs, &mask_refs, map_size, map_size, DEFAULT_MAX_FPR)

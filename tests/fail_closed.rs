@@ -67,15 +67,7 @@ fn fixture() -> Option<&'static (PathBuf, PathBuf)> {
         let model = base.join("model");
         synth(&data);
         ok(&train_args(&data, &model));
-        ok(&[
-            "register",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--class",
-            "synth_wood",
-        ]);
+        ok(&register_args(&data, &model, "synth_wood"));
         Some((data, model))
     })
     .as_ref()
@@ -121,6 +113,19 @@ fn train_args<'a>(data: &'a Path, model: &'a Path) -> Vec<&'a str> {
         "1",
         "--vocab",
         "16",
+    ]
+}
+
+/// `pmad register` of `class` from `data` into `model`.
+fn register_args<'a>(data: &'a Path, model: &'a Path, class: &'a str) -> Vec<&'a str> {
+    vec![
+        "register",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--class",
+        class,
     ]
 }
 
@@ -247,15 +252,7 @@ fn nan_backbone_or_flow_weights_are_refused_at_load() {
     fails_with(&out, &["flow.safetensors", &name, "non-finite"]);
     // Registering with it fails too, and the registered class is kept as it was.
     let before = std::fs::read_to_string(model.join("classes/synth_wood/CURRENT")).unwrap();
-    let out = pmad(&[
-        "register",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--class",
-        "synth_wood",
-    ]);
+    let out = pmad(&register_args(&data, &model, "synth_wood"));
     fails_with(&out, &["flow.safetensors"]);
     let after = std::fs::read_to_string(model.join("classes/synth_wood/CURRENT")).unwrap();
     assert_eq!(before, after);
@@ -374,15 +371,7 @@ fn out_of_range_model_json_numbers_are_clear_errors_without_panics() {
         let out = inspect(&model, "synth_wood", &[], &[&good_image(&data)]);
         eprintln!("model.json {ptr} = {value}");
         fails_with(&out, &["model.json", needle]);
-        let out = pmad(&[
-            "register",
-            "--model",
-            s(&model),
-            "--data",
-            s(&data),
-            "--class",
-            "synth_cap",
-        ]);
+        let out = pmad(&register_args(&data, &model, "synth_cap"));
         fails_with(&out, &["model.json", needle]);
     }
     // A model written before `map.image_score` existed loads, with the max as its score.
@@ -462,15 +451,7 @@ fn a_register_killed_at_any_step_keeps_the_old_class_and_a_rerun_completes() {
     let Some((data, model)) = copy_model("kill-register") else {
         return;
     };
-    let args = [
-        "register",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--class",
-        "synth_wood",
-    ];
+    let args = register_args(&data, &model, "synth_wood");
     let good = good_image(&data);
     let cdir = model.join("classes/synth_wood");
     for point in [
@@ -509,7 +490,7 @@ fn a_register_killed_at_any_step_keeps_the_old_class_and_a_rerun_completes() {
             .wrapping_add(1442695040888963407);
         let delay = std::time::Duration::from_millis(100 + (seed >> 33) % 1500);
         let mut child = Command::new(common::pmad_bin())
-            .args(args)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -528,15 +509,7 @@ fn a_first_registration_killed_before_the_swap_leaves_no_class() {
     let Some((data, model)) = copy_model("kill-first-register") else {
         return;
     };
-    let args = [
-        "register",
-        "--model",
-        s(&model),
-        "--data",
-        s(&data),
-        "--class",
-        "synth_cap",
-    ];
+    let args = register_args(&data, &model, "synth_cap");
     assert!(kill_at("register.version-written", &args));
     let out = inspect(&model, "synth_cap", &[], &[&good_image(&data)]);
     fails_with(&out, &["not registered"]);
@@ -800,15 +773,7 @@ fn register_needs_only_train_good_and_reports_outliers() {
         std::fs::copy(&p, train.join(p.file_name().unwrap())).unwrap();
     }
     std::fs::copy(bad_image(&data), root.join("odd/test/crack/000.png")).unwrap();
-    let args = [
-        "register",
-        "--model",
-        s(&model),
-        "--data",
-        s(&root),
-        "--class",
-        "odd",
-    ];
+    let args = register_args(&root, &model, "odd");
     let out = pmad(&args);
     assert!(
         out.status.success(),

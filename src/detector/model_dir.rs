@@ -351,6 +351,15 @@ fn field_error(path: &Path, field: &str, msg: impl std::fmt::Display) -> Error {
     Error::format(path, format!("field '{field}': {msg}"))
 }
 
+/// `Ok` when `ok`, else an error naming the field with `msg()`.
+fn require(path: &Path, field: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(field_error(path, field, msg()))
+    }
+}
+
 /// Checks that `v` lies in `lo..=hi` (an integer field).
 fn in_range(path: &Path, field: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
     if (lo..=hi).contains(&v) {
@@ -412,24 +421,21 @@ impl ModelConfig {
             INPUT_SIZE.0,
             INPUT_SIZE.1,
         )?;
-        if !f.input_size.is_multiple_of(32) {
-            return Err(field_error(
-                path,
-                "features.input_size",
+        require(
+            path,
+            "features.input_size",
+            f.input_size.is_multiple_of(32),
+            || {
                 format!(
                     "{} is not a multiple of 32 (the backbone's stride)",
                     f.input_size
-                ),
-            ));
-        }
+                )
+            },
+        )?;
         in_range(path, "features.pool", f.pool, 1, POOL_MAX)?;
-        if f.pool.is_multiple_of(2) {
-            return Err(field_error(
-                path,
-                "features.pool",
-                format!("{} is even; the averaging window must be odd", f.pool),
-            ));
-        }
+        require(path, "features.pool", !f.pool.is_multiple_of(2), || {
+            format!("{} is even; the averaging window must be odd", f.pool)
+        })?;
         let (_, dim) = f.geometry().map_err(|e| field_error(path, "features", e))?;
         in_range(path, "map.size", self.map.size, MAP_SIZE.0, MAP_SIZE.1)?;
         in_range_f(
@@ -485,13 +491,9 @@ impl ModelConfig {
                 FLOW_COND_DIM.0,
                 FLOW_COND_DIM.1,
             )?;
-            if !fc.cond_dim.is_multiple_of(4) {
-                return Err(field_error(
-                    path,
-                    "flow.cond_dim",
-                    format!("{} is not a multiple of 4", fc.cond_dim),
-                ));
-            }
+            require(path, "flow.cond_dim", fc.cond_dim.is_multiple_of(4), || {
+                format!("{} is not a multiple of 4", fc.cond_dim)
+            })?;
             in_range_f(path, "flow.clamp_alpha", fc.clamp_alpha, 1e-3, 100.0)?;
         }
         if let Some(r) = &self.recon {

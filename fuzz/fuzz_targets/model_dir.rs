@@ -1,0 +1,8 @@
+//! libFuzzer entry point for the `model_dir` target (see `fuzz/targets.rs`).
+
+#![no_main]
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::model_dir(data));

@@ -7,6 +7,9 @@
 //! ROOT/CLASS/ground_truth/DEFECT/STEM_mask.png    mask of test/DEFECT/STEM.*
 //! ```
 //!
+//! (any of [`IMAGE_EXTENSIONS`] for images and masks), and the file checks every layout
+//! reader shares (see [`crate::data::layout`] for the others).
+//!
 //! Opening a class checks the whole layout up front (every defect image has a mask of its own
 //! size, every image header decodes) so a bad dataset fails before any model work starts, with
 //! an error naming the file. File lists are sorted byte-wise by name, so every run sees the
@@ -16,8 +19,8 @@ use super::image::{load_rgb, to_network_input};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// File extensions read as images (only PNG and JPEG decoders are compiled in).
-pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+/// File extensions read as images and masks (the decoders compiled in: PNG, JPEG, BMP, TIFF).
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
 /// The test folder of normal images.
 pub const GOOD: &str = "good";
@@ -95,8 +98,36 @@ impl ClassData {
             .filter(|t| t.is_defective())
             .map(|t| t.defect.clone())
             .collect();
-        d.dedup(); // test items are grouped by defect folder
+        d.sort();
+        d.dedup();
         d
+    }
+
+    /// Whether the defective test images have masks (then pixel metrics can be computed).
+    /// The readers allow all or none: [`check_masks_all_or_none`].
+    pub fn has_masks(&self) -> bool {
+        let mut bad = self.test.iter().filter(|t| t.is_defective()).peekable();
+        bad.peek().is_some() && bad.all(|t| t.mask.is_some())
+    }
+}
+
+/// Either every defective image has a mask or none has: a partly masked test set would make
+/// pixel metrics over a subset look like metrics over the whole set.
+pub fn check_masks_all_or_none(test: &[TestItem]) -> Result<()> {
+    let masked = test.iter().filter(|t| t.mask.is_some()).count();
+    let defective = test.iter().filter(|t| t.is_defective()).count();
+    if masked == 0 || masked == defective {
+        return Ok(());
+    }
+    match test.iter().find(|t| t.is_defective() && t.mask.is_none()) {
+        Some(t) => Err(Error::format(
+            &t.path,
+            format!(
+                "defective image has no mask while {masked} of the {defective} others have \
+                 one (give every defective image a mask, or none for image metrics only)"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -171,23 +202,40 @@ fn list_test(dir: &Path) -> Result<Vec<TestItem>> {
     Ok(items)
 }
 
-/// `ground_truth/DEFECT/STEM_mask.png` for `test/DEFECT/STEM.ext`, checked.
+/// `ground_truth/DEFECT/STEM_mask.png` (or another image extension) for
+/// `test/DEFECT/STEM.ext`, checked.
 fn find_mask(dir: &Path, defect: &str, image: &Path, size: (u32, u32)) -> Result<PathBuf> {
     let stem = image.file_stem().unwrap_or_default().to_string_lossy();
-    let mask = dir
-        .join("ground_truth")
-        .join(defect)
-        .join(format!("{stem}_mask.png"));
-    if !mask.is_file() {
+    let gt = dir.join("ground_truth").join(defect);
+    let name = format!("{stem}_mask");
+    let Some(mask) = find_image(&gt, &name) else {
         return Err(Error::format(
             image,
-            format!("defect image has no mask (expected {})", mask.display()),
+            format!(
+                "defect image has no mask (expected {})",
+                gt.join(format!("{name}.png")).display()
+            ),
         ));
-    }
-    let msize = image_size(&mask)?;
+    };
+    check_mask_size(&mask, image, size)?;
+    Ok(mask)
+}
+
+/// `dir/STEM.EXT` for the first image extension (lower or upper case) that exists.
+pub fn find_image(dir: &Path, stem: &str) -> Option<PathBuf> {
+    IMAGE_EXTENSIONS
+        .iter()
+        .flat_map(|e| [e.to_string(), e.to_ascii_uppercase()])
+        .map(|e| dir.join(format!("{stem}.{e}")))
+        .find(|p| p.is_file())
+}
+
+/// A mask must have the size of its image (`size`, already read from the image header).
+pub fn check_mask_size(mask: &Path, image: &Path, size: (u32, u32)) -> Result<()> {
+    let msize = image_size(mask)?;
     if msize != size {
         return Err(Error::format(
-            &mask,
+            mask,
             format!(
                 "mask is {}x{} but its image {} is {}x{}",
                 msize.0,
@@ -198,11 +246,11 @@ fn find_mask(dir: &Path, defect: &str, image: &Path, size: (u32, u32)) -> Result
             ),
         ));
     }
-    Ok(mask)
+    Ok(())
 }
 
 /// Image files (by extension, case-insensitive) directly in `dir`, sorted by name.
-fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(sorted_entries(dir)?
         .into_iter()
         .filter(|p| {
@@ -217,7 +265,7 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Every entry of `dir`, sorted byte-wise by file name.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut paths = Vec::new();
     for entry in rd {
@@ -256,6 +304,8 @@ pub fn load_image_input(path: &Path, size: usize) -> Result<(Vec<f32>, (usize, u
 
 /// A mask read as grayscale, resized to `w`x`h` by nearest neighbour (Pillow `NEAREST`: output
 /// pixel `i` reads source `floor((i + 0.5) * in / out)`), foreground = value > 127. Row-major.
+/// A mask whose brightest pixel is 1..=127 holds labels, not intensities (0/1 masks saved from
+/// arrays, VisA's 0/label masks): there foreground = nonzero, where > 127 would find none.
 pub fn load_mask(path: &Path, w: usize, h: usize) -> Result<Vec<bool>> {
     if w == 0 || h == 0 {
         return Err(Error::invalid("mask size must be positive"));
@@ -269,11 +319,13 @@ pub fn load_mask(path: &Path, w: usize, h: usize) -> Result<Vec<bool>> {
         return Err(Error::format(path, "mask has no pixels"));
     }
     let src = img.as_raw();
+    let max = src.iter().copied().max().unwrap_or(0);
+    let cut = if (1..=127).contains(&max) { 0 } else { 127 };
     let xs = nearest_indices(iw, w);
     let ys = nearest_indices(ih, h);
     let mut out = Vec::with_capacity(w * h);
     for &y in &ys {
-        out.extend(xs.iter().map(|&x| src[y * iw + x] > 127));
+        out.extend(xs.iter().map(|&x| src[y * iw + x] > cut));
     }
     Ok(out)
 }

@@ -17,8 +17,8 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
-/// Decodes any PNG/JPEG (gray, gray+alpha, RGB, RGBA, 8 or 16 bits) to 8-bit RGB.
-/// Alpha is dropped; 16-bit samples are scaled to 8 bits.
+/// Decodes any PNG/JPEG/BMP/TIFF (gray, gray+alpha, RGB, RGBA, 8 or 16 bits) to 8-bit RGB.
+/// Alpha is dropped; 16-bit samples are scaled to 8 bits; gray is repeated into R, G and B.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_rgb(&bytes, path)

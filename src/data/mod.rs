@@ -1,4 +1,5 @@
-//! Images in, tensors out: decoding (PNG/JPEG, 8/16-bit, gray/RGB/RGBA) and the preprocessing
+//! Images in, tensors out: decoding (PNG/JPEG/BMP/TIFF, 8/16-bit, gray/RGB/RGBA), the dataset
+//! layouts (MVTec AD, plain folders, VisA, BTAD) and the preprocessing
 //! the backbone expects.
 
 pub mod image;

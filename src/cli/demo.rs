@@ -123,12 +123,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
             let r = evaluate_class(&mut det, &d, kind)?;
             let tag = if *c == UNSEEN { " (unseen)" } else { "" };
             say!(
-                "{:<14} {:<8} {:>9.3} {:>9.3} {:>7.3}{tag}",
+                "{:<14} {:<8} {:>9.3} {:>9} {:>7}{tag}",
                 c,
                 kind.name(),
                 r.image_auroc,
-                r.pixel_auroc,
-                r.aupro
+                super::eval::metric(r.pixel_auroc),
+                super::eval::metric(r.aupro)
             );
         }
     }

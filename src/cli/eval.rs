@@ -49,7 +49,14 @@ pub struct EvalArgs {
 #[derive(serde::Serialize)]
 struct Report {
     classes: BTreeMap<String, ClassReport>,
-    mean: BTreeMap<String, f64>,
+    /// Means over the classes; a pixel metric is `null` unless every class has it (a mean
+    /// over some of the classes would read as one over all).
+    mean: BTreeMap<String, Option<f64>>,
+}
+
+/// A metric for the table, "-" when not available (no masks).
+pub fn metric(m: Option<f64>) -> String {
+    m.map_or("-".into(), |v| format!("{v:.3}"))
 }
 
 /// A verdict rate for the table ("-" when not computed).
@@ -109,13 +116,13 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
             );
         }
         say!(
-            "{:<16} {:>9.3} {:>9.3} {:>7.3} {:>7.3} {:>9.3} {:>6} {:>6} {:>6} {:>8.1}",
+            "{:<16} {:>9.3} {:>9} {:>7} {:>7.3} {:>9} {:>6} {:>6} {:>6} {:>8.1}",
             data.name,
             r.image_auroc,
-            r.pixel_auroc,
-            r.aupro,
+            metric(r.pixel_auroc),
+            metric(r.aupro),
             r.f1_max,
-            r.pixel_f1_max,
+            metric(r.pixel_f1_max),
             rate(r.false_alarm_rate),
             rate(r.detection_rate),
             r.n_images,
@@ -124,28 +131,31 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         report.classes.insert(data.name.clone(), r);
     }
     let n = report.classes.len() as f64;
-    let mean = |f: fn(&ClassReport) -> f64| report.classes.values().map(f).sum::<f64>() / n;
+    let mean = |f: fn(&ClassReport) -> Option<f64>| {
+        let v: Option<Vec<f64>> = report.classes.values().map(f).collect();
+        v.map(|v| v.iter().sum::<f64>() / n)
+    };
     for (k, f) in [
         (
             "image_auroc",
-            (|r: &ClassReport| r.image_auroc) as fn(&ClassReport) -> f64,
+            (|r: &ClassReport| Some(r.image_auroc)) as fn(&ClassReport) -> Option<f64>,
         ),
         ("pixel_auroc", |r| r.pixel_auroc),
         ("aupro", |r| r.aupro),
-        ("f1_max", |r| r.f1_max),
+        ("f1_max", |r| Some(r.f1_max)),
         ("pixel_f1_max", |r| r.pixel_f1_max),
     ] {
         report.mean.insert(k.to_string(), mean(f));
     }
-    let m = &report.mean;
+    let m = |k: &str| metric(report.mean.get(k).copied().flatten());
     say!(
-        "{:<16} {:>9.3} {:>9.3} {:>7.3} {:>7.3} {:>9.3}",
+        "{:<16} {:>9} {:>9} {:>7} {:>7} {:>9}",
         "mean",
-        m["image_auroc"],
-        m["pixel_auroc"],
-        m["aupro"],
-        m["f1_max"],
-        m["pixel_f1_max"]
+        m("image_auroc"),
+        m("pixel_auroc"),
+        m("aupro"),
+        m("f1_max"),
+        m("pixel_f1_max")
     );
     if let Some(path) = &args.json {
         pmad::detector::model_dir::write_json(path, &report)?;

@@ -1,7 +1,9 @@
-//! `pmad eval --model DIR --data ROOT --classes x,y [--json FILE] [--score distance|flow]`:
-//! per-class image AUROC, pixel AUROC, AUPRO, F1-max on each class's labelled test set.
+//! `pmad eval --model DIR --data ROOT --classes x,y [--layout L] [--json FILE] [--score S]`:
+//! per-class image AUROC, pixel AUROC, AUPRO, F1-max on each class's labelled test set
+//! (pixel metrics "-" / null where the defective images have no masks).
 
 use clap::Args;
+use pmad::data::Layout;
 use pmad::data::dataset::ClassData;
 use pmad::detector::Detector;
 use pmad::detector::evaluate::{ClassReport, evaluate_class};
@@ -18,6 +20,10 @@ pub struct EvalArgs {
     /// Comma-separated classes (each must be registered in the model).
     #[arg(long, value_delimiter = ',', required = true)]
     pub classes: Vec<String>,
+    /// Dataset layout: mvtec | folder (DIR/good, DIR/bad, DIR/masks) | visa
+    /// (split_csv/1cls.csv) | btad | auto (detected from the folder; the default).
+    #[arg(long, default_value = "auto")]
+    pub layout: pmad::data::LayoutChoice,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -70,11 +76,17 @@ fn rate(r: f64) -> String {
 
 pub fn run(args: EvalArgs) -> pmad::Result<()> {
     // Check every class folder before any work.
-    let datasets: Vec<ClassData> = args
-        .classes
-        .iter()
-        .map(|c| ClassData::open(&args.data, c))
-        .collect::<pmad::Result<_>>()?;
+    let layout = args.layout.resolve(&args.data, &args.classes)?;
+    if args.register && layout == Layout::Folder {
+        // Its good/ images are the test set's normal images: registering from them would
+        // score the very images the class was learnt from.
+        return Err(pmad::Error::invalid(
+            "--register with a folder dataset would register from the normal images it then \
+             evaluates; register from another folder first (`pmad register --layout folder`)",
+        ));
+    }
+    let datasets: Vec<ClassData> =
+        pmad::data::LayoutChoice::Fixed(layout).open_all(&args.data, &args.classes, false)?;
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
     det.progress = Some(super::progress::bar_callback());
     det.inference_mask = args.inference_mask;

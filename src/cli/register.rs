@@ -1,8 +1,8 @@
-//! `pmad register --model DIR --data ROOT --class X`: prototypes and a calibrated threshold
-//! for class X from `ROOT/X/train/good`, with no retraining.
+//! `pmad register --model DIR --data ROOT --class X [--layout L]`: prototypes and a
+//! calibrated threshold for class X from its normal training images (`ROOT/X/train/good`;
+//! a folder dataset's `DIR/good`), with no retraining.
 
 use clap::Args;
-use pmad::data::dataset::ClassData;
 use pmad::detector::Detector;
 use pmad::detector::register::{OUTLIER_Z, RegisterOptions};
 use std::path::PathBuf;
@@ -11,11 +11,15 @@ use std::path::PathBuf;
 pub struct RegisterArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// Dataset root in the MVTec-AD layout.
+    /// Dataset root (a folder dataset: the class's own folder).
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long)]
     pub class: String,
+    /// Dataset layout: mvtec | folder (DIR/good, DIR/bad, DIR/masks) | visa
+    /// (split_csv/1cls.csv) | btad | auto (detected from the folder; the default).
+    #[arg(long, default_value = "auto")]
+    pub layout: pmad::data::LayoutChoice,
     /// Fraction of patches the proposal stage masks for this class at inference (default:
     /// the model's). Choose it from normal images or domain knowledge — never test labels.
     #[arg(long)]
@@ -34,8 +38,12 @@ pub struct RegisterArgs {
 }
 
 pub fn run(args: RegisterArgs) -> pmad::Result<()> {
-    // Only train/good is read: the test set (and its masks) may be absent or incomplete.
-    let data = ClassData::open_train(&args.data, &args.class)?;
+    // Only the training images are read: the test set (and its masks) may be absent or
+    // incomplete.
+    let class = std::slice::from_ref(&args.class);
+    let Some(data) = args.layout.open_all(&args.data, class, true)?.pop() else {
+        return Err(pmad::Error::invalid("no class to register"));
+    };
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
     det.set_device(args.device)?;
     det.progress = Some(super::progress::bar_callback());

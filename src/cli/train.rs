@@ -17,6 +17,10 @@ pub struct TrainArgs {
     /// Comma-separated seen classes.
     #[arg(long, value_delimiter = ',', required = true)]
     pub classes: Vec<String>,
+    /// Dataset layout: mvtec | folder (DIR/good, DIR/bad, DIR/masks) | visa
+    /// (split_csv/1cls.csv) | btad | auto (detected from the folder; the default).
+    #[arg(long, default_value = "auto")]
+    pub layout: pmad::data::LayoutChoice,
     #[arg(long)]
     pub out: PathBuf,
     /// Default patch abnormality of the model.
@@ -88,11 +92,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> pmad::Result<()> {
-    let datasets: Vec<ClassData> = args
-        .classes
-        .iter()
-        .map(|c| ClassData::open(&args.data, c))
-        .collect::<pmad::Result<_>>()?;
+    let datasets: Vec<ClassData> = args.layout.open_all(&args.data, &args.classes, false)?;
     let mut config = ModelConfig {
         score: args.score,
         ..ModelConfig::default()

@@ -22,8 +22,23 @@ use std::path::{Path, PathBuf};
 /// File extensions read as images and masks (the decoders compiled in: PNG, JPEG, BMP, TIFF).
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
-/// The test folder of normal images.
+/// The test folder of normal images, and the defect name of every normal test image.
 pub const GOOD: &str = "good";
+
+/// The per-class folder tree of MVTec AD, which BTAD shares with other names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tree {
+    /// The folder of normal images under `train/` and `test/` (`good`; BTAD `ok`).
+    pub normal: &'static str,
+    /// What follows the image stem in its mask's name (`_mask`; BTAD nothing).
+    pub mask_suffix: &'static str,
+}
+
+/// `CLASS/train/good`, `CLASS/test/DEFECT`, `CLASS/ground_truth/DEFECT/STEM_mask.png`.
+pub const MVTEC: Tree = Tree {
+    normal: GOOD,
+    mask_suffix: "_mask",
+};
 
 /// One test image: its defect type (`good` for normal) and, for defects, its mask file.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,16 +68,26 @@ impl ClassData {
     /// Lists and checks `root/class`. `test/` is optional (a class registered from normal
     /// images only has none); `train/good` must hold at least one image.
     pub fn open(root: &Path, class: &str) -> Result<ClassData> {
-        let mut data = ClassData::open_train(root, class)?;
-        data.test = list_test(&data.dir)?;
+        ClassData::open_tree(root, class, MVTEC)
+    }
+
+    /// [`ClassData::open`] of a class in `tree`'s folder names.
+    pub fn open_tree(root: &Path, class: &str, tree: Tree) -> Result<ClassData> {
+        let mut data = ClassData::open_tree_train(root, class, tree)?;
+        data.test = list_test(&data.dir, tree)?;
         Ok(data)
     }
 
     /// Lists and checks only `root/class/train/good` (what registration reads): a missing
     /// or incomplete test set does not matter here. `test` is left empty.
     pub fn open_train(root: &Path, class: &str) -> Result<ClassData> {
-        let dir = class_dir(root, class)?;
-        let train_dir = dir.join("train").join(GOOD);
+        ClassData::open_tree_train(root, class, MVTEC)
+    }
+
+    /// [`ClassData::open_train`] of a class in `tree`'s folder names.
+    pub fn open_tree_train(root: &Path, class: &str, tree: Tree) -> Result<ClassData> {
+        let dir = class_dir(root, class, tree)?;
+        let train_dir = dir.join("train").join(tree.normal);
         if !train_dir.is_dir() {
             return Err(Error::format(
                 &train_dir,
@@ -132,7 +157,7 @@ pub fn check_masks_all_or_none(test: &[TestItem]) -> Result<()> {
 }
 
 /// The class folder, or an error naming it and listing the classes that do exist.
-fn class_dir(root: &Path, class: &str) -> Result<PathBuf> {
+fn class_dir(root: &Path, class: &str, tree: Tree) -> Result<PathBuf> {
     if !root.is_dir() {
         return Err(Error::format(root, "dataset root folder not found"));
     }
@@ -141,7 +166,7 @@ fn class_dir(root: &Path, class: &str) -> Result<PathBuf> {
     if plain_name && dir.is_dir() {
         return Ok(dir);
     }
-    let known = list_classes(root)?;
+    let known = list_classes_in(root, tree)?;
     let known = if known.is_empty() {
         "none".to_string()
     } else {
@@ -155,12 +180,17 @@ fn class_dir(root: &Path, class: &str) -> Result<PathBuf> {
 
 /// The class folders under `root` (those with a `train/good` folder), sorted.
 pub fn list_classes(root: &Path) -> Result<Vec<String>> {
+    list_classes_in(root, MVTEC)
+}
+
+/// The class folders under `root` with a `train/NORMAL` folder, sorted.
+pub fn list_classes_in(root: &Path, tree: Tree) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for path in sorted_entries(root)? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if !name.starts_with('.') && path.join("train").join(GOOD).is_dir() {
+        if !name.starts_with('.') && path.join("train").join(tree.normal).is_dir() {
             names.push(name.to_string());
         }
     }
@@ -169,7 +199,7 @@ pub fn list_classes(root: &Path) -> Result<Vec<String>> {
 
 /// The test images of a class folder with their masks, every mask checked to exist and to
 /// have the size of its image.
-fn list_test(dir: &Path) -> Result<Vec<TestItem>> {
+fn list_test(dir: &Path, tree: Tree) -> Result<Vec<TestItem>> {
     let test_dir = dir.join("test");
     if !test_dir.is_dir() {
         return Ok(Vec::new());
@@ -185,16 +215,17 @@ fn list_test(dir: &Path) -> Result<Vec<TestItem>> {
                 "defect folder name is not valid UTF-8",
             ));
         };
+        let normal = defect == tree.normal;
         for path in list_images(&defect_dir)? {
             let size = image_size(&path)?;
-            let mask = if defect == GOOD {
+            let mask = if normal {
                 None
             } else {
-                Some(find_mask(dir, defect, &path, size)?)
+                Some(find_mask(dir, defect, &path, size, tree)?)
             };
             items.push(TestItem {
                 path,
-                defect: defect.to_string(),
+                defect: if normal { GOOD } else { defect }.to_string(),
                 mask,
             });
         }
@@ -204,10 +235,16 @@ fn list_test(dir: &Path) -> Result<Vec<TestItem>> {
 
 /// `ground_truth/DEFECT/STEM_mask.png` (or another image extension) for
 /// `test/DEFECT/STEM.ext`, checked.
-fn find_mask(dir: &Path, defect: &str, image: &Path, size: (u32, u32)) -> Result<PathBuf> {
+fn find_mask(
+    dir: &Path,
+    defect: &str,
+    image: &Path,
+    size: (u32, u32),
+    tree: Tree,
+) -> Result<PathBuf> {
     let stem = image.file_stem().unwrap_or_default().to_string_lossy();
     let gt = dir.join("ground_truth").join(defect);
-    let name = format!("{stem}_mask");
+    let name = format!("{stem}{}", tree.mask_suffix);
     let Some(mask) = find_image(&gt, &name) else {
         return Err(Error::format(
             image,

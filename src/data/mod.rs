@@ -7,7 +7,9 @@ pub mod image;
 pub use image::{RgbImage, classification_input, load_rgb, to_network_input};
 
 pub mod dataset;
+pub mod layout;
 pub mod synth;
 
 pub use dataset::{ClassData, TestItem, list_classes, load_image_input, load_mask};
+pub use layout::{Layout, LayoutChoice};
 pub use synth::{SynthClass, SynthConfig, SynthSummary};

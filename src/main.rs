@@ -39,7 +39,7 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Convert a PyTorch checkpoint (.pth/.pt) to safetensors.
     ImportTorch(cli::import_torch::ImportTorchArgs),
-    /// Generate a synthetic defect dataset in the MVTec-AD layout.
+    /// Generate a synthetic defect dataset (MVTec-AD layout, or --layout folder/visa/btad).
     Synth(cli::synth::SynthArgs),
 }
 

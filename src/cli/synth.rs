@@ -1,11 +1,12 @@
 //! `pmad synth --out DIR [--classes N] [--seed S] [--train N] [--test-good N] [--test-bad N]
-//! [--size PX] [--force]`: writes a synthetic defect dataset in the MVTec-AD layout (see
-//! `pmad::data::synth`). The defaults make a small set for quick experiments and tests:
+//! [--size PX] [--layout mvtec|folder|visa|btad] [--force]`: writes a synthetic defect dataset
+//! in the MVTec-AD layout or another one pmad reads (see `pmad::data::synth`). The defaults make a small set for quick experiments and tests:
 //! 4 classes x (40 train + 10 good + 20 defective test images), 256x256.
 
 use clap::Args;
 use pmad::Result;
-use pmad::data::synth::{SynthConfig, generate};
+use pmad::data::layout::LayoutChoice;
+use pmad::data::synth::{SynthConfig, generate_layout};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -32,6 +33,10 @@ pub struct SynthArgs {
     /// Image side in pixels.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+    /// Layout to write: mvtec | folder (per class CLASS/{good,bad,masks} to evaluate and
+    /// CLASS-train/good to register from) | visa | btad.
+    #[arg(long, default_value = "mvtec")]
+    pub layout: LayoutChoice,
     /// Replace an existing dataset folder previously written by `pmad synth`.
     #[arg(long)]
     pub force: bool,
@@ -48,7 +53,12 @@ pub fn run(args: SynthArgs) -> Result<()> {
         force: args.force,
     };
     let start = Instant::now();
-    let summary = generate(&args.out, &cfg)?;
+    let LayoutChoice::Fixed(layout) = args.layout else {
+        return Err(pmad::Error::invalid(
+            "--layout auto reads a dataset; synth writes one: choose mvtec | folder | visa | btad",
+        ));
+    };
+    let summary = generate_layout(&args.out, &cfg, layout)?;
     for c in &summary.classes {
         let defects: Vec<String> = c
             .test_defects
@@ -70,12 +80,13 @@ pub fn run(args: SynthArgs) -> Result<()> {
         );
     }
     say!(
-        "wrote {} images ({} classes, {}x{}, seed {}) to {} in {:.2} s",
+        "wrote {} images ({} classes, {}x{}, seed {}, {} layout) to {} in {:.2} s",
         summary.images(),
         summary.classes.len(),
         summary.size,
         summary.size,
         summary.seed,
+        layout.name(),
         args.out.display(),
         start.elapsed().as_secs_f64()
     );

@@ -19,6 +19,9 @@ use super::dataset::{ClassData, MVTEC, Tree, list_classes_in};
 use crate::error::{Error, Result};
 use std::path::Path;
 
+/// VisA's split file, relative to the root.
+pub const VISA_CSV: &str = visa::CSV;
+
 /// BTAD: `ok` for normal images, masks named like their image.
 pub const BTAD: Tree = Tree {
     normal: "ok",

@@ -18,7 +18,7 @@ mod textures;
 mod writer;
 
 pub use defects::{DefectKind, MASK_ALPHA};
-pub use writer::{ClassSummary, DefectCount, SynthSummary, generate};
+pub use writer::{ClassSummary, DefectCount, SynthSummary, generate, generate_layout};
 
 use crate::data::image::RgbImage;
 use crate::error::{Error, Result};

@@ -1,10 +1,12 @@
-//! Writes a synthetic dataset to disk in the MVTec-AD layout, atomically: everything goes to
-//! a sibling `DIR.tmp-PID` folder that is renamed to `DIR` only once complete, so a crash or
-//! an error never leaves a half-written dataset under the real name.
+//! Writes a synthetic dataset to disk in one of the layouts pmad reads (MVTec AD by default;
+//! see [`crate::data::layout`]), atomically: everything goes to a sibling `DIR.tmp-PID`
+//! folder that is renamed to `DIR` only once complete, so a crash or an error never leaves a
+//! half-written dataset under the real name.
 
 use super::{Split, SynthClass, SynthConfig, image_seed, render};
+use crate::data::layout::Layout;
 use crate::error::{Error, Result};
-use ::image::{ExtendedColorType, ImageEncoder, codecs::png::PngEncoder};
+use ::image::{ExtendedColorType, ImageEncoder, codecs::bmp::BmpEncoder, codecs::png::PngEncoder};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ pub struct ClassSummary {
 pub struct SynthSummary {
     pub generator: String,
     pub version: String,
+    pub layout: String,
     pub seed: u64,
     pub size: usize,
     pub classes: Vec<ClassSummary>,
@@ -58,7 +61,20 @@ impl SynthSummary {
 /// Refuses a non-empty `out` unless `cfg.force`, and even then only replaces a folder that
 /// holds a previous synthetic dataset (a `synth.json`), never arbitrary data.
 pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
+    generate_layout(out, cfg, Layout::Mvtec)
+}
+
+/// [`generate`] in `layout`: mvtec `CLASS/{train,test,ground_truth}`; folder `CLASS/{good,
+/// bad,masks}` (the test set) beside `CLASS-train/good` (the images to register from); visa
+/// `CLASS/Data/{Images,Masks}` listed in `split_csv/1cls.csv`; btad `CLASS/{train/ok,test/ok,
+/// test/ko}` with BMP masks in `ground_truth/ko`.
+pub fn generate_layout(out: &Path, cfg: &SynthConfig, layout: Layout) -> Result<SynthSummary> {
     cfg.validate()?;
+    if layout == Layout::Folder && cfg.test_good == 0 {
+        return Err(Error::invalid(
+            "the folder layout needs at least one normal test image (its good/ folder)",
+        ));
+    }
     let Some(name) = out.file_name() else {
         return Err(Error::invalid(format!(
             "{}: the output folder needs a name",
@@ -79,7 +95,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    let written = write_dataset(&tmp, cfg).and_then(|summary| {
+    let written = write_dataset(&tmp, cfg, layout).and_then(|summary| {
         if replace {
             std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
         }
@@ -150,50 +166,71 @@ fn file_stem(index: usize, count: usize) -> String {
     format!("{index:0width$}")
 }
 
-fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
+/// Where image `stem` of `split` of `class` and its mask go in `layout`, relative to the
+/// dataset root.
+fn paths(
+    layout: Layout,
+    class: SynthClass,
+    split: Split,
+    stem: &str,
+) -> (PathBuf, Option<PathBuf>) {
+    let c = PathBuf::from(class.name());
+    match (layout, split) {
+        (Layout::Mvtec, Split::Train) => (c.join(format!("train/good/{stem}.png")), None),
+        (Layout::Mvtec, Split::TestGood) => (c.join(format!("test/good/{stem}.png")), None),
+        (Layout::Mvtec, Split::TestDefect(k)) => (
+            c.join(format!("test/{}/{stem}.png", k.name())),
+            Some(c.join(format!("ground_truth/{}/{stem}_mask.png", k.name()))),
+        ),
+        (Layout::Folder, Split::Train) => (
+            PathBuf::from(format!("{}-train/good/{stem}.png", class.name())),
+            None,
+        ),
+        (Layout::Folder, Split::TestGood) => (c.join(format!("good/{stem}.png")), None),
+        (Layout::Folder, Split::TestDefect(k)) => (
+            c.join(format!("bad/{}_{stem}.png", k.name())),
+            Some(c.join(format!("masks/{}_{stem}_mask.png", k.name()))),
+        ),
+        (Layout::Visa, Split::Train) => {
+            (c.join(format!("Data/Images/Normal/train_{stem}.png")), None)
+        }
+        (Layout::Visa, Split::TestGood) => {
+            (c.join(format!("Data/Images/Normal/test_{stem}.png")), None)
+        }
+        (Layout::Visa, Split::TestDefect(k)) => (
+            c.join(format!("Data/Images/Anomaly/{}_{stem}.png", k.name())),
+            Some(c.join(format!("Data/Masks/Anomaly/{}_{stem}.png", k.name()))),
+        ),
+        (Layout::Btad, Split::Train) => (c.join(format!("train/ok/{stem}.png")), None),
+        (Layout::Btad, Split::TestGood) => (c.join(format!("test/ok/{stem}.png")), None),
+        (Layout::Btad, Split::TestDefect(k)) => (
+            c.join(format!("test/ko/{}_{stem}.png", k.name())),
+            Some(c.join(format!("ground_truth/ko/{}_{stem}.bmp", k.name()))),
+        ),
+    }
+}
+
+fn write_dataset(dir: &Path, cfg: &SynthConfig, layout: Layout) -> Result<SynthSummary> {
     let mut jobs = Vec::new();
     let mut classes = Vec::new();
     for &class in cfg.class_list() {
-        let cdir = dir.join(class.name());
-        let normal = |folder: PathBuf, split: Split, count: usize, jobs: &mut Vec<Job>| {
-            for index in 0..count {
-                let image = folder.join(format!("{}.png", file_stem(index, count)));
-                jobs.push(Job {
-                    class,
-                    split,
-                    index,
-                    image,
-                    mask: None,
-                });
+        let job = |split: Split, index: usize, count: usize| {
+            let (image, mask) = paths(layout, class, split, &file_stem(index, count));
+            Job {
+                class,
+                split,
+                index,
+                image: dir.join(image),
+                mask: mask.map(|m| dir.join(m)),
             }
         };
-        normal(cdir.join("train/good"), Split::Train, cfg.train, &mut jobs);
-        normal(
-            cdir.join("test/good"),
-            Split::TestGood,
-            cfg.test_good,
-            &mut jobs,
-        );
+        for (split, count) in [(Split::Train, cfg.train), (Split::TestGood, cfg.test_good)] {
+            jobs.extend((0..count).map(|index| job(split, index, count)));
+        }
         let kinds = class.defects();
         let mut test_defects = Vec::new();
         for (&kind, count) in kinds.iter().zip(defect_counts(cfg.test_bad, kinds.len())) {
-            for index in 0..count {
-                let stem = file_stem(index, count);
-                jobs.push(Job {
-                    class,
-                    split: Split::TestDefect(kind),
-                    index,
-                    image: cdir
-                        .join("test")
-                        .join(kind.name())
-                        .join(format!("{stem}.png")),
-                    mask: Some(
-                        cdir.join("ground_truth")
-                            .join(kind.name())
-                            .join(format!("{stem}_mask.png")),
-                    ),
-                });
-            }
+            jobs.extend((0..count).map(|index| job(Split::TestDefect(kind), index, count)));
             if count > 0 {
                 test_defects.push(DefectCount {
                     defect: kind.name().to_string(),
@@ -222,9 +259,13 @@ fn write_dataset(dir: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         std::fs::create_dir_all(f).map_err(|e| Error::io(f, e))?;
     }
     jobs.par_iter().try_for_each(|job| write_job(job, cfg))?;
+    if layout == Layout::Visa {
+        write_visa_csv(dir, &jobs)?;
+    }
     let summary = SynthSummary {
         generator: "pmad synth".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        layout: layout.name().to_string(),
         seed: cfg.seed,
         size: cfg.size,
         classes,
@@ -249,9 +290,51 @@ fn write_job(job: &Job, cfg: &SynthConfig) -> Result<()> {
     }
     if let Some(path) = &job.mask {
         let bytes: Vec<u8> = mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
-        write_png(path, cfg.size, &bytes, ExtendedColorType::L8)?;
+        if path.extension().is_some_and(|e| e == "bmp") {
+            write_bmp(path, cfg.size, &bytes)?;
+        } else {
+            write_png(path, cfg.size, &bytes, ExtendedColorType::L8)?;
+        }
     }
     Ok(())
+}
+
+/// A grayscale BMP (BTAD ships some masks as BMP; this keeps that reader path exercised).
+fn write_bmp(path: &Path, size: usize, data: &[u8]) -> Result<()> {
+    let mut buf = Vec::new();
+    BmpEncoder::new(&mut buf)
+        .write_image(data, size as u32, size as u32, ExtendedColorType::L8)
+        .map_err(|e| Error::format(path, format!("cannot encode BMP: {e}")))?;
+    std::fs::write(path, buf).map_err(|e| Error::io(path, e))
+}
+
+/// VisA's `split_csv/1cls.csv`: one row per image, paths relative to the root.
+fn write_visa_csv(dir: &Path, jobs: &[Job]) -> Result<()> {
+    let rel = |p: &Path| {
+        p.strip_prefix(dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    let mut csv = String::from("object,split,label,image,mask\n");
+    for j in jobs {
+        let (split, label) = match j.split {
+            Split::Train => ("train", "normal"),
+            Split::TestGood => ("test", "normal"),
+            Split::TestDefect(_) => ("test", "anomaly"),
+        };
+        let mask = j.mask.as_deref().map(rel).unwrap_or_default();
+        csv += &format!(
+            "{},{split},{label},{},{mask}\n",
+            j.class.name(),
+            rel(&j.image)
+        );
+    }
+    let path = dir.join(crate::data::layout::VISA_CSV);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    std::fs::write(&path, csv).map_err(|e| Error::io(&path, e))
 }
 
 fn write_png(path: &Path, size: usize, data: &[u8], colour: ExtendedColorType) -> Result<()> {
@@ -260,6 +343,29 @@ fn write_png(path: &Path, size: usize, data: &[u8], colour: ExtendedColorType) -
         .write_image(data, size as u32, size as u32, colour)
         .map_err(|e| Error::format(path, format!("cannot encode PNG: {e}")))?;
     std::fs::write(path, buf).map_err(|e| Error::io(path, e))
+}
+
+/// The layout line of `README.txt`.
+fn layout_text(layout: &str) -> &'static str {
+    match layout {
+        "folder" => {
+            "folder (one class per folder): CLASS/good/NNN.png (normal test images), \
+             CLASS/bad/DEFECT_NNN.png, CLASS/masks/DEFECT_NNN_mask.png; CLASS-train/good/NNN.png \
+             (normal images to register from)"
+        }
+        "visa" => {
+            "VisA: split_csv/1cls.csv (object,split,label,image,mask) listing \
+             CLASS/Data/Images/{Normal,Anomaly}/*.png and CLASS/Data/Masks/Anomaly/*.png"
+        }
+        "btad" => {
+            "BTAD: CLASS/train/ok/NNN.png, CLASS/test/ok/NNN.png, CLASS/test/ko/DEFECT_NNN.png, \
+             CLASS/ground_truth/ko/DEFECT_NNN.bmp"
+        }
+        _ => {
+            "MVTec AD: CLASS/train/good/NNN.png, CLASS/test/good/NNN.png, \
+             CLASS/test/DEFECT/NNN.png, CLASS/ground_truth/DEFECT/NNN_mask.png"
+        }
+    }
 }
 
 /// `synth.json` (machine-readable) and `README.txt` (for people) at the dataset root.
@@ -272,9 +378,9 @@ fn write_manifest(dir: &Path, summary: &SynthSummary) -> Result<()> {
         "Synthetic industrial defect dataset, written by `pmad synth` (pmad {}).\n\
          seed {}, images {}x{} PNG; regenerate with:\n  pmad synth --out DIR --seed {} --size {} --classes {} \
          --train {} --test-good {} --test-bad {}\n\n\
-         Layout (MVTec AD): CLASS/train/good/NNN.png, CLASS/test/good/NNN.png,\n\
-         CLASS/test/DEFECT/NNN.png, CLASS/ground_truth/DEFECT/NNN_mask.png (L, 0/255).\n\
-         Masks are exact: outside a mask the image is exactly its defect-free version.\n\n\
+         Layout: {}\n\
+         Masks (L, 0/255) are exact: outside a mask the image is exactly its defect-free \
+         version.\n\n\
          Classes:\n",
         summary.version,
         summary.seed,
@@ -290,6 +396,7 @@ fn write_manifest(dir: &Path, summary: &SynthSummary) -> Result<()> {
             .iter()
             .map(|d| d.count)
             .sum::<usize>()),
+        layout_text(&summary.layout),
     );
     for c in &summary.classes {
         let defects: Vec<String> = c

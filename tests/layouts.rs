@@ -311,7 +311,10 @@ fn broken_datasets_fail_up_front_naming_the_file() {
     assert!(e.contains("mask is 8x8"), "{e}");
     std::fs::remove_dir_all(c.join("train/ok")).unwrap();
     let e = open_error(Layout::Btad, &root);
-    assert!(e.contains("train/ok") && e.contains("missing folder"), "{e}");
+    assert!(
+        e.contains("train/ok") && e.contains("missing folder"),
+        "{e}"
+    );
 }
 
 // --- Through the binary ---

@@ -44,7 +44,7 @@ pub fn bar_callback() -> pmad::detector::pipeline::ProgressFn {
     match mode() {
         Mode::Bar => bars(),
         Mode::Plain => {
-            let lines = Mutex::new(PlainLines::new(plain_interval()));
+            let lines = Mutex::new(PlainLines::new(plain_interval(), Instant::now()));
             let timings = std::env::var_os("PMAD_TIMINGS").is_some();
             Box::new(move |what: &str, done: usize, total: usize| {
                 let mut l = lines.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,6 +99,9 @@ fn bars() -> pmad::detector::pipeline::ProgressFn {
 #[derive(Debug)]
 pub struct PlainLines {
     every: Duration,
+    /// The previous report: a new step started then (steps run back to back, and a step
+    /// reports only after its first batch).
+    last_report: Instant,
     step: Option<Step>,
 }
 
@@ -112,8 +115,13 @@ struct Step {
 }
 
 impl PlainLines {
-    pub fn new(every: Duration) -> PlainLines {
-        PlainLines { every, step: None }
+    /// Lines at most every `every`, the first step counted from `now`.
+    pub fn new(every: Duration, now: Instant) -> PlainLines {
+        PlainLines {
+            every,
+            last_report: now,
+            step: None,
+        }
     }
 
     /// The line to print for this report, if one is due.
@@ -133,12 +141,13 @@ impl PlainLines {
         {
             self.step = Some(Step {
                 what: what.to_string(),
-                start: now,
+                start: self.last_report,
                 last_line: now,
                 last_done: 0,
                 finished: false,
             });
         }
+        self.last_report = now;
         let step = self.step.as_mut()?;
         step.last_done = done;
         let end = done >= total;
@@ -189,7 +198,7 @@ mod tests {
     fn plain_lines_come_per_interval_and_at_each_end() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut p = PlainLines::new(Duration::from_secs(5));
+        let mut p = PlainLines::new(Duration::from_secs(5), at(0));
         assert_eq!(p.update("embed", 0, 100, at(0)), None);
         assert_eq!(p.update("embed", 10, 100, at(2)), None);
         assert_eq!(
@@ -202,10 +211,10 @@ mod tests {
             Some("progress: embed 100/100, 12.5 img/s, ETA 0s")
         );
         assert_eq!(p.update("embed", 100, 100, at(9)), None);
-        // A new step restarts its clock and rate.
+        // A new step restarts its clock and rate, from the previous report (at 9 s).
         assert_eq!(
             p.update("vit", 4, 4, at(10)).as_deref(),
-            Some("progress: vit 4/4, 0.0 steps/s, ETA 0s")
+            Some("progress: vit 4/4, 4.0 steps/s, ETA 0s")
         );
         assert_eq!(p.update("eval", 1, 10, at(10)), None);
         assert_eq!(
@@ -217,7 +226,7 @@ mod tests {
         assert_eq!(p.update("eval", 1, 4, at(22)), None);
         assert_eq!(
             p.update("eval", 4, 4, at(24)).as_deref(),
-            Some("progress: eval 4/4, 2.0 img/s, ETA 0s")
+            Some("progress: eval 4/4, 1.3 img/s, ETA 0s")
         );
     }
 

@@ -41,11 +41,14 @@ def peak(f):
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f).read())
     w = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", open(f).read())
     return (int(m.group(1)) / 1024 if m else float('nan')), (w.group(1) if w else '?')
-print(f"{'class':<16}{'score':<16}{'img_auroc':>10}{'pix_auroc':>10}{'aupro':>8}{'f1_max':>8}")
+def f(v):  # a metric, or '-' when absent (null: no masks; NaN: rates not computed)
+    return '-' if v is None or v != v else f"{v:.3f}"
+print(f"{'class':<16}{'score':<16}{'img_auroc':>10}{'pix_auroc':>10}{'aupro':>8}{'f1_max':>8}{'far':>7}{'det':>7}")
 for c in classes:
     for s in scores:
         r = json.load(open(f"{out}/{c}/eval_{s}.json"))["classes"][c]
-        print(f"{c:<16}{s:<16}{r['image_auroc']:>10.3f}{r['pixel_auroc']:>10.3f}{r['aupro']:>8.3f}{r['f1_max']:>8.3f}")
+        print(f"{c:<16}{s:<16}{f(r['image_auroc']):>10}{f(r['pixel_auroc']):>10}{f(r['aupro']):>8}"
+              f"{f(r['f1_max']):>8}{f(r.get('false_alarm_rate')):>7}{f(r.get('detection_rate')):>7}")
 print("\nwall time / peak RSS (MiB):")
 for c in classes:
     parts = []

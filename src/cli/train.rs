@@ -37,7 +37,7 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Flow training epochs over the seen classes' held-out residuals (0: no flow).
+    /// Flow training epochs over the seen classes' out-of-bank residuals (0: no flow).
     #[arg(long, default_value_t = 6)]
     pub flow_epochs: usize,
     /// Affine coupling blocks of the flow.

@@ -1,5 +1,6 @@
 //! The anomaly detector: features -> prototypes -> (ProtoFlow) abnormality -> maps and scores.
 
+pub mod calibrate;
 pub mod class_store;
 pub mod coreset;
 pub mod device;

@@ -191,7 +191,7 @@ pub struct ModelConfig {
     pub coreset: CoresetParams,
     /// Default abnormality used by `inspect`/`eval` when not overridden.
     pub score: ScoreKind,
-    /// Quantile of held-out normal image scores used as the per-class threshold.
+    /// Quantile of out-of-fold normal image scores used as the per-class threshold.
     pub threshold_quantile: f32,
     /// Classes whose normal images trained the flow.
     pub trained_on: Vec<String>,
@@ -236,10 +236,10 @@ pub struct ClassInfo {
     pub name: String,
     pub n_train_images: usize,
     pub n_prototypes: usize,
-    /// Image score above which `inspect` says "anomalous", per score kind (from held-out
-    /// normal images only).
+    /// Image score above which `inspect` says "anomalous", per score kind (out-of-fold
+    /// scores of the class's normal images only).
     pub thresholds: std::collections::BTreeMap<String, f32>,
-    /// Held-out normal image scores per score kind (for reports and re-calibration).
+    /// Out-of-fold normal image scores per score kind (for reports and re-calibration).
     pub normal_scores: std::collections::BTreeMap<String, Vec<f32>>,
     /// Reference log-likelihood per dimension for the flow score (max over held-out normal
     /// patches), so eq. 1 never needs test-set statistics.
@@ -250,6 +250,11 @@ pub struct ClassInfo {
     /// Normal images that looked unlike the rest at registration (warnings).
     #[serde(default)]
     pub outliers: Vec<Outlier>,
+    /// Folds of the k-fold calibration behind `thresholds` (`normal_scores` then holds one
+    /// out-of-fold score per image of the folds scored, see `detector/calibrate.rs`); 0: a
+    /// single 15% held-out split (older pmad).
+    #[serde(default)]
+    pub calibration_folds: usize,
 }
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).

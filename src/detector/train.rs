@@ -1,7 +1,8 @@
 //! Training a detector, in stages (each skippable):
 //! 1. register the seen classes (prototypes + calibration) — always;
-//! 2. **flow**: fit the ProtoFlow on residuals of their held-out normal patches — patches
-//!    whose images did not build the bank, so the residuals look like those of test images;
+//! 2. **flow**: fit the ProtoFlow on out-of-bank residuals of their normal patches — patches
+//!    of a calibration fold against the bank of the other folds, so the residuals look like
+//!    those of test images;
 //! 3. **tokenizer**: a k-means codebook over backbone features on the ViT grid (or token ids
 //!    from a file made elsewhere, e.g. by a dVAE);
 //! 4. **vit**: the masked-token ViT, trained with combinational masking on the seen classes'
@@ -12,10 +13,10 @@
 
 use crate::data::dataset::ClassData;
 use crate::detector::Detector;
-use crate::detector::flow::{FlowConfig, FlowTrainConfig, ProtoFlow};
+use crate::detector::flow::{FlowConfig, FlowTrainConfig, ProtoFlow, positional_encoding};
 use crate::detector::model_dir::{self as md, ModelConfig, ReconConfig};
 use crate::detector::pipeline::{BATCH, ProgressFn, load_inputs};
-use crate::detector::register::{RegisterOptions, holdout_split};
+use crate::detector::register::RegisterOptions;
 use crate::error::{Error, Result};
 use crate::recon::masking::{CombinationalMasker, MaskingConfig, foreground, frequency_weights};
 use crate::recon::tokenizer::{Codebook, default_vocab, load_token_ids, pool_to_vit_grid};
@@ -150,12 +151,9 @@ pub fn train(
 
     // Stage 1: register the seen classes (kept when resuming).
     let registered = md::registered_classes(out)?;
-    let mut holdouts: Vec<(String, Vec<PathBuf>)> = Vec::new();
-    let mut residual_feats: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut class_residuals: Vec<(String, Vec<f32>)> = Vec::new();
     for d in classes {
         if registered.contains(&d.name) {
-            let (_, hold) = holdout_split(&d.train, det.config.coreset.seed);
-            holdouts.push((d.name.clone(), hold));
             continue;
         }
         let t = Instant::now();
@@ -172,22 +170,14 @@ pub fn train(
                 .iter()
                 .map(|o| (r.info.name.clone(), o.clone())),
         );
-        residual_feats.push((d.name.clone(), r.holdout.feats));
-        holdouts.push((d.name.clone(), r.holdout.paths));
+        class_residuals.push((d.name.clone(), r.residuals));
         crate::fault::point("train.class-registered");
     }
 
     // Stage 2: the flow.
     let mut recalibrate = false;
     if opts.stages.flow && opts.flow_epochs > 0 && det.config.flow.is_none() {
-        train_flow(
-            &mut det,
-            classes,
-            &holdouts,
-            residual_feats,
-            opts,
-            &mut report,
-        )?;
+        train_flow(&mut det, classes, class_residuals, opts, &mut report)?;
         recalibrate = true;
         crate::fault::point("train.flow-installed");
     }
@@ -203,24 +193,24 @@ pub fn train(
         tokens_for(&det, data, classes, &pooled, opts, &mut report)?;
     }
 
-    // Thresholds for the new scores, from the same held-out normal images. A run killed
-    // after a stage was installed but before this point left classes without thresholds
-    // for it: `--resume` recalibrates every class that lacks one.
-    for (name, hold) in &holdouts {
-        if recalibrate || !det.is_calibrated(name)? {
-            det.recalibrate(name, hold)?;
+    // Thresholds for the new scores, from the same normal images. A run killed after a
+    // stage was installed but before this point left classes without thresholds for it:
+    // `--resume` recalibrates every class that lacks one.
+    for d in classes {
+        if recalibrate || !det.is_calibrated(&d.name)? {
+            det.recalibrate(&d.name, &d.train)?;
         }
     }
     crate::fault::point("train.done");
     Ok(report)
 }
 
-/// Fits the flow on residuals of the seen classes' held-out patches.
+/// Fits the flow on out-of-bank residuals of the seen classes' normal patches (see
+/// [`crate::detector::calibrate`]).
 fn train_flow(
     det: &mut Detector,
     classes: &[ClassData],
-    holdouts: &[(String, Vec<PathBuf>)],
-    mut residual_feats: Vec<(String, Vec<f32>)>,
+    mut class_residuals: Vec<(String, Vec<f32>)>,
     opts: &TrainOptions,
     report: &mut TrainReport,
 ) -> Result<()> {
@@ -229,22 +219,20 @@ fn train_flow(
     flow_cfg.blocks = opts.flow_blocks;
     flow_cfg.hidden = opts.flow_hidden;
     flow_cfg.seed = opts.seed;
-    // Classes registered by an earlier (resumed) run: embed their held-out images again.
+    // Classes registered by an earlier (resumed) run: their residuals again.
     for d in classes {
-        if !residual_feats.iter().any(|(n, _)| n == &d.name) {
-            let hold = &holdouts
-                .iter()
-                .find(|(n, _)| n == &d.name)
-                .expect("listed")
-                .1;
-            residual_feats.push((d.name.clone(), det.embed_paths(hold, "embed")?));
+        if !class_residuals.iter().any(|(n, _)| n == &d.name) {
+            class_residuals.push((d.name.clone(), det.out_of_bank_residuals(&d.train)?));
         }
     }
+    // Each patch's condition is its position (the same encoding for every image).
+    let grid = det.features().grid();
+    let pe = positional_encoding(grid, flow_cfg.cond_dim);
     let (mut residuals, mut cond) = (Vec::new(), Vec::new());
-    for (name, feats) in &residual_feats {
-        let (r, c) = det.residuals(name, feats, flow_cfg.cond_dim)?;
-        residuals.extend(r);
-        cond.extend(c);
+    for (_, r) in &class_residuals {
+        let n_images = r.len() / (grid * grid * det.features().dim());
+        residuals.extend_from_slice(r);
+        cond.extend(pe.repeat(n_images));
     }
     let mut flow = ProtoFlow::new(flow_cfg)?;
     let train_cfg = FlowTrainConfig {

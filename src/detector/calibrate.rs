@@ -1,0 +1,250 @@
+//! Verdict thresholds from a class's own normal images, by k-fold cross-validation.
+//!
+//! A threshold is a high quantile (`threshold_quantile`, 0.99) of the image scores of normal
+//! images that did NOT build the bank they are scored against: an image scored against a
+//! bank holding its own patches scores ~0 and would say nothing about unseen normal images.
+//! A single held-out split (what pmad did before; `calibration_folds: 0` in `class.json`)
+//! spent 15% of the images on calibration, so a 31-image class had a 0.99 quantile of 4
+//! scores. Here the normal images are split into `k` folds; each fold is scored against a
+//! bank built from the other folds, so EVERY normal image gives one out-of-fold score, while
+//! the class's stored bank is built from all of them (no image is lost to calibration).
+//!
+//! Large classes stop once [`CALIBRATION_MIN_SCORES`] out-of-fold scores are in hand (each
+//! fold bank is a coreset of most of the class, the slow part). The fold banks hold `(k-1)/k` of the images, so their scores are slightly higher than the
+//! full bank's would be on an unseen normal image: the threshold errs towards fewer false
+//! alarms. The fold-0 residuals (fold-0 patches minus their nearest prototype in the fold-0
+//! bank) are out-of-bank, like a test image's: the ProtoFlow trains on them.
+
+use crate::detector::coreset::{CoresetConfig, select_coreset};
+use crate::detector::model_dir::ClassInfo;
+use crate::detector::pipeline::{BATCH, ClassModel, Detector, load_inputs};
+use crate::detector::register::name_image;
+use crate::detector::scoring::quantile;
+use crate::error::{Error, Result};
+use crate::ops::nn_search::BankIndex;
+use crate::rng::Rng;
+use std::path::PathBuf;
+
+/// Number of calibration folds (fewer when the class has fewer normal images).
+pub const CALIBRATION_FOLDS: usize = 5;
+
+/// Folds are scored until at least this many out-of-fold scores are in hand: a large class
+/// (400 images: 80 per fold) stops after 2 of its 5 fold banks, since every fold bank costs
+/// a coreset of `(k-1)/k` of the class, while a small one (< 100 images) scores every fold.
+/// 100 scores put the 0.99 quantile between the two highest.
+pub const CALIBRATION_MIN_SCORES: usize = 100;
+
+/// Fold of each of `n` images: a seeded shuffle dealt round-robin, so fold sizes differ by
+/// at most one and the same `(n, seed)` always gives the same folds. `k` is clamped to
+/// `[1, n]` (every fold holds at least one image).
+pub fn fold_of(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let k = k.clamp(1, n.max(1));
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed ^ 0xCA1B).shuffle(&mut order);
+    let mut fold = vec![0; n];
+    for (pos, &i) in order.iter().enumerate() {
+        fold[i] = pos % k;
+    }
+    fold
+}
+
+/// Rows `[n * row]` of the images whose fold is (`inside`) or is not `fold`.
+fn rows_of(feats: &[f32], row: usize, folds: &[usize], fold: usize, inside: bool) -> Vec<f32> {
+    folds
+        .iter()
+        .enumerate()
+        .filter(|&(_, &f)| (f == fold) == inside)
+        .flat_map(|(i, _)| &feats[i * row..(i + 1) * row])
+        .copied()
+        .collect()
+}
+
+/// What a calibration produced besides the thresholds.
+pub struct Calibrated {
+    /// Fold-0 residuals `[m * grid², dim]` against the fold-0 bank (out-of-bank).
+    pub residuals: Vec<f32>,
+}
+
+impl Detector {
+    /// The prototype bank of the patch features `pool` (`[rows, dim]`): greedy k-center
+    /// coreset, then the exact-search index.
+    pub(crate) fn build_bank(&self, pool: &[f32]) -> (Vec<f32>, BankIndex) {
+        let dim = self.features.dim();
+        let cfg = CoresetConfig {
+            ratio: self.config.coreset.ratio,
+            proj_dim: self.config.coreset.proj_dim,
+            seed: self.config.coreset.seed,
+        };
+        let sel = select_coreset(pool, dim, &cfg);
+        let mut bank = Vec::with_capacity(sel.len() * dim);
+        for &i in &sel {
+            bank.extend_from_slice(&pool[i * dim..(i + 1) * dim]);
+        }
+        let index = BankIndex::build(&bank, dim);
+        (bank, index)
+    }
+
+    /// Fills `info.thresholds` and `info.normal_scores` for every available score kind by
+    /// k-fold over the normal images `paths` (patch features `feats`, `[n * grid², dim]`).
+    /// Every score must be finite: a NaN names the image, never becomes a threshold.
+    pub(crate) fn calibrate(
+        &self,
+        info: &mut ClassInfo,
+        paths: &[PathBuf],
+        feats: &[f32],
+    ) -> Result<Calibrated> {
+        let n = paths.len();
+        if n < 2 {
+            return Err(Error::invalid(format!(
+                "class '{}': calibration needs at least 2 normal images, got {n}",
+                info.name
+            )));
+        }
+        let kinds = self.available_scores();
+        let size = self.config.features.input_size;
+        let dim = self.features.dim();
+        let row = self.features.grid() * self.features.grid() * dim;
+        let folds = fold_of(n, CALIBRATION_FOLDS, self.config.coreset.seed);
+        let k = folds.iter().max().map_or(1, |m| m + 1);
+        // Folds scored: all of them, or as many as give CALIBRATION_MIN_SCORES scores.
+        let fold_size = n / k;
+        let scored = CALIBRATION_MIN_SCORES
+            .div_ceil(fold_size.max(1))
+            .clamp(1, k);
+        let total = (0..n).filter(|&i| folds[i] < scored).count();
+        // Out-of-fold scores, in image order (NaN: image in a fold not scored).
+        let mut scores: Vec<Vec<f32>> = vec![vec![f32::NAN; n]; kinds.len()];
+        let mut residuals = Vec::new();
+        let mut done = 0;
+        for fold in 0..scored {
+            let (bank, index) = self.build_bank(&rows_of(feats, row, &folds, fold, false));
+            let model = ClassModel {
+                info: info.clone(),
+                bank,
+                index,
+            };
+            let members: Vec<usize> = (0..n).filter(|&i| folds[i] == fold).collect();
+            let fold_feats = rows_of(feats, row, &folds, fold, true);
+            if fold == 0 {
+                residuals = self.residuals_to(&model.bank, &model.index, &fold_feats);
+            }
+            for (ci, chunk) in members.chunks(BATCH).enumerate() {
+                let chunk_paths: Vec<PathBuf> = chunk.iter().map(|&i| paths[i].clone()).collect();
+                let x = load_inputs(&chunk_paths, size)?;
+                let f = &fold_feats[ci * BATCH * row..(ci * BATCH + chunk.len()) * row];
+                let maps = self
+                    .maps_from_features(&model, &x, f, &kinds)
+                    .map_err(|e| name_image(e, &chunk_paths))?;
+                for (s, m) in scores.iter_mut().zip(maps) {
+                    for (&i, m) in chunk.iter().zip(m) {
+                        s[i] = m.score;
+                    }
+                }
+                done += chunk.len();
+                self.report("calibrate", done, total);
+            }
+        }
+        info.thresholds.clear();
+        info.normal_scores.clear();
+        for (kind, scores) in kinds.iter().zip(scores) {
+            let key = kind.name().to_string();
+            let scores: Vec<f32> = (0..n)
+                .filter(|&i| folds[i] < scored)
+                .map(|i| scores[i])
+                .collect();
+            let t = quantile(&scores, self.config.threshold_quantile);
+            if !t.is_finite() || scores.iter().any(|s| !s.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "class '{}': the '{key}' threshold is not finite ({t}) from {total} \
+                     normal images; nothing was registered",
+                    info.name
+                )));
+            }
+            info.thresholds.insert(key.clone(), t);
+            info.normal_scores.insert(key, scores);
+        }
+        info.calibration_folds = k;
+        Ok(Calibrated { residuals })
+    }
+
+    /// Residuals to the nearest prototype of `bank` (searched through `index`) for patch
+    /// features `[m, dim]`.
+    fn residuals_to(&self, bank: &[f32], index: &BankIndex, feats: &[f32]) -> Vec<f32> {
+        let dim = self.features.dim();
+        let nn = index.nearest(feats);
+        let mut r = feats.to_vec();
+        for (row, &j) in r.chunks_mut(dim).zip(&nn.index) {
+            let p = &bank[j as usize * dim..(j as usize + 1) * dim];
+            row.iter_mut().zip(p).for_each(|(a, b)| *a -= b);
+        }
+        r
+    }
+
+    /// The out-of-bank residuals of a class's normal images, as [`calibrate`](Self::calibrate)
+    /// returns them (fold 0 against a bank of the other folds), without calibrating: for a
+    /// class registered by an earlier, resumed training run.
+    pub fn out_of_bank_residuals(&self, normal_images: &[PathBuf]) -> Result<Vec<f32>> {
+        let feats = self.embed_paths(normal_images, "embed")?;
+        let row = self.features.grid() * self.features.grid() * self.features.dim();
+        let folds = fold_of(
+            normal_images.len(),
+            CALIBRATION_FOLDS,
+            self.config.coreset.seed,
+        );
+        let (bank, index) = self.build_bank(&rows_of(&feats, row, &folds, 0, false));
+        Ok(self.residuals_to(&bank, &index, &rows_of(&feats, row, &folds, 0, true)))
+    }
+
+    /// Re-calibrates the thresholds of `class` from its normal images (the ones it was
+    /// registered from), after a new flow or ViT was installed. Returns the out-of-bank
+    /// residuals of the calibration (see [`Calibrated`]).
+    pub fn recalibrate(&mut self, class: &str, normal_images: &[PathBuf]) -> Result<Calibrated> {
+        self.class(class)?;
+        let feats = self.embed_paths(normal_images, "embed")?;
+        let mut model = self.classes.remove(class).expect("loaded above");
+        let r = self
+            .calibrate(&mut model.info, normal_images, &feats)
+            .and_then(|c| self.save_class(&model).map(|_| c));
+        self.classes.insert(class.to_string(), model);
+        r
+    }
+
+    /// Whether the stored thresholds of `class` cover every score this model can compute
+    /// (a model trained further since the class was registered needs recalibrating).
+    pub fn is_calibrated(&mut self, class: &str) -> Result<bool> {
+        let kinds = self.available_scores();
+        let info = &self.class(class)?.info;
+        Ok(kinds.iter().all(|k| info.thresholds.contains_key(k.name())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_are_balanced_seeded_and_cover_every_image() {
+        for n in [2usize, 3, 7, 31, 50] {
+            let f = fold_of(n, CALIBRATION_FOLDS, 7);
+            let k = CALIBRATION_FOLDS.min(n);
+            let mut sizes = vec![0; k];
+            f.iter().for_each(|&i| sizes[i] += 1);
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(*lo >= 1 && hi - lo <= 1, "n {n}: {sizes:?}");
+            assert_eq!(f, fold_of(n, CALIBRATION_FOLDS, 7));
+        }
+        assert_ne!(fold_of(31, 5, 1), fold_of(31, 5, 2));
+    }
+
+    #[test]
+    fn rows_of_splits_images_by_fold() {
+        // 3 images of 2 values each; image 1 in fold 1.
+        let feats = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5];
+        let folds = [0, 1, 0];
+        assert_eq!(rows_of(&feats, 2, &folds, 1, true), vec![1.0, 1.5]);
+        assert_eq!(
+            rows_of(&feats, 2, &folds, 1, false),
+            vec![0.0, 0.5, 2.0, 2.5]
+        );
+    }
+}

@@ -2,13 +2,15 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "pmad",
     version,
+    // A flag given twice keeps the last: `train --config` puts the file's flags first.
+    args_override_self = true,
     about = "Cross-class industrial anomaly detection (PMAD)"
 )]
 struct Cli {
@@ -44,7 +46,32 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let (argv, config) = match cli::config::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let matches = match Cli::command().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            if let Some(f) = config
+                && e.use_stderr()
+            {
+                eprintln!(
+                    "(flags before the command line's were read from {})",
+                    f.display()
+                );
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let args = match Cli::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     if let Some(n) = args.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -58,7 +85,7 @@ fn main() -> ExitCode {
         Command::FetchWeights(a) => cli::fetch_weights::run(a),
         Command::Classify(a) => cli::classify::run(a),
         Command::Bench(a) => cli::bench::run(a),
-        Command::Train(a) => cli::train::run(a),
+        Command::Train(a) => cli::train::run(a, sub_matches(&matches)),
         Command::Register(a) => cli::register::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
@@ -72,4 +99,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The matches of the subcommand that ran (`train --print-config` reads its flags' values).
+fn sub_matches(m: &clap::ArgMatches) -> &clap::ArgMatches {
+    m.subcommand().map(|(_, s)| s).unwrap_or(m)
 }

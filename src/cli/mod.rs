@@ -5,6 +5,7 @@
 pub mod output;
 pub mod bench;
 pub mod classify;
+pub mod config;
 pub mod demo;
 pub mod eval;
 pub mod fetch_weights;

@@ -89,9 +89,21 @@ pub struct TrainArgs {
     /// checkpoint and ends with the same weights as an uninterrupted run.
     #[arg(long)]
     pub resume: bool,
+    /// Read flags from a TOML file (keys are these flags without dashes, e.g.
+    /// `coreset-ratio = 0.1`, `classes = ["a", "b"]`); flags on the command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (file, command line and defaults) as TOML and exit
+    /// without training.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
-pub fn run(args: TrainArgs) -> pmad::Result<()> {
+pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> pmad::Result<()> {
+    if args.print_config {
+        say!("{}", super::config::print(matches).trim_end());
+        return Ok(());
+    }
     let datasets: Vec<ClassData> = args.layout.open_all(&args.data, &args.classes, false)?;
     let mut config = ModelConfig {
         score: args.score,

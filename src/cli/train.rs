@@ -27,8 +27,8 @@ pub struct TrainArgs {
     #[arg(long, default_value = "distance")]
     pub score: ScoreKind,
     /// How a map becomes the image score: max | top:Q (mean of the top Q fraction of the
-    /// map's pixels; `top:0.01` raised image AUROC on every development class).
-    #[arg(long, default_value = "max")]
+    /// map's pixels; `top:0.01`, the default, raised image AUROC on every development class).
+    #[arg(long, default_value = "top:0.01")]
     pub image_score: pmad::detector::scoring::ImageScore,
     /// Fraction of each class's normal patches kept as prototypes.
     #[arg(long, default_value_t = 0.1)]

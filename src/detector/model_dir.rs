@@ -193,6 +193,11 @@ pub struct ModelConfig {
     pub score: ScoreKind,
     /// Quantile of out-of-fold normal image scores used as the per-class threshold.
     pub threshold_quantile: f32,
+    /// The threshold is at least `median + z * MAD / 0.6745` of the same scores (a robust z
+    /// cut-off, see [`crate::detector::calibrate`]); 0 turns this floor off. Models written
+    /// before this field: 3.5 from their next calibration on.
+    #[serde(default = "default_threshold_robust_z")]
+    pub threshold_robust_z: f32,
     /// Classes whose normal images trained the flow.
     pub trained_on: Vec<String>,
     /// Flow hyper-parameters (present when a flow was trained).
@@ -212,11 +217,16 @@ impl Default for ModelConfig {
             coreset: CoresetParams::default(),
             score: ScoreKind::Distance,
             threshold_quantile: 0.99,
+            threshold_robust_z: default_threshold_robust_z(),
             trained_on: Vec::new(),
             flow: None,
             recon: None,
         }
     }
+}
+
+fn default_threshold_robust_z() -> f32 {
+    crate::detector::register::OUTLIER_Z
 }
 
 /// A normal image that looks unlike the rest of its class.
@@ -476,6 +486,13 @@ impl ModelConfig {
             self.threshold_quantile,
             0.5,
             1.0,
+        )?;
+        in_range_f(
+            path,
+            "threshold_robust_z",
+            self.threshold_robust_z,
+            0.0,
+            20.0,
         )?;
         if let Some(v) = &self.flow {
             let fc: crate::detector::flow::FlowConfig =

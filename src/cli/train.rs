@@ -30,6 +30,12 @@ pub struct TrainArgs {
     /// map's pixels; `top:0.01`, the default, raised image AUROC on every development class).
     #[arg(long, default_value = "top:0.01")]
     pub image_score: pmad::detector::scoring::ImageScore,
+    /// Verdict threshold: this quantile of the class's out-of-fold normal image scores...
+    #[arg(long, default_value_t = 0.99)]
+    pub threshold_quantile: f32,
+    /// ... and at least their median + Z * MAD / 0.6745 (a robust outlier cut-off; 0: off).
+    #[arg(long, default_value_t = 3.5)]
+    pub threshold_robust_z: f32,
     /// Fraction of each class's normal patches kept as prototypes.
     #[arg(long, default_value_t = 0.1)]
     pub coreset_ratio: f32,
@@ -110,6 +116,8 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> pmad::Result<()> {
         ..ModelConfig::default()
     };
     config.coreset.ratio = args.coreset_ratio;
+    config.threshold_quantile = args.threshold_quantile;
+    config.threshold_robust_z = args.threshold_robust_z;
     config.map.image_score = args.image_score;
     config.coreset.seed = args.seed;
     let mut stages = Stages::default();

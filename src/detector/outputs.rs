@@ -144,7 +144,7 @@ pub fn regions(mask: &[bool], width: usize, height: usize) -> Result<Vec<Region>
         })
         .collect();
     // Stable: ties stay in raster order.
-    out.sort_by(|a, b| b.pixels.cmp(&a.pixels));
+    out.sort_by_key(|r| std::cmp::Reverse(r.pixels));
     Ok(out)
 }
 

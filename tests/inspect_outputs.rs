@@ -556,3 +556,41 @@ fn save_mask_without_pixel_thresholds_names_the_class_json() {
         ],
     );
 }
+
+#[test]
+fn a_failed_write_names_the_file_and_leaves_no_output_of_that_image() {
+    let Some((data, model)) = fixture() else {
+        return;
+    };
+    let img = defect_image(data);
+    let stem = img.file_stem().unwrap().to_str().unwrap().to_string();
+    let out = base().join("write-fail");
+    let _ = std::fs::remove_dir_all(&out);
+    // The mask (written last) cannot replace a non-empty folder of its name.
+    let blocker = out.join(format!("{stem}_mask.png"));
+    std::fs::create_dir_all(&blocker).unwrap();
+    std::fs::write(blocker.join("keep"), b"x").unwrap();
+    let r = run(&[
+        "inspect",
+        "--model",
+        s(model),
+        "--class",
+        CLASS,
+        "--out",
+        s(&out),
+        "--save-map",
+        "--save-mask",
+        s(&img),
+    ]);
+    assert!(!r.status.success());
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&r.stdout).trim()).unwrap();
+    let err = line["error"].as_str().unwrap();
+    assert!(err.contains(&format!("{stem}_mask.png")), "{err}");
+    // The overlay and the map, written before, were removed; no temporary file is left.
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(left, vec![format!("{stem}_mask.png")], "{left:?}");
+}

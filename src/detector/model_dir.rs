@@ -9,7 +9,8 @@
 //!   vit.checkpoint.safetensors      training checkpoint (params, optimiser, step), for --resume
 //!   classes/<name>/CURRENT          the class's current version, e.g. "v000002"
 //!   classes/<name>/v000002/prototypes.safetensors   the class's prototype bank [P, D]
-//!   classes/<name>/v000002/class.json     ClassInfo (calibrated thresholds, normal scores)
+//!   classes/<name>/v000002/class.json     ClassInfo (calibrated image and pixel thresholds,
+//!                                         normal scores)
 //! ```
 //! Every file is written to a temporary name in the same folder and renamed into place, so a
 //! crash never leaves a half-written model; a class is replaced in one atomic step

@@ -149,6 +149,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
             device: pmad::detector::Device::Cpu,
             batch: pmad::detector::pipeline::BATCH,
             timings: false,
+            save_map: false,
+            map_format: None,
+            save_mask: false,
+            threshold: None,
+            quantile: None,
             inputs: vec![dir],
         })?;
         say!("heatmaps of {UNSEEN} defects: {}", heat.display());

@@ -1,14 +1,20 @@
 //! `pmad inspect --model DIR --class X [--out DIR] IMAGE_OR_DIR...`: one JSON line per image
-//! (path, score, threshold, verdict) and, with `--out`, a heatmap overlay PNG per image. An
-//! image that cannot be read or scored gets `{"path": ..., "error": ...}` instead, the others
-//! are still scored, and the run exits non-zero at the end (`--fail-fast`: at once).
+//! (path, score, threshold, verdict) and, with `--out`, a heatmap overlay PNG per image at the
+//! image's own size; `--save-map` adds the raw anomaly map (16-bit PNG or `.npy`),
+//! `--save-mask` a binary defect mask at the class's calibrated pixel threshold with its
+//! area and regions in the JSON line; `--threshold`/`--quantile` override the image
+//! threshold for the run. An image that cannot be read or scored gets
+//! `{"path": ..., "error": ...}` instead, the others are still scored, and the run exits
+//! non-zero at the end (`--fail-fast`: at once). An image's output files are all encoded
+//! before any is written, each is written atomically, and a failed write removes the ones
+//! of that image already written: no partial outputs.
 
 use clap::Args;
 use pmad::data::load_rgb;
 use pmad::detector::Detector;
-use pmad::detector::model_dir::ScoreKind;
+use pmad::detector::model_dir::{ClassInfo, ScoreKind};
+use pmad::detector::outputs;
 use pmad::detector::pipeline::list_images;
-use pmad::detector::scoring::AnomalyMap;
 use pmad::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -43,9 +49,108 @@ pub struct InspectArgs {
     /// Print the images/s of the whole run (decode, scoring, output) to stderr at the end.
     #[arg(long)]
     pub timings: bool,
+    /// Also write each image's raw anomaly map at the image's size beside its overlay
+    /// (needs --out): `<stem>_map.png` or `<stem>_map.npy`, see --map-format.
+    #[arg(long)]
+    pub save_map: bool,
+    /// png16 (default): 16-bit grayscale PNG, `map = map_offset + png / 65535 * map_scale`
+    /// (both in the JSON line; map_scale is the image's map maximum, map_offset 0 unless the
+    /// map has negative values); npy: float32 little-endian NumPy array of shape [h, w].
+    #[arg(long, requires = "save_map")]
+    pub map_format: Option<MapFormat>,
+    /// Also write each image's binary defect mask `<stem>_mask.png` (255 = defect) at the
+    /// image's size (needs --out): map pixels above the class's pixel threshold, calibrated
+    /// at register from its normal images. The JSON line gains `defect_area` and `regions`.
+    #[arg(long)]
+    pub save_mask: bool,
+    /// Image threshold for this run instead of the class's calibrated one (a finite number).
+    #[arg(long, conflicts_with = "quantile", allow_hyphen_values = true)]
+    pub threshold: Option<f32>,
+    /// Image threshold for this run: quantile Q in (0, 1] of the class's stored out-of-fold
+    /// normal image scores (the calibrated threshold is the model's threshold_quantile).
+    #[arg(long)]
+    pub quantile: Option<f32>,
     /// Images, or folders of images.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+}
+
+/// Most regions listed in a JSON line (largest first; `regions_total` counts them all): a
+/// mask of scattered specks would otherwise make lines of thousands of boxes.
+pub const MAX_REGIONS: usize = 32;
+
+/// How `--save-map` stores the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapFormat {
+    Png16,
+    Npy,
+}
+
+impl std::str::FromStr for MapFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "png16" => Ok(MapFormat::Png16),
+            "npy" => Ok(MapFormat::Npy),
+            _ => Err(format!("unknown map format '{s}' (png16 | npy)")),
+        }
+    }
+}
+
+/// What every image's JSON line and files need besides the image and its scores: decided
+/// once per run, before any image is read.
+struct Plan<'a> {
+    /// `(--out, the inputs' common folder)`.
+    out: Option<(&'a Path, &'a Path)>,
+    /// The image threshold of this run and where it came from.
+    threshold: f32,
+    threshold_source: &'static str,
+    map_format: Option<MapFormat>,
+    /// The class's pixel threshold, when masks are asked for.
+    pixel_threshold: Option<f32>,
+}
+
+/// The image threshold of this run: `--threshold`, `--quantile` of the class's normal scores,
+/// or the calibrated one; with where it came from.
+fn run_threshold(
+    args: &InspectArgs,
+    info: &ClassInfo,
+    kind: ScoreKind,
+    info_path: &Path,
+) -> Result<(f32, &'static str)> {
+    let calibrated = info.threshold(kind, info_path)?;
+    if let Some(x) = args.threshold {
+        if !x.is_finite() {
+            return Err(Error::invalid(format!(
+                "--threshold {x}: the threshold must be a finite number"
+            )));
+        }
+        return Ok((x, "override"));
+    }
+    if let Some(q) = args.quantile {
+        if !(q > 0.0 && q <= 1.0) {
+            return Err(Error::invalid(format!(
+                "--quantile {q}: the quantile must lie in (0, 1]"
+            )));
+        }
+        let scores = info
+            .normal_scores
+            .get(kind.name())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::format(
+                    info_path,
+                    format!(
+                        "field 'normal_scores.{}': missing: class '{}' has no stored normal \
+                         scores for --quantile; register it again with this pmad",
+                        kind.name(),
+                        info.name
+                    ),
+                )
+            })?;
+        return Ok((pmad::detector::scoring::quantile(scores, q), "quantile"));
+    }
+    Ok((calibrated, "calibrated"))
 }
 
 /// Blue -> cyan -> yellow -> red ramp for t in [0, 1].
@@ -57,40 +162,40 @@ fn colormap(t: f32) -> [f32; 3] {
     [r * 255.0, g * 255.0, b * 255.0]
 }
 
-/// The image at map size with the map blended on top. Colour scale: 0 at zero, full red at
-/// twice the class threshold — fixed per class, so overlays are comparable across images.
-fn write_overlay(
+/// The image with the map (`up`: already at the image's size) blended on top, as PNG bytes.
+/// Colour scale: 0 at zero, full red at twice the class's calibrated threshold — fixed per
+/// class (not per run: `--threshold` does not change it), so overlays are comparable across
+/// images and runs.
+fn overlay_png(
     img: &pmad::data::RgbImage,
-    map: &AnomalyMap,
+    up: &[f32],
     threshold: f32,
-    path: &Path,
-) -> Result<()> {
-    let s = map.size;
-    let base = img.resize(s, s);
+    score: f32,
+) -> Result<Vec<u8>> {
     let scale = if threshold.is_finite() && threshold > 0.0 {
         2.0 * threshold
     } else {
-        map.score.max(1e-6)
+        score.max(1e-6)
     };
-    let mut px = vec![0u8; s * s * 3];
-    for i in 0..s * s {
-        let t = map.values[i] / scale;
+    let mut px = vec![0u8; up.len() * 3];
+    for (i, &v) in up.iter().enumerate() {
+        let t = v / scale;
         let c = colormap(t);
         let alpha = 0.25 + 0.35 * t.clamp(0.0, 1.0);
         for ch in 0..3 {
             px[i * 3 + ch] =
-                ((1.0 - alpha) * base.pixels[i * 3 + ch] as f32 + alpha * c[ch]).round() as u8;
+                ((1.0 - alpha) * img.pixels[i * 3 + ch] as f32 + alpha * c[ch]).round() as u8;
         }
     }
-    let buf = image::RgbImage::from_raw(s as u32, s as u32, px)
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, px)
         .ok_or_else(|| Error::invalid("overlay buffer size"))?;
     let mut bytes = Vec::new();
     buf.write_to(
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )
-    .map_err(|e| Error::format(path, format!("cannot encode PNG: {e}")))?;
-    pmad::detector::model_dir::write_atomic(path, &bytes)
+    .map_err(|e| Error::invalid(format!("cannot encode the overlay PNG: {e}")))?;
+    Ok(bytes)
 }
 
 /// Every image to inspect, with the relative path its outputs mirror under `--out`.
@@ -150,6 +255,12 @@ pub fn common_root(images: &[PathBuf]) -> PathBuf {
 /// inputs get distinct names: `a/good/000.png` and `b/good/000.png` go to
 /// `OUT/a/good/000_heatmap.png` and `OUT/b/good/000_heatmap.png`.
 pub fn heatmap_path(out: &Path, root: &Path, image: &Path) -> PathBuf {
+    output_path(out, root, image, "heatmap.png")
+}
+
+/// Where the output `<stem>_<suffix>` of `image` goes under `out` (the folder and naming of
+/// [`heatmap_path`], which is `suffix` `heatmap.png`): `map.png`, `map.npy`, `mask.png`.
+pub fn output_path(out: &Path, root: &Path, image: &Path, suffix: &str) -> PathBuf {
     let abs = std::path::absolute(image).unwrap_or_else(|_| image.to_path_buf());
     let rel_dir = abs
         .parent()
@@ -165,35 +276,105 @@ pub fn heatmap_path(out: &Path, root: &Path, image: &Path) -> PathBuf {
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     let name = if ext == "png" {
-        format!("{stem}_heatmap.png")
+        format!("{stem}_{suffix}")
     } else {
-        format!("{stem}_{ext}_heatmap.png")
+        format!("{stem}_{ext}_{suffix}")
     };
     out.join(rel_dir).join(name)
 }
 
-/// One image's JSON line: its verdict, or what went wrong with it.
+/// One image's JSON line: its verdict and, with `--out`, its output files (written here).
 fn result_line(
     path: &Path,
     img: &pmad::data::RgbImage,
     r: &pmad::detector::Inspection,
-    out: Option<(&Path, &Path)>,
+    plan: &Plan,
 ) -> Result<serde_json::Value> {
+    let anomalous = r.map.score > plan.threshold;
     let mut line = serde_json::json!({
         "path": path.display().to_string(),
         "score": r.map.score,
-        "threshold": r.threshold,
-        "verdict": if r.anomalous { "anomalous" } else { "normal" },
+        "threshold": plan.threshold,
+        "threshold_source": plan.threshold_source,
+        "verdict": if anomalous { "anomalous" } else { "normal" },
     });
-    if let Some((o, root)) = out {
-        let hp = heatmap_path(o, root, path);
-        if let Some(d) = hp.parent() {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-        }
-        write_overlay(img, &r.map, r.threshold, &hp)?;
-        line["heatmap"] = hp.display().to_string().into();
+    let Some((out, root)) = plan.out else {
+        return Ok(line);
+    };
+    // The image score is checked upstream; a NaN pixel below a finite max would not be.
+    if r.map.values.iter().any(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{}: the anomaly map has non-finite values",
+            path.display()
+        )));
     }
+    let (w, h) = (img.width, img.height);
+    let up = outputs::upsample_map(&r.map, w, h);
+    // Every file of the image is encoded before any is written.
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let heatmap = heatmap_path(out, root, path);
+    files.push((
+        heatmap.clone(),
+        overlay_png(img, &up, r.threshold, r.map.score)?,
+    ));
+    line["heatmap"] = heatmap.display().to_string().into();
+    match plan.map_format {
+        Some(MapFormat::Png16) => {
+            let p = outputs::png16_map(&up, w, h)?;
+            let mp = output_path(out, root, path, "map.png");
+            line["map"] = mp.display().to_string().into();
+            line["map_scale"] = p.scale.into();
+            line["map_offset"] = p.offset.into();
+            files.push((mp, p.bytes));
+        }
+        Some(MapFormat::Npy) => {
+            let mp = output_path(out, root, path, "map.npy");
+            line["map"] = mp.display().to_string().into();
+            files.push((mp, outputs::npy_bytes(&up, w, h)?));
+        }
+        None => {}
+    }
+    if let Some(pt) = plan.pixel_threshold {
+        let mask = outputs::defect_mask(&up, pt);
+        let regions = outputs::regions(&mask, w, h)?;
+        let pixels: usize = regions.iter().map(|r| r.pixels).sum();
+        let mp = output_path(out, root, path, "mask.png");
+        line["mask"] = mp.display().to_string().into();
+        line["pixel_threshold"] = pt.into();
+        line["defect_area"] = serde_json::json!({
+            "pixels": pixels,
+            "fraction": pixels as f64 / (w * h) as f64,
+        });
+        line["regions"] = regions
+            .iter()
+            .take(MAX_REGIONS)
+            .map(|r| serde_json::json!(r.bbox))
+            .collect::<Vec<_>>()
+            .into();
+        line["regions_total"] = regions.len().into();
+        files.push((mp, outputs::mask_png(&mask, w, h)?));
+    }
+    write_all(&files)?;
     Ok(line)
+}
+
+/// Writes every `(path, bytes)` atomically; if one fails, removes those already written (so
+/// an image has all its outputs or none) and returns the error, which names the file.
+fn write_all(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    for (i, (p, bytes)) in files.iter().enumerate() {
+        let res = match p.parent() {
+            Some(d) => std::fs::create_dir_all(d).map_err(|e| Error::io(d, e)),
+            None => Ok(()),
+        }
+        .and_then(|_| pmad::detector::model_dir::write_atomic(p, bytes));
+        if let Err(e) = res {
+            for (done, _) in &files[..i] {
+                let _ = std::fs::remove_file(done);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn error_line(path: &Path, e: &Error) -> serde_json::Value {
@@ -222,16 +403,36 @@ pub fn run(args: InspectArgs) -> Result<()> {
         // For this run only (model.json keeps its default).
         det.config.score = kind;
     }
-    // A class that cannot give verdicts (missing, broken, no threshold for this score)
-    // fails before any image is read.
+    if (args.save_map || args.save_mask) && args.out.is_none() {
+        return Err(Error::invalid(
+            "--save-map and --save-mask write files beside the overlays: give --out DIR",
+        ));
+    }
+    // A class that cannot give verdicts (missing, broken, no threshold for this score) or
+    // the asked-for outputs (no pixel threshold for masks) fails before any image is read
+    // or any output folder is made.
     let kind = det.config.score;
     let info_path = pmad::detector::class_store::info_path(&args.model, &args.class);
-    det.class(&args.class)?.info.threshold(kind, &info_path)?;
+    let info = &det.class(&args.class)?.info;
+    let (threshold, threshold_source) = run_threshold(&args, info, kind, &info_path)?;
+    let pixel_threshold = if args.save_mask {
+        Some(info.pixel_threshold(kind, &info_path)?)
+    } else {
+        None
+    };
     if let Some(o) = &args.out {
         std::fs::create_dir_all(o).map_err(|e| Error::io(o, e))?;
     }
     let root = common_root(&paths);
-    let out = args.out.as_deref().map(|o| (o, root.as_path()));
+    let plan = Plan {
+        out: args.out.as_deref().map(|o| (o, root.as_path())),
+        threshold,
+        threshold_source,
+        map_format: args
+            .save_map
+            .then(|| args.map_format.unwrap_or(MapFormat::Png16)),
+        pixel_threshold,
+    };
     let mut failed = 0usize;
     // Batches of images: decoded in parallel, one backbone pass each. An image that cannot
     // be read or scored gets an error line; the others are still scored.
@@ -264,7 +465,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         for (path, slot) in chunk.iter().zip(slots) {
             let line = slot.and_then(|i| {
                 let r = scored[i].take().expect("one result per decoded image")?;
-                result_line(path, &imgs[i], &r, out)
+                result_line(path, &imgs[i], &r, &plan)
             });
             match line {
                 Ok(l) => say!("{l}"),

@@ -22,6 +22,9 @@
 //! before it is called a defect. On the development set it took metal_plate's false-alarm rate
 //! on test/good from 0.133 to 0.033 at an unchanged detection rate (1.000), kept bottle's and
 //! magnetic_tile's at 0.000 (magnetic_tile's detection rate fell 0.294 -> 0.175).
+//!
+//! The same out-of-fold maps give the pixel thresholds of the defect masks: a high quantile
+//! ([`PIXEL_THRESHOLD_QUANTILE`]) of a deterministic sample of their pixels.
 
 use crate::detector::coreset::{CoresetConfig, select_coreset};
 use crate::detector::model_dir::ClassInfo;
@@ -41,6 +44,25 @@ pub const CALIBRATION_FOLDS: usize = 5;
 /// a coreset of `(k-1)/k` of the class, while a small one (< 100 images) scores every fold.
 /// 100 scores put the 0.99 quantile between the two highest.
 pub const CALIBRATION_MIN_SCORES: usize = 100;
+
+/// Quantile of the out-of-fold normal map pixels stored as a class's pixel threshold (the
+/// defect masks of `inspect --save-mask`). Why 0.999: a defect-free image then marks about
+/// one pixel in a thousand, a small false-positive area, while a defect's pixels score far
+/// above the normal pixel distribution. Set from normal images only, never from test labels.
+pub const PIXEL_THRESHOLD_QUANTILE: f32 = 0.999;
+
+/// Map pixels sampled per normal image for the pixel threshold. Keeps the memory bounded
+/// (a 160-image calibration of 256x256 maps keeps ~0.7 M values per score, not 10 M) while
+/// leaving thousands of samples above the 0.999 quantile.
+pub const PIXEL_SAMPLES_PER_IMAGE: usize = 4096;
+
+/// A deterministic sample of about [`PIXEL_SAMPLES_PER_IMAGE`] values of a map: every
+/// `stride`-th pixel of the row-major map, with `stride` odd so that on the usual
+/// power-of-two map sides consecutive rows sample different columns (no striping).
+pub fn sample_pixels(values: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    let stride = (values.len() / PIXEL_SAMPLES_PER_IMAGE).max(1) | 1;
+    values.iter().step_by(stride).copied()
+}
 
 /// Fold of each of `n` images: a seeded shuffle dealt round-robin, so fold sizes differ by
 /// at most one and the same `(n, seed)` always gives the same folds. `k` is clamped to
@@ -92,7 +114,8 @@ impl Detector {
         (bank, index)
     }
 
-    /// Fills `info.thresholds` and `info.normal_scores` for every available score kind by
+    /// Fills `info.thresholds`, `info.normal_scores` and `info.pixel_thresholds` (a quantile
+    /// of a sample of the same out-of-fold maps' pixels) for every available score kind by
     /// k-fold over the normal images `paths` (patch features `feats`, `[n * grid², dim]`).
     /// Every score must be finite: a NaN names the image, never becomes a threshold.
     pub(crate) fn calibrate(
@@ -122,6 +145,8 @@ impl Detector {
         let total = (0..n).filter(|&i| folds[i] < scored).count();
         // Out-of-fold scores, in image order (NaN: image in a fold not scored).
         let mut scores: Vec<Vec<f32>> = vec![vec![f32::NAN; n]; kinds.len()];
+        // A sample of the out-of-fold map pixels per kind (for the pixel thresholds).
+        let mut pixels: Vec<Vec<f32>> = vec![Vec::new(); kinds.len()];
         let mut residuals = Vec::new();
         let mut done = 0;
         for fold in 0..scored {
@@ -143,9 +168,10 @@ impl Detector {
                 let maps = self
                     .maps_from_features(&model, &x, f, &kinds)
                     .map_err(|e| name_image(e, &chunk_paths))?;
-                for (s, m) in scores.iter_mut().zip(maps) {
+                for ((s, px), m) in scores.iter_mut().zip(&mut pixels).zip(maps) {
                     for (&i, m) in chunk.iter().zip(m) {
                         s[i] = m.score;
+                        px.extend(sample_pixels(&m.values));
                     }
                 }
                 done += chunk.len();
@@ -154,7 +180,8 @@ impl Detector {
         }
         info.thresholds.clear();
         info.normal_scores.clear();
-        for (kind, scores) in kinds.iter().zip(scores) {
+        info.pixel_thresholds.clear();
+        for ((kind, scores), px) in kinds.iter().zip(scores).zip(pixels) {
             let key = kind.name().to_string();
             let scores: Vec<f32> = (0..n)
                 .filter(|&i| folds[i] < scored)
@@ -169,6 +196,15 @@ impl Detector {
                     info.name
                 )));
             }
+            let pt = quantile(&px, PIXEL_THRESHOLD_QUANTILE);
+            if !pt.is_finite() || px.iter().any(|p| !p.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "class '{}': the '{key}' pixel threshold is not finite ({pt}) from {total} \
+                     normal images; nothing was registered",
+                    info.name
+                )));
+            }
+            info.pixel_thresholds.insert(key.clone(), pt);
             info.thresholds.insert(key.clone(), t);
             info.normal_scores.insert(key, scores);
         }

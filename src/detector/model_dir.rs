@@ -9,7 +9,8 @@
 //!   vit.checkpoint.safetensors      training checkpoint (params, optimiser, step), for --resume
 //!   classes/<name>/CURRENT          the class's current version, e.g. "v000002"
 //!   classes/<name>/v000002/prototypes.safetensors   the class's prototype bank [P, D]
-//!   classes/<name>/v000002/class.json     ClassInfo (calibrated thresholds, normal scores)
+//!   classes/<name>/v000002/class.json     ClassInfo (calibrated image and pixel thresholds,
+//!                                         normal scores)
 //! ```
 //! Every file is written to a temporary name in the same folder and renamed into place, so a
 //! crash never leaves a half-written model; a class is replaced in one atomic step
@@ -265,6 +266,11 @@ pub struct ClassInfo {
     /// single 15% held-out split (older pmad).
     #[serde(default)]
     pub calibration_folds: usize,
+    /// Anomaly-map value above which `inspect --save-mask` marks a pixel defective, per score
+    /// kind: a high quantile of the out-of-fold map pixels of the class's normal images
+    /// (`detector/calibrate.rs`). Absent in class.json files of older pmad (register again).
+    #[serde(default)]
+    pub pixel_thresholds: std::collections::BTreeMap<String, f32>,
 }
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
@@ -537,7 +543,7 @@ impl ModelConfig {
 
 impl ClassInfo {
     /// Checks every number of a `class.json` (the message names `path` and the field):
-    /// thresholds and normal scores finite (and non-negative for every score but
+    /// thresholds, pixel thresholds and normal scores finite (and non-negative for every score but
     /// `flow-nll`, a log-likelihood), counts positive, the mask ratio in [0, 1].
     pub fn check(&self, path: &Path) -> Result<()> {
         check_class_name(&self.name).map_err(|e| field_error(path, "name", e))?;
@@ -555,23 +561,8 @@ impl ClassInfo {
                 "none calibrated: register the class again",
             ));
         }
-        for (kind, &t) in &self.thresholds {
-            let k: ScoreKind = kind
-                .parse()
-                .map_err(|e: String| field_error(path, &format!("thresholds.{kind}"), e))?;
-            // Every score but the flow's log-likelihood is a distance or an entropy.
-            let field = format!("thresholds.{kind}");
-            if !t.is_finite() {
-                return Err(field_error(path, &field, format!("{t} is not finite")));
-            }
-            if t < 0.0 && k != ScoreKind::FlowNll {
-                return Err(field_error(
-                    path,
-                    &field,
-                    format!("{t} is negative; a '{kind}' score never is"),
-                ));
-            }
-        }
+        check_thresholds(path, "thresholds", &self.thresholds)?;
+        check_thresholds(path, "pixel_thresholds", &self.pixel_thresholds)?;
         for (kind, v) in &self.normal_scores {
             if let Some(x) = v.iter().find(|x| !x.is_finite()) {
                 return Err(field_error(
@@ -596,6 +587,27 @@ impl ClassInfo {
         Ok(())
     }
 
+    /// The calibrated pixel threshold of `kind` (for defect masks), or an error naming the
+    /// class.json and saying to register again: a mask is never made without one.
+    pub fn pixel_threshold(&self, kind: ScoreKind, path: &Path) -> Result<f32> {
+        self.pixel_thresholds
+            .get(kind.name())
+            .copied()
+            .ok_or_else(|| {
+                field_error(
+                    path,
+                    &format!("pixel_thresholds.{}", kind.name()),
+                    format!(
+                        "missing: class '{}' has no pixel threshold for the '{}' score (needed for \
+                     defect masks; class.json files of older pmad have none); register it \
+                     again with this pmad",
+                        self.name,
+                        kind.name(),
+                    ),
+                )
+            })
+    }
+
     /// The calibrated threshold of `kind`, or an error saying the class lacks it.
     pub fn threshold(&self, kind: ScoreKind, path: &Path) -> Result<f32> {
         self.thresholds.get(kind.name()).copied().ok_or_else(|| {
@@ -616,6 +628,33 @@ impl ClassInfo {
             )
         })
     }
+}
+
+/// Checks a map of thresholds per score kind (`field` names it in errors): known score names,
+/// finite values, non-negative for every score but `flow-nll` (a log-likelihood).
+fn check_thresholds(
+    path: &Path,
+    field: &str,
+    thresholds: &std::collections::BTreeMap<String, f32>,
+) -> Result<()> {
+    for (kind, &t) in thresholds {
+        let field = format!("{field}.{kind}");
+        let k: ScoreKind = kind
+            .parse()
+            .map_err(|e: String| field_error(path, &field, e))?;
+        if !t.is_finite() {
+            return Err(field_error(path, &field, format!("{t} is not finite")));
+        }
+        // Every score but the flow's log-likelihood is a distance or an entropy.
+        if t < 0.0 && k != ScoreKind::FlowNll {
+            return Err(field_error(
+                path,
+                &field,
+                format!("{t} is negative; a '{kind}' score never is"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn class_dir(dir: &Path, class: &str) -> PathBuf {

@@ -192,6 +192,7 @@ impl Detector {
                 mask_ratio: opts.mask_ratio,
                 outliers,
                 calibration_folds: 0,
+                pixel_thresholds: BTreeMap::new(),
             },
             bank,
             index,

@@ -8,7 +8,6 @@ use pmad::data::load_rgb;
 use pmad::detector::Detector;
 use pmad::detector::model_dir::ScoreKind;
 use pmad::detector::pipeline::list_images;
-use pmad::detector::scoring::AnomalyMap;
 use pmad::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -46,51 +45,6 @@ pub struct InspectArgs {
     /// Images, or folders of images.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-}
-
-/// Blue -> cyan -> yellow -> red ramp for t in [0, 1].
-fn colormap(t: f32) -> [f32; 3] {
-    let t = t.clamp(0.0, 1.0);
-    let r = (1.5 - (4.0 * t - 3.0).abs()).clamp(0.0, 1.0);
-    let g = (1.5 - (4.0 * t - 2.0).abs()).clamp(0.0, 1.0);
-    let b = (1.5 - (4.0 * t - 1.0).abs()).clamp(0.0, 1.0);
-    [r * 255.0, g * 255.0, b * 255.0]
-}
-
-/// The image at map size with the map blended on top. Colour scale: 0 at zero, full red at
-/// twice the class threshold — fixed per class, so overlays are comparable across images.
-fn write_overlay(
-    img: &pmad::data::RgbImage,
-    map: &AnomalyMap,
-    threshold: f32,
-    path: &Path,
-) -> Result<()> {
-    let s = map.size;
-    let base = img.resize(s, s);
-    let scale = if threshold.is_finite() && threshold > 0.0 {
-        2.0 * threshold
-    } else {
-        map.score.max(1e-6)
-    };
-    let mut px = vec![0u8; s * s * 3];
-    for i in 0..s * s {
-        let t = map.values[i] / scale;
-        let c = colormap(t);
-        let alpha = 0.25 + 0.35 * t.clamp(0.0, 1.0);
-        for ch in 0..3 {
-            px[i * 3 + ch] =
-                ((1.0 - alpha) * base.pixels[i * 3 + ch] as f32 + alpha * c[ch]).round() as u8;
-        }
-    }
-    let buf = image::RgbImage::from_raw(s as u32, s as u32, px)
-        .ok_or_else(|| Error::invalid("overlay buffer size"))?;
-    let mut bytes = Vec::new();
-    buf.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| Error::format(path, format!("cannot encode PNG: {e}")))?;
-    pmad::detector::model_dir::write_atomic(path, &bytes)
 }
 
 /// Every image to inspect, with the relative path its outputs mirror under `--out`.
@@ -190,7 +144,7 @@ fn result_line(
         if let Some(d) = hp.parent() {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
-        write_overlay(img, &r.map, r.threshold, &hp)?;
+        pmad::report::overlay::write_overlay(img, &r.map, r.threshold, &hp)?;
         line["heatmap"] = hp.display().to_string().into();
     }
     Ok(line)

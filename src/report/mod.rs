@@ -264,4 +264,85 @@ mod tests {
         assert!(check_destination(Path::new("..")).is_err());
         std::fs::remove_dir_all(&base).unwrap();
     }
+
+    /// A class evaluated without masks and with an ablation image score (no verdicts): no
+    /// PRO plot, "no mask" for the defect, "-" for the missing metrics.
+    #[test]
+    fn a_class_without_masks_or_verdicts() {
+        use crate::detector::evaluate::{ClassDetails, ClassReport, ImageRecord};
+        use crate::detector::scoring::AnomalyMap;
+        let base = std::env::temp_dir().join(format!("pmad-report-nomask-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let img = crate::data::RgbImage {
+            width: 8,
+            height: 6,
+            pixels: vec![90; 8 * 6 * 3],
+        };
+        let png = base.join("x.png");
+        std::fs::write(&png, overlay::encode_png(&img, &png).unwrap()).unwrap();
+        let record = |defective, score| ImageRecord {
+            path: png.clone(),
+            mask: None,
+            defective,
+            score,
+        };
+        let map = |score| AnomalyMap {
+            size: 4,
+            values: vec![score; 16],
+            score,
+        };
+        let eval = ClassEvaluation {
+            report: ClassReport {
+                image_auroc: 1.0,
+                pixel_auroc: None,
+                aupro: None,
+                f1_max: 1.0,
+                pixel_f1_max: None,
+                threshold: 0.5,
+                false_alarm_rate: f64::NAN,
+                detection_rate: f64::NAN,
+                n_images: 2,
+                seconds: 0.1,
+            },
+            details: ClassDetails {
+                roc: vec![(0.0, 0.0), (0.0, 1.0), (1.0, 1.0)],
+                pro: None,
+                images: vec![record(false, 0.2), record(true, 0.9)],
+                worst_good: vec![WorstCase {
+                    image: 0,
+                    map: map(0.2),
+                }],
+                worst_defects: vec![WorstCase {
+                    image: 1,
+                    map: map(0.9),
+                }],
+            },
+        };
+        let dir = base.join("report");
+        write_report(&dir, &[], &base, &[("cls", &eval)]).unwrap();
+        let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+        assert!(html.contains("no mask") && html.contains("x.png"), "{html}");
+        assert!(dir.join("cls/roc.svg").is_file() && dir.join("cls/scores.svg").is_file());
+        assert!(!dir.join("cls/pro.svg").exists() && !html.contains("pro.svg"));
+        assert!(dir.join("cls/normal-1_mask.png").is_file());
+        assert!(!dir.join("cls/defective-1_mask.png").exists());
+        assert!(
+            !html.contains("anomalous"),
+            "no verdicts without a threshold"
+        );
+        // A broken image fails the report and leaves nothing (the old report stays).
+        std::fs::write(&png, b"not a png").unwrap();
+        assert!(write_report(&dir, &[], &base, &[("cls", &eval)]).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("index.html")).unwrap(),
+            html
+        );
+        let left: Vec<_> = std::fs::read_dir(&base)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

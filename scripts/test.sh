@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 cargo run --release --quiet -- fetch-weights
 # In CI the backbone must be there (fetched above): its tests fail instead of skipping.
 if [ "${CI:-}" = "true" ]; then export PMAD_REQUIRE_ASSETS=1; fi
+# The eval report's test opens the report in headless chromium (Debian's package); install it
+# when missing and we are root (a non-root user without it gets the test's skip).
+if [ "$(id -u)" = 0 ]; then
+  command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+fi
 cargo test --release
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod models;
 pub mod ops;
 pub mod recon;
+pub mod report;
 pub mod rng;
 pub mod tensor;
 pub mod weights;

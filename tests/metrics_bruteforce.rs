@@ -6,7 +6,9 @@
 //! label-propagation loop, and the trapezoid follows the MVTec reference's `trapezoid()`
 //! (cut at the bisect point, interpolation as a correction term).
 
-use pmad::metrics::{aupro, auroc, f1_max, label_components, pro_curve};
+use pmad::metrics::{
+    aupro, aupro_with_curve, auroc, f1_max, label_components, pro_curve, roc_curve,
+};
 use pmad::rng::Rng;
 
 /// `n` scores on `levels` distinct values (0 = continuous) and labels with `P(true) = p_pos`;
@@ -221,6 +223,14 @@ fn auroc_matches_pair_count() {
         }
         let (fast, slow) = (auroc(&s, &l).unwrap(), auroc_pairs(&s, &l));
         assert!(close(fast, slow, 1e-12), "case {case}: {fast} vs {slow}");
+        // The ROC curve's trapezoid area is the AUROC.
+        let curve = roc_curve(&s, &l).unwrap();
+        assert_eq!((curve[0], curve[curve.len() - 1]), ((0.0, 0.0), (1.0, 1.0)));
+        let area: f64 = curve
+            .windows(2)
+            .map(|p| 0.5 * (p[0].1 + p[1].1) * (p[1].0 - p[0].0))
+            .sum();
+        assert!(close(area, slow, 1e-12), "case {case}: {area} vs {slow}");
     }
     // Larger cases (1e8 pairs), where the parallel sort splits the work.
     for levels in [10, 0] {
@@ -339,6 +349,24 @@ fn aupro_matches_brute_force() {
                 close(fast, slow, 1e-10),
                 "case {case} max_fpr {max_fpr}: {fast} vs {slow}"
             );
+            // The same area with the curve; unthinned (every step is far above 1e-6), the
+            // curve is the brute-force one below max_fpr, then the cut at max_fpr.
+            let (with, curve) =
+                aupro_with_curve(&map_refs, &mask_refs, h, w, max_fpr, 1_000_000).unwrap();
+            assert_eq!(with, fast, "case {case}");
+            let below: Vec<_> = slow_curve.iter().filter(|p| p.0 < max_fpr).collect();
+            assert_eq!(
+                curve.len(),
+                below.len() + 1,
+                "case {case} {max_fpr}: {curve:?}"
+            );
+            for (f, s) in curve.iter().zip(below) {
+                assert!(
+                    close(f.0, s.0, 1e-12) && close(f.1, s.1, 1e-12),
+                    "case {case}"
+                );
+            }
+            assert_eq!(curve[curve.len() - 1].0, max_fpr, "case {case}");
         }
     }
     assert!(checked > 40, "only {checked} usable random cases");

@@ -1,12 +1,13 @@
-//! `pmad eval --model DIR --data ROOT --classes x,y [--layout L] [--json FILE] [--score S]`:
-//! per-class image AUROC, pixel AUROC, AUPRO, F1-max on each class's labelled test set
-//! (pixel metrics "-" / null where the defective images have no masks).
+//! `pmad eval --model DIR --data ROOT --classes x,y [--layout L] [--json FILE] [--score S]
+//! [--report DIR]`: per-class image AUROC, pixel AUROC, AUPRO, F1-max on each class's
+//! labelled test set (pixel metrics "-" / null where the defective images have no masks),
+//! and with `--report` a static HTML report of them (see `pmad::report`).
 
 use clap::Args;
 use pmad::data::Layout;
 use pmad::data::dataset::ClassData;
 use pmad::detector::Detector;
-use pmad::detector::evaluate::{ClassReport, evaluate_class};
+use pmad::detector::evaluate::{ClassReport, evaluate_class_detailed};
 use pmad::detector::model_dir::{InferenceMask, ScoreKind};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,12 @@ pub struct EvalArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write an HTML report to this folder (index.html: per class the metrics, ROC / PRO
+    /// curves, the score histogram and the worst cases with overlays). Static files only:
+    /// open index.html in a browser. Replaces an older report there; refuses other folders
+    /// that are not empty.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Patch score (default: the model's): distance | flow | flow-nll (proposal stage),
     /// product (full PMAD: token entropy x abnormality on proposal-masked patches), entropy,
     /// product-ce / cross-entropy (the release's own-token variant), abnormality (= distance:
@@ -85,6 +92,9 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
              evaluates; register from another folder first (`pmad register --layout folder`)",
         ));
     }
+    if let Some(dir) = &args.report {
+        pmad::report::check_destination(dir)?;
+    }
     let datasets: Vec<ClassData> =
         pmad::data::LayoutChoice::Fixed(layout).open_all(&args.data, &args.classes, false)?;
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
@@ -99,18 +109,26 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         classes: BTreeMap::new(),
         mean: BTreeMap::new(),
     };
+    let mut evaluations = Vec::new();
     for (i, data) in datasets.iter().enumerate() {
         // Only a class that is absent is registered here: a broken one is an error.
         if args.register && !pmad::detector::class_store::exists(&args.model, &data.name) {
             det.register(&data.name, &data.train)?;
         }
-        let mut r = evaluate_class(&mut det, data, kind)?;
+        // The report's worst cases are picked during the pass (a few maps kept, not all).
+        let worst = if args.report.is_some() {
+            pmad::report::WORST_CASES
+        } else {
+            0
+        };
+        let mut e = evaluate_class_detailed(&mut det, data, kind, worst)?;
         if args.image_score.is_some() {
             // The thresholds were calibrated with the model's image score: no verdict rates
             // for another one (null in the JSON).
-            r.false_alarm_rate = f64::NAN;
-            r.detection_rate = f64::NAN;
+            e.report.false_alarm_rate = f64::NAN;
+            e.report.detection_rate = f64::NAN;
         }
+        let r = &e.report;
         // The header once the first class succeeded: a failed run prints nothing.
         if i == 0 {
             say!(
@@ -140,7 +158,10 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
             r.n_images,
             r.seconds
         );
-        report.classes.insert(data.name.clone(), r);
+        report.classes.insert(data.name.clone(), r.clone());
+        if args.report.is_some() {
+            evaluations.push(e);
+        }
     }
     let n = report.classes.len() as f64;
     let mean = |f: fn(&ClassReport) -> Option<f64>| {
@@ -169,6 +190,21 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         m("f1_max"),
         m("pixel_f1_max")
     );
+    if let Some(dir) = &args.report {
+        let mask_name = format!("{:?}", args.inference_mask).to_lowercase();
+        let info = [
+            format!("model: {}", args.model.display()),
+            format!("data: {} ({} layout)", args.data.display(), layout.name()),
+            format!("score: {}, inference mask: {}", kind.name(), mask_name),
+        ];
+        let classes: Vec<(&str, _)> = datasets
+            .iter()
+            .map(|d| d.name.as_str())
+            .zip(&evaluations)
+            .collect();
+        pmad::report::write_report(dir, &info, &args.data, &classes)?;
+        say!("report: {}", dir.join("index.html").display());
+    }
     if let Some(path) = &args.json {
         pmad::detector::model_dir::write_json(path, &report)?;
     }

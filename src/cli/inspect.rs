@@ -153,51 +153,6 @@ fn run_threshold(
     Ok((calibrated, "calibrated"))
 }
 
-/// Blue -> cyan -> yellow -> red ramp for t in [0, 1].
-fn colormap(t: f32) -> [f32; 3] {
-    let t = t.clamp(0.0, 1.0);
-    let r = (1.5 - (4.0 * t - 3.0).abs()).clamp(0.0, 1.0);
-    let g = (1.5 - (4.0 * t - 2.0).abs()).clamp(0.0, 1.0);
-    let b = (1.5 - (4.0 * t - 1.0).abs()).clamp(0.0, 1.0);
-    [r * 255.0, g * 255.0, b * 255.0]
-}
-
-/// The image with the map (`up`: already at the image's size) blended on top, as PNG bytes.
-/// Colour scale: 0 at zero, full red at twice the class's calibrated threshold — fixed per
-/// class (not per run: `--threshold` does not change it), so overlays are comparable across
-/// images and runs.
-fn overlay_png(
-    img: &pmad::data::RgbImage,
-    up: &[f32],
-    threshold: f32,
-    score: f32,
-) -> Result<Vec<u8>> {
-    let scale = if threshold.is_finite() && threshold > 0.0 {
-        2.0 * threshold
-    } else {
-        score.max(1e-6)
-    };
-    let mut px = vec![0u8; up.len() * 3];
-    for (i, &v) in up.iter().enumerate() {
-        let t = v / scale;
-        let c = colormap(t);
-        let alpha = 0.25 + 0.35 * t.clamp(0.0, 1.0);
-        for ch in 0..3 {
-            px[i * 3 + ch] =
-                ((1.0 - alpha) * img.pixels[i * 3 + ch] as f32 + alpha * c[ch]).round() as u8;
-        }
-    }
-    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, px)
-        .ok_or_else(|| Error::invalid("overlay buffer size"))?;
-    let mut bytes = Vec::new();
-    buf.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| Error::invalid(format!("cannot encode the overlay PNG: {e}")))?;
-    Ok(bytes)
-}
-
 /// Every image to inspect, with the relative path its outputs mirror under `--out`.
 /// Folders are walked recursively (sorted), so `inspect data/bottle/test` takes every
 /// defect folder.
@@ -315,7 +270,10 @@ fn result_line(
     let heatmap = heatmap_path(out, root, path);
     files.push((
         heatmap.clone(),
-        overlay_png(img, &up, r.threshold, r.map.score)?,
+        pmad::report::overlay::encode_png(
+            &pmad::report::overlay::blend(img, &up, r.threshold, r.map.score),
+            &heatmap,
+        )?,
     ));
     line["heatmap"] = heatmap.display().to_string().into();
     match plan.map_format {

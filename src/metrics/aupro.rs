@@ -54,6 +54,46 @@ pub fn aupro(
     Ok(area.area / max_fpr)
 }
 
+/// [`aupro`] and, from the same sweep, the PRO curve up to `max_fpr` for plotting: `(0, 0)`
+/// first, the last point at exactly `max_fpr` (interpolated as the area is), and in between
+/// at most about `max_points` points (a point is kept once FPR or PRO moved by
+/// `1 / max_points` of its range since the last kept one, so a flat run costs nothing).
+pub fn aupro_with_curve(
+    maps: &[&[f32]],
+    masks: &[&[bool]],
+    height: usize,
+    width: usize,
+    max_fpr: f64,
+    max_points: usize,
+) -> Result<(f64, Vec<(f64, f64)>)> {
+    if !(max_fpr > 0.0 && max_fpr <= 1.0) {
+        return Err(Error::invalid(format!(
+            "aupro: max_fpr must be in (0, 1], got {max_fpr}"
+        )));
+    }
+    let pixels = SortedPixels::new(maps, masks, height, width)?;
+    let step = 1.0 / max_points.max(1) as f64;
+    let mut area = Trapezoid::new(max_fpr);
+    let mut curve = vec![(0.0, 0.0)];
+    let mut prev = (0.0, 0.0);
+    pixels.sweep(|fpr, pro| {
+        let (x0, y0) = prev;
+        if fpr >= max_fpr {
+            // The segment crossing the limit: its point at max_fpr ends the curve.
+            let y_at = y0 + (pro - y0) * ((max_fpr - x0) / (fpr - x0));
+            curve.push((max_fpr, y_at));
+            return area.push(fpr, pro);
+        }
+        let last = curve[curve.len() - 1];
+        if (fpr - last.0) / max_fpr >= step || pro - last.1 >= step {
+            curve.push((fpr, pro));
+        }
+        prev = (fpr, pro);
+        area.push(fpr, pro)
+    });
+    Ok((area.area / max_fpr, curve))
+}
+
 /// The whole PRO curve as `(fpr, pro)` points: `(0, 0)` first, then one point per distinct
 /// score from the highest down, ending at `(1, 1)`. Same inputs and errors as [`aupro`].
 /// (One point per distinct score: up to one per pixel.)
@@ -298,6 +338,29 @@ mod tests {
         // Exactly at a curve point (1/3): 1/6 + 7/72 = 19/72 over 1/3 = 19/24.
         assert!(close(au(1.0 / 3.0), 19.0 / 24.0), "{}", au(1.0 / 3.0));
         assert!(close(au(DEFAULT_MAX_FPR), au(0.3)));
+    }
+
+    #[test]
+    fn worked_example_area_and_curve_in_one_sweep() {
+        let (a, c) = aupro_with_curve(&[&A, &B], &[&MA, &MB], 2, 3, 0.3, 1000).unwrap();
+        assert!(close(a, 1669.0 / 2160.0), "{a}");
+        // The curve up to 0.3, cut at PRO(0.3) = 0.925.
+        let want = [
+            (0.0, 0.0),
+            (0.0, 0.25),
+            (0.0, 0.75),
+            (2.0 / 9.0, 0.75),
+            (0.3, 0.925),
+        ];
+        assert_eq!(c.len(), want.len(), "{c:?}");
+        for (got, want) in c.iter().zip(want) {
+            assert!(close(got.0, want.0) && close(got.1, want.1), "{c:?}");
+        }
+        // One point: no inner point moved a whole range, so only the two ends are left, and
+        // the area is still exact.
+        let (a, c) = aupro_with_curve(&[&A, &B], &[&MA, &MB], 2, 3, 0.3, 1).unwrap();
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(close(a, 1669.0 / 2160.0), "{a}");
     }
 
     #[test]

@@ -39,6 +39,27 @@ pub fn auroc(scores: &[f32], labels: &[bool]) -> Result<f64> {
     Ok(twice_u as f64 / (2.0 * pairs))
 }
 
+/// The ROC curve of `scores` against `labels` as `(fpr, tpr)` points: `(0, 0)` first, then
+/// one point per tie group from the highest score down, ending at `(1, 1)` (a tie group holding
+/// both classes is one diagonal segment, as in [`auroc`]). Same inputs and errors as [`auroc`].
+pub fn roc_curve(scores: &[f32], labels: &[bool]) -> Result<Vec<(f64, f64)>> {
+    let (sorted, positives) = sorted_with_labels(scores, labels, "roc_curve")?;
+    let negatives = sorted.len() - positives;
+    if positives == 0 || negatives == 0 {
+        return Err(Error::invalid(format!(
+            "roc_curve: needs both classes, got {positives} positives and {negatives} negatives"
+        )));
+    }
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut curve = vec![(0.0, 0.0)];
+    for (len, p) in tie_groups(&sorted).rev() {
+        tp += p;
+        fp += len - p;
+        curve.push((fp as f64 / negatives as f64, tp as f64 / positives as f64));
+    }
+    Ok(curve)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +100,14 @@ mod tests {
         let s = [f32::NEG_INFINITY, -3.0, -1.0, f32::INFINITY];
         assert_eq!(auroc(&s, &[F, F, T, T]).unwrap(), 1.0);
         assert_eq!(auroc(&s, &[T, F, T, F]).unwrap(), 0.25);
+    }
+
+    #[test]
+    fn roc_curve_steps_through_tie_groups() {
+        // From the top: 0.8 (T) -> (0, 1/2); 0.5 (T and F tied) -> (1/2, 1); 0.1 (F) -> (1, 1).
+        let c = roc_curve(&[0.1, 0.5, 0.5, 0.8], &[F, F, T, T]).unwrap();
+        assert_eq!(c, vec![(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]);
+        assert!(roc_curve(&[0.1, 0.2], &[T, T]).is_err());
     }
 
     #[test]

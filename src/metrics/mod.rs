@@ -1,8 +1,10 @@
 //! Evaluation metrics of the anomaly detection field, computed exactly (no threshold binning).
 //!
-//! - [`auroc`]: area under the ROC curve (image level on image scores, pixel level on all pixels);
+//! - [`auroc`]: area under the ROC curve (image level on image scores, pixel level on all pixels),
+//!   with [`roc_curve`] for the curve itself;
 //! - [`aupro`]: area under the per-region-overlap curve up to a false positive rate limit
-//!   (MVTec AD, Bergmann et al. 2021), with [`pro_curve`] for the curve itself;
+//!   (MVTec AD, Bergmann et al. 2021), with [`pro_curve`] for the curve itself and
+//!   [`aupro_with_curve`] for both in one sweep;
 //! - [`f1_max`]: the best F1 over all thresholds (a reported number only, see its docs);
 //! - [`label_components`]: 8-connected component labelling of a binary mask (for AUPRO).
 //!
@@ -22,7 +24,7 @@ mod components;
 mod f1_max;
 mod sorted;
 
-pub use aupro::{DEFAULT_MAX_FPR, aupro, pro_curve};
-pub use auroc::auroc;
+pub use aupro::{DEFAULT_MAX_FPR, aupro, aupro_with_curve, pro_curve};
+pub use auroc::{auroc, roc_curve};
 pub use components::{Components, label_components};
 pub use f1_max::f1_max;

@@ -1,14 +1,14 @@
 //! `pmad demo`: the main job on an embedded default. Synthesizes a small defect dataset, trains
 //! a model (prototypes, flow, visual tokens and the `tiny` masked-token ViT) on three seen
 //! classes, registers an unseen class from its normal images only, evaluates all four with
-//! the proposal-stage and full two-stage scores, and writes heatmap overlays for the unseen
-//! class.
+//! the proposal-stage and full two-stage scores, writes an HTML evaluation report (the default
+//! score) and heatmap overlays for the unseen class.
 
 use clap::Args;
 use pmad::data::dataset::ClassData;
 use pmad::data::synth::{SynthConfig, generate};
 use pmad::detector::Detector;
-use pmad::detector::evaluate::evaluate_class;
+use pmad::detector::evaluate::evaluate_class_detailed;
 use pmad::detector::model_dir::ScoreKind;
 use pmad::detector::train::{ReconOptions, TrainOptions, train};
 use pmad::models::efficientnet::default_weights_dir;
@@ -117,10 +117,19 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "pix_auroc",
         "aupro"
     );
+    // The report shows the model's default score, with its worst cases.
+    let mut evaluations = Vec::new();
     for c in SEEN.iter().chain([UNSEEN].iter()) {
         let d = ClassData::open(&data, c)?;
         for kind in [ScoreKind::Distance, ScoreKind::FlowNll, ScoreKind::Product] {
-            let r = evaluate_class(&mut det, &d, kind)?;
+            let for_report = kind == det.config.score;
+            let worst = if for_report {
+                pmad::report::WORST_CASES
+            } else {
+                0
+            };
+            let e = evaluate_class_detailed(&mut det, &d, kind, worst)?;
+            let r = &e.report;
             let tag = if *c == UNSEEN { " (unseen)" } else { "" };
             say!(
                 "{:<14} {:<8} {:>9.3} {:>9} {:>7}{tag}",
@@ -130,8 +139,23 @@ pub fn run(args: DemoArgs) -> Result<()> {
                 super::eval::metric(r.pixel_auroc),
                 super::eval::metric(r.aupro)
             );
+            if for_report {
+                evaluations.push((*c, e));
+            }
         }
     }
+    let report = args.out.join("report");
+    let info = [
+        format!("model: {} (pmad demo)", model.display()),
+        format!("data: {} (synthetic)", data.display()),
+        format!(
+            "score: {}, inference mask: proposal",
+            det.config.score.name()
+        ),
+    ];
+    let classes: Vec<(&str, _)> = evaluations.iter().map(|(c, e)| (*c, e)).collect();
+    pmad::report::write_report(&report, &info, &data, &classes)?;
+    say!("evaluation report: {}", report.join("index.html").display());
     let heat = args.out.join("heatmaps");
     let defect_dir = unseen
         .test

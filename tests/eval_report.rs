@@ -5,33 +5,16 @@
 //! part fails in CI (`PMAD_REQUIRE_ASSETS`) and is skipped elsewhere.
 
 mod common;
+use common::{pmad, pmad_ok as ok};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CLASSES: [&str; 2] = ["synth_fabric", "synth_cap"];
 /// Worst cases per kind (`pmad::report::WORST_CASES`), each test set holding exactly as many.
 const WORST: usize = pmad::report::WORST_CASES;
-
-fn pmad(args: &[&str]) -> Output {
-    Command::new(common::pmad_bin())
-        .args(args)
-        .env("PMAD_PROGRESS", "off")
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pmad(args);
-    assert!(
-        out.status.success(),
-        "pmad {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -6,6 +6,7 @@
 //! ViT) so the whole file runs in a few minutes on 2 cores.
 
 mod common;
+use common::{pmad, pmad_ok as ok};
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
@@ -15,23 +16,6 @@ use std::sync::OnceLock;
 
 fn base() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("pmad-fail-closed")
-}
-
-fn pmad(args: &[&str]) -> Output {
-    Command::new(common::pmad_bin())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = pmad(args);
-    assert!(
-        out.status.success(),
-        "pmad {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Fails with an error on stderr containing every needle, no panic, and no verdict on

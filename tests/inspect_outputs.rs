@@ -3,29 +3,12 @@
 //! ground truth, threshold overrides, and the fail-closed cases.
 
 mod common;
+use common::{pmad as run, pmad_ok as ok};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 const CLASS: &str = "synth_cap";
-
-fn run(args: &[&str]) -> Output {
-    Command::new(common::pmad_bin())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "pmad {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Runs pmad expecting a failure whose stderr holds every one of `needles`.
 fn fails(args: &[&str], needles: &[&str]) {

@@ -3,27 +3,10 @@
 //! `pmad eval` (cross-class) -> `pmad inspect`, plus the bad-input cases of a model directory.
 
 mod common;
+use common::{pmad as run, pmad_ok as ok};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(common::pmad_bin())
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "pmad {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Synthetic data + a model trained on two classes with a third registered: built once,
 /// shared by the tests of this file. Returns (data root, model dir), or None to skip.

@@ -3,22 +3,16 @@
 //! error that trains nothing.
 
 mod common;
+use common::pmad;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pmad-config-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn pmad(args: &[&str]) -> Output {
-    Command::new(common::pmad_bin())
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn stdout(out: &Output) -> String {

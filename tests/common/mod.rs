@@ -51,3 +51,23 @@ pub fn need_shared() -> Option<PathBuf> {
 pub fn pmad_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pmad"))
 }
+
+/// Runs the `pmad` binary with `args`.
+pub fn pmad(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(pmad_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs the `pmad` binary, asserts that it succeeded (showing its stderr if not) and returns
+/// its stdout.
+pub fn pmad_ok(args: &[&str]) -> String {
+    let out = pmad(args);
+    assert!(
+        out.status.success(),
+        "pmad {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

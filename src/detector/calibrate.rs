@@ -89,6 +89,24 @@ fn rows_of(feats: &[f32], row: usize, folds: &[usize], fold: usize, inside: bool
         .collect()
 }
 
+/// A class's full prototype bank `[m, dim]` and the image (index into the calibration's
+/// images) each prototype was taken from.
+pub struct FullBank<'a> {
+    pub bank: &'a [f32],
+    pub source_image: Vec<usize>,
+}
+
+/// The prototypes of `full` whose image is not in fold `fold` (`folds[image]`), `[m', dim]`.
+fn prototypes_outside_fold(full: &FullBank, dim: usize, folds: &[usize], fold: usize) -> Vec<f32> {
+    full.source_image
+        .iter()
+        .enumerate()
+        .filter(|&(_, &img)| folds[img] != fold)
+        .flat_map(|(j, _)| &full.bank[j * dim..(j + 1) * dim])
+        .copied()
+        .collect()
+}
+
 /// What a calibration produced besides the thresholds.
 pub struct Calibrated {
     /// Fold-0 residuals `[m * grid², dim]` against the fold-0 bank (out-of-bank).
@@ -97,8 +115,8 @@ pub struct Calibrated {
 
 impl Detector {
     /// The prototype bank of the patch features `pool` (`[rows, dim]`): greedy k-center
-    /// coreset, then the exact-search index.
-    pub(crate) fn build_bank(&self, pool: &[f32]) -> (Vec<f32>, BankIndex) {
+    /// coreset, then the exact-search index. Also returns the pool row of each prototype.
+    pub(crate) fn build_bank(&self, pool: &[f32]) -> (Vec<f32>, BankIndex, Vec<usize>) {
         let dim = self.features.dim();
         let cfg = CoresetConfig {
             ratio: self.config.coreset.ratio,
@@ -111,7 +129,33 @@ impl Detector {
             bank.extend_from_slice(&pool[i * dim..(i + 1) * dim]);
         }
         let index = BankIndex::build(&bank, dim);
-        (bank, index)
+        (bank, index, sel)
+    }
+
+    /// The bank that scores fold `fold`: with the class's full bank and the image each of its
+    /// prototypes came from, the prototypes of the other folds' images (no new coreset: a
+    /// fold bank then costs one index build instead of a coreset over (k-1)/k of the class);
+    /// otherwise a fresh coreset of the other folds' patches.
+    fn fold_bank(
+        &self,
+        full: Option<&FullBank>,
+        feats: &[f32],
+        folds: &[usize],
+        fold: usize,
+    ) -> (Vec<f32>, BankIndex) {
+        let dim = self.features.dim();
+        match full {
+            Some(fb) => {
+                let bank = prototypes_outside_fold(fb, dim, folds, fold);
+                let index = BankIndex::build(&bank, dim);
+                (bank, index)
+            }
+            None => {
+                let row = self.features.grid() * self.features.grid() * dim;
+                let (bank, index, _) = self.build_bank(&rows_of(feats, row, folds, fold, false));
+                (bank, index)
+            }
+        }
     }
 
     /// Fills `info.thresholds`, `info.normal_scores` and `info.pixel_thresholds` (a quantile
@@ -123,6 +167,7 @@ impl Detector {
         info: &mut ClassInfo,
         paths: &[PathBuf],
         feats: &[f32],
+        full: Option<&FullBank>,
     ) -> Result<Calibrated> {
         let n = paths.len();
         if n < 2 {
@@ -150,7 +195,7 @@ impl Detector {
         let mut residuals = Vec::new();
         let mut done = 0;
         for fold in 0..scored {
-            let (bank, index) = self.build_bank(&rows_of(feats, row, &folds, fold, false));
+            let (bank, index) = self.fold_bank(full, feats, &folds, fold);
             let model = ClassModel {
                 info: info.clone(),
                 bank,
@@ -236,7 +281,7 @@ impl Detector {
             CALIBRATION_FOLDS,
             self.config.coreset.seed,
         );
-        let (bank, index) = self.build_bank(&rows_of(&feats, row, &folds, 0, false));
+        let (bank, index, _) = self.build_bank(&rows_of(&feats, row, &folds, 0, false));
         Ok(self.residuals_to(&bank, &index, &rows_of(&feats, row, &folds, 0, true)))
     }
 
@@ -248,7 +293,7 @@ impl Detector {
         let feats = self.embed_paths(normal_images, "embed")?;
         let mut model = self.classes.remove(class).expect("loaded above");
         let r = self
-            .calibrate(&mut model.info, normal_images, &feats)
+            .calibrate(&mut model.info, normal_images, &feats, None)
             .and_then(|c| self.save_class(&model).map(|_| c));
         self.classes.insert(class.to_string(), model);
         r
@@ -279,6 +324,25 @@ mod tests {
             assert_eq!(f, fold_of(n, CALIBRATION_FOLDS, 7));
         }
         assert_ne!(fold_of(31, 5, 1), fold_of(31, 5, 2));
+    }
+
+    #[test]
+    fn fold_banks_leave_out_the_prototypes_of_the_folds_images() {
+        // 4 prototypes of 2 values, taken from images 2, 0, 1, 2; image 2 is in fold 1.
+        let bank = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5];
+        let full = FullBank {
+            bank: &bank,
+            source_image: vec![2, 0, 1, 2],
+        };
+        let folds = [0, 0, 1];
+        assert_eq!(
+            prototypes_outside_fold(&full, 2, &folds, 1),
+            vec![1.0, 1.5, 2.0, 2.5]
+        );
+        assert_eq!(
+            prototypes_outside_fold(&full, 2, &folds, 0),
+            vec![0.0, 0.5, 3.0, 3.5]
+        );
     }
 
     #[test]

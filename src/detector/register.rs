@@ -4,6 +4,7 @@
 //! among the normal images, and an atomic swap of the stored class
 //! ([`crate::detector::class_store`]).
 
+use crate::detector::calibrate::FullBank;
 use crate::detector::class_store;
 use crate::detector::model_dir::{self as md, ClassInfo, Outlier};
 use crate::detector::pipeline::{ClassModel, Detector};
@@ -179,7 +180,7 @@ impl Detector {
 
         // The bank from every kept image; thresholds by k-fold over the same images.
         self.report("coreset", 0, 1);
-        let (bank, index) = self.build_bank(&pool);
+        let (bank, index, sel) = self.build_bank(&pool);
         self.report("coreset", 1, 1);
         let mut model = ClassModel {
             info: ClassInfo {
@@ -199,7 +200,12 @@ impl Detector {
         };
         // A bank of this name uploaded earlier is stale from here on.
         self.forget_device_class(class);
-        let cal = self.calibrate(&mut model.info, &images, &pool)?;
+        // Fold banks are the full bank's prototypes of the other folds' images.
+        let full = FullBank {
+            bank: &model.bank,
+            source_image: sel.iter().map(|&r| r / per).collect(),
+        };
+        let cal = self.calibrate(&mut model.info, &images, &pool, Some(&full))?;
         drop(pool);
         self.save_class(&model)?;
         let info = model.info.clone();

@@ -13,6 +13,7 @@
 //! ```
 
 use crate::data::image::{RgbImage, load_rgb, to_network_input};
+use crate::data::view::ImageView;
 use crate::detector::class_store;
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
@@ -768,10 +769,28 @@ impl Detector {
         Ok(v.remove(0))
     }
 
+    /// Scores a raw pixel buffer (see [`ImageView`]) against `class`, like
+    /// [`inspect_image`](Self::inspect_image) on its RGB conversion.
+    pub fn inspect_view(&self, class: &str, view: &ImageView) -> Result<Inspection> {
+        self.inspect_image(class, &view.to_rgb())
+    }
+
+    /// [`inspect_view`](Self::inspect_view) for several buffers in one backbone batch.
+    pub fn inspect_views(&self, class: &str, views: &[ImageView]) -> Result<Vec<Inspection>> {
+        let imgs: Vec<RgbImage> = views.iter().map(ImageView::to_rgb).collect();
+        self.inspect_batch(class, &imgs)
+    }
+
     /// Scores decoded images against `class` in one backbone batch (faster than one by one).
     pub fn inspect_batch(&self, class: &str, imgs: &[RgbImage]) -> Result<Vec<Inspection>> {
         if imgs.is_empty() {
             return Ok(Vec::new());
+        }
+        // The public fields of `RgbImage` may disagree with its buffer: an error here, not an
+        // index panic in the resize.
+        for (i, img) in imgs.iter().enumerate() {
+            img.validate()
+                .map_err(|e| Error::invalid(format!("image {i} of the batch: {e}")))?;
         }
         let kind = self.config.score;
         let size = self.config.features.input_size;

@@ -85,7 +85,8 @@ pub struct Detector {
     /// blockwise are the paper's ablations).
     pub inference_mask: InferenceMask,
     /// Images masked so far with a random inference mask (seeds the next one, so a run is
-    /// reproducible).
+    /// reproducible; an atomic, so `&self` scoring can count, though threads scoring at once
+    /// with a random mask draw their masks in whatever order they arrive).
     masks_drawn: AtomicU64,
     /// Reports progress of long steps (images embedded so far, total).
     pub progress: Option<ProgressFn>,

@@ -528,7 +528,7 @@ fn readers_never_miss_a_class_while_it_is_re_registered() {
         while reads < 200 {
             reads += 1;
             let r = pmad::detector::Detector::open(&model, Some(&weights))
-                .and_then(|mut d| d.inspect_image("synth_wood", &img));
+                .and_then(|d| d.inspect_image("synth_wood", &img));
             if let Err(e) = r {
                 failures.push(e.to_string());
             }

@@ -128,7 +128,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             } else {
                 0
             };
-            let e = evaluate_class_detailed(&mut det, &d, kind, worst)?;
+            let e = evaluate_class_detailed(&det, &d, kind, worst)?;
             let r = &e.report;
             let tag = if *c == UNSEEN { " (unseen)" } else { "" };
             say!(

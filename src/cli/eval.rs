@@ -121,7 +121,7 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
         } else {
             0
         };
-        let mut e = evaluate_class_detailed(&mut det, data, kind, worst)?;
+        let mut e = evaluate_class_detailed(&det, data, kind, worst)?;
         if args.image_score.is_some() {
             // The thresholds were calibrated with the model's image score: no verdict rates
             // for another one (null in the JSON).

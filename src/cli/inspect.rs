@@ -371,7 +371,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
     // or any output folder is made.
     let kind = det.config.score;
     let info_path = pmad::detector::class_store::info_path(&args.model, &args.class);
-    let info = &det.class(&args.class)?.info;
+    let model = det.class(&args.class)?;
+    let info = &model.info;
     let (threshold, threshold_source) = run_threshold(&args, info, kind, &info_path)?;
     let pixel_threshold = if args.save_mask {
         Some(info.pixel_threshold(kind, &info_path)?)

@@ -42,6 +42,30 @@ pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
 }
 
 impl RgbImage {
+    /// Checks that the image has pixels and exactly `width * height * 3` bytes of them.
+    /// `RgbImage`'s fields are public, so the detector checks every image it is given with
+    /// this before resizing (which indexes the buffer by the stated size).
+    pub fn validate(&self) -> Result<()> {
+        let needed = self
+            .width
+            .checked_mul(self.height)
+            .and_then(|n| n.checked_mul(3));
+        match needed {
+            _ if self.width == 0 || self.height == 0 => Err(Error::invalid(format!(
+                "image has no pixels ({}x{})",
+                self.width, self.height
+            ))),
+            Some(n) if n == self.pixels.len() => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "image {}x{} RGB needs {} bytes, has {}",
+                self.width,
+                self.height,
+                needed.map_or("too many".to_string(), |n| n.to_string()),
+                self.pixels.len()
+            ))),
+        }
+    }
+
     /// The centred square of side `min(w, h)`, offset `((w-c)/2, (h-c)/2)` as Pillow crops.
     pub fn center_square(&self) -> RgbImage {
         let c = self.width.min(self.height);
@@ -59,6 +83,10 @@ impl RgbImage {
     }
 
     /// Pillow-style antialiased bilinear resize.
+    ///
+    /// # Panics
+    /// If the buffer is shorter than the stated size: check outside input with
+    /// [`validate`](Self::validate) first (the detector does).
     pub fn resize(&self, out_w: usize, out_h: usize) -> RgbImage {
         if out_w == self.width && out_h == self.height {
             return self.clone();
@@ -164,6 +192,20 @@ mod tests {
         {
             assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn validate_catches_a_buffer_that_disagrees_with_the_size() {
+        let img = |width, height, n| RgbImage {
+            width,
+            height,
+            pixels: vec![0; n],
+        };
+        assert!(img(2, 2, 12).validate().is_ok());
+        assert!(img(2, 2, 11).validate().is_err());
+        assert!(img(2, 2, 13).validate().is_err());
+        assert!(img(0, 2, 0).validate().is_err());
+        assert!(img(usize::MAX, 2, 0).validate().is_err());
     }
 
     #[test]

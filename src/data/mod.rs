@@ -3,8 +3,10 @@
 //! the backbone expects.
 
 pub mod image;
+pub mod view;
 
 pub use image::{RgbImage, classification_input, load_rgb, to_network_input};
+pub use view::{ImageView, ImageViewError, PixelFormat};
 
 pub mod dataset;
 pub mod layout;

@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::ops::nn_search::BankIndex;
 use crate::rng::Rng;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Number of calibration folds (fewer when the class has fewer normal images).
 pub const CALIBRATION_FOLDS: usize = 5;
@@ -291,19 +292,21 @@ impl Detector {
     pub fn recalibrate(&mut self, class: &str, normal_images: &[PathBuf]) -> Result<Calibrated> {
         self.class(class)?;
         let feats = self.embed_paths(normal_images, "embed")?;
-        let mut model = self.classes.remove(class).expect("loaded above");
+        // Our own copy to change (a clone only if a caller still holds the old `Arc`).
+        let mut model = Arc::unwrap_or_clone(self.take_class(class).expect("loaded above"));
         let r = self
             .calibrate(&mut model.info, normal_images, &feats, None)
             .and_then(|c| self.save_class(&model).map(|_| c));
-        self.classes.insert(class.to_string(), model);
+        self.install_class(model);
         r
     }
 
     /// Whether the stored thresholds of `class` cover every score this model can compute
     /// (a model trained further since the class was registered needs recalibrating).
-    pub fn is_calibrated(&mut self, class: &str) -> Result<bool> {
+    pub fn is_calibrated(&self, class: &str) -> Result<bool> {
         let kinds = self.available_scores();
-        let info = &self.class(class)?.info;
+        let model = self.class(class)?;
+        let info = &model.info;
         Ok(kinds.iter().all(|k| info.thresholds.contains_key(k.name())))
     }
 }

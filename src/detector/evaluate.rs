@@ -126,18 +126,14 @@ impl WorstKeeper {
 }
 
 /// Scores every test image of `data` against the registered class of the same name.
-pub fn evaluate_class(
-    det: &mut Detector,
-    data: &ClassData,
-    kind: ScoreKind,
-) -> Result<ClassReport> {
+pub fn evaluate_class(det: &Detector, data: &ClassData, kind: ScoreKind) -> Result<ClassReport> {
     evaluate_class_detailed(det, data, kind, 0).map(|e| e.report)
 }
 
 /// [`evaluate_class`], plus the curves, the per-image scores and the maps of the `worst`
 /// highest-scored normal images and `worst` lowest-scored defects.
 pub fn evaluate_class_detailed(
-    det: &mut Detector,
+    det: &Detector,
     data: &ClassData,
     kind: ScoreKind,
     worst: usize,

@@ -13,6 +13,7 @@
 //! ```
 
 use crate::data::image::{RgbImage, load_rgb, to_network_input};
+use crate::data::view::ImageView;
 use crate::detector::class_store;
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
@@ -31,8 +32,8 @@ use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Images per backbone batch.
 pub const BATCH: usize = 8;
@@ -41,6 +42,7 @@ pub const BATCH: usize = 8;
 pub type ProgressFn = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
 
 /// A registered class, loaded.
+#[derive(Clone)]
 pub struct ClassModel {
     pub info: ClassInfo,
     /// Prototype bank `[P, D]`.
@@ -58,11 +60,20 @@ pub struct Inspection {
     pub anomalous: bool,
 }
 
+/// A model directory opened for scoring (see the module docs).
+///
+/// `Detector` is `Send + Sync`: the inspection and scoring methods take `&self`, so one
+/// `Arc<Detector>` can serve many threads. Classes load on first use into a shared cache.
+/// What changes the model (`register*`, `recalibrate`, `set_flow`, `set_vit`,
+/// `set_device`) takes `&mut self`, and so do the public fields: set `config`,
+/// `inference_mask` and `progress` before sharing the detector.
 pub struct Detector {
     pub(crate) dir: PathBuf,
     pub config: ModelConfig,
     pub(crate) features: FeatureExtractor,
-    pub(crate) classes: HashMap<String, ClassModel>,
+    /// The classes loaded so far. Readers clone the `Arc` out and score without holding the
+    /// lock; a re-registration swaps the entry, and a reader keeps the model it started with.
+    classes: RwLock<HashMap<String, Arc<ClassModel>>>,
     flow: Option<ProtoFlow>,
     /// Positional encoding of the patch grid, `[grid², cond_dim]` (flow condition).
     cond: Vec<f32>,
@@ -74,7 +85,8 @@ pub struct Detector {
     /// blockwise are the paper's ablations).
     pub inference_mask: InferenceMask,
     /// Images masked so far with a random inference mask (seeds the next one, so a run is
-    /// reproducible).
+    /// reproducible; an atomic, so `&self` scoring can count, though threads scoring at once
+    /// with a random mask draw their masks in whatever order they arrive).
     masks_drawn: AtomicU64,
     /// Reports progress of long steps (images embedded so far, total).
     pub progress: Option<ProgressFn>,
@@ -236,7 +248,7 @@ impl Detector {
             dir: dir.to_path_buf(),
             config,
             features,
-            classes: HashMap::new(),
+            classes: RwLock::new(HashMap::new()),
             flow,
             cond,
             vit,
@@ -396,28 +408,62 @@ impl Detector {
         self.vit.as_ref()
     }
 
-    /// Loads (once) and returns a registered class (checked: see `class_store::load`).
-    pub fn class(&mut self, class: &str) -> Result<&ClassModel> {
-        if !self.classes.contains_key(class) {
-            md::check_class_name(class)?;
-            let dim = self.features.dim();
-            let stored = class_store::load(&self.dir, class, dim)?;
-            let index = match &stored.centroids {
-                Some(c) => {
-                    BankIndex::with_centroids(&stored.bank, dim, c, IndexParams::default().proj_dim)
-                }
-                None => BankIndex::build(&stored.bank, dim),
-            };
-            self.classes.insert(
-                class.to_string(),
-                ClassModel {
-                    info: stored.info,
-                    bank: stored.bank,
-                    index,
-                },
-            );
+    /// Loads (on first use) and returns a registered class (checked: see
+    /// `class_store::load`). The returned `Arc` stays valid while the class is re-registered.
+    pub fn class(&self, class: &str) -> Result<Arc<ClassModel>> {
+        // The map is only ever changed by single inserts, so a poisoned lock (a panic
+        // elsewhere while it was held) still guards a consistent map.
+        if let Some(m) = self
+            .classes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(class)
+        {
+            return Ok(m.clone());
         }
-        Ok(&self.classes[class])
+        // Loaded without the lock held, so a slow load never blocks scoring of other
+        // classes. Threads racing on the same unloaded class may each load it (a read-only
+        // load of the same files: harmless); the first insert wins and everyone gets that
+        // one `Arc`. Simpler than a per-class once-cell, and a failed load is not cached.
+        md::check_class_name(class)?;
+        let model = Arc::new(self.load_class(class)?);
+        let mut map = self.classes.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(map.entry(class.to_string()).or_insert(model).clone())
+    }
+
+    /// Reads a stored class and prepares its search index.
+    fn load_class(&self, class: &str) -> Result<ClassModel> {
+        let dim = self.features.dim();
+        let stored = class_store::load(&self.dir, class, dim)?;
+        let index = match &stored.centroids {
+            Some(c) => {
+                BankIndex::with_centroids(&stored.bank, dim, c, IndexParams::default().proj_dim)
+            }
+            None => BankIndex::build(&stored.bank, dim),
+        };
+        Ok(ClassModel {
+            info: stored.info,
+            bank: stored.bank,
+            index,
+        })
+    }
+
+    /// Puts `model` in the class cache, replacing the class's previous model.
+    pub(crate) fn install_class(&mut self, model: ClassModel) {
+        let map = self
+            .classes
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.insert(model.info.name.clone(), Arc::new(model));
+    }
+
+    /// Takes a class out of the cache (to change it and install it again).
+    pub(crate) fn take_class(&mut self, class: &str) -> Option<Arc<ClassModel>> {
+        let map = self
+            .classes
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(class)
     }
 
     /// Forgets the device copy of a class's bank (it is being replaced).
@@ -516,14 +562,23 @@ impl Detector {
 
     /// Anomaly maps of a batch of network inputs `[B, 3, S, S]`.
     pub fn score_inputs(
-        &mut self,
+        &self,
         class: &str,
         x: &Tensor,
         kind: ScoreKind,
     ) -> Result<Vec<AnomalyMap>> {
-        self.class(class)?;
+        let model = self.class(class)?;
+        self.score_model(&model, x, kind)
+    }
+
+    /// [`score_inputs`](Self::score_inputs) against an already loaded class.
+    fn score_model(
+        &self,
+        model: &ClassModel,
+        x: &Tensor,
+        kind: ScoreKind,
+    ) -> Result<Vec<AnomalyMap>> {
         let feats = self.extract_features(x)?;
-        let model = &self.classes[class];
         Ok(self
             .maps_from_features(model, x, &feats, &[kind])?
             .remove(0))
@@ -710,25 +765,46 @@ impl Detector {
     }
 
     /// Scores one decoded image against `class` with the model's default score.
-    pub fn inspect_image(&mut self, class: &str, img: &RgbImage) -> Result<Inspection> {
+    pub fn inspect_image(&self, class: &str, img: &RgbImage) -> Result<Inspection> {
         let mut v = self.inspect_batch(class, std::slice::from_ref(img))?;
         Ok(v.remove(0))
     }
 
+    /// Scores a raw pixel buffer (see [`ImageView`]) against `class`, like
+    /// [`inspect_image`](Self::inspect_image) on its RGB conversion.
+    pub fn inspect_view(&self, class: &str, view: &ImageView) -> Result<Inspection> {
+        self.inspect_image(class, &view.to_rgb())
+    }
+
+    /// [`inspect_view`](Self::inspect_view) for several buffers in one backbone batch.
+    pub fn inspect_views(&self, class: &str, views: &[ImageView]) -> Result<Vec<Inspection>> {
+        let imgs: Vec<RgbImage> = views.iter().map(ImageView::to_rgb).collect();
+        self.inspect_batch(class, &imgs)
+    }
+
     /// Scores decoded images against `class` in one backbone batch (faster than one by one).
-    pub fn inspect_batch(&mut self, class: &str, imgs: &[RgbImage]) -> Result<Vec<Inspection>> {
+    pub fn inspect_batch(&self, class: &str, imgs: &[RgbImage]) -> Result<Vec<Inspection>> {
         if imgs.is_empty() {
             return Ok(Vec::new());
+        }
+        // The public fields of `RgbImage` may disagree with its buffer: an error here, not an
+        // index panic in the resize.
+        for (i, img) in imgs.iter().enumerate() {
+            img.validate()
+                .map_err(|e| Error::invalid(format!("image {i} of the batch: {e}")))?;
         }
         let kind = self.config.score;
         let size = self.config.features.input_size;
         let inputs: Vec<Vec<f32>> = imgs.par_iter().map(|img| image_input(img, size)).collect();
         let x = Tensor::new(inputs.concat(), &[imgs.len(), 3, size, size])?;
-        let maps = self.score_inputs(class, &x, kind)?;
+        // One model for the maps and the threshold, even if the class is re-registered
+        // meanwhile.
+        let model = self.class(class)?;
+        let maps = self.score_model(&model, &x, kind)?;
         // A class without a threshold for this score cannot give a verdict: an error, never
         // "normal".
         let info_path = class_store::info_path(&self.dir, class);
-        let threshold = self.classes[class].info.threshold(kind, &info_path)?;
+        let threshold = model.info.threshold(kind, &info_path)?;
         Ok(maps
             .into_iter()
             .map(|map| Inspection {
@@ -737,5 +813,18 @@ impl Detector {
                 map,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One `Arc<Detector>` must be able to serve many threads (a compile-time check).
+    #[test]
+    fn detector_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Detector>();
+        assert_send_sync::<Arc<ClassModel>>();
     }
 }

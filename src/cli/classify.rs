@@ -4,7 +4,7 @@
 
 use clap::Args;
 use pmad::data::{classification_input, load_rgb};
-use pmad::models::EfficientNetLite0;
+use pmad::models::{Backbone, EfficientNetLite};
 use pmad::ops::softmax::softmax;
 use pmad::ops::topk::topk_row;
 use pmad::{Error, Result, Tensor};
@@ -15,9 +15,13 @@ pub struct ClassifyArgs {
     /// Class names, one per line (a first line `background` is skipped).
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Backbone weights (default: weights/efficientnet_lite0.safetensors).
+    /// Backbone weights (default: weights/efficientnet_<backbone>.safetensors).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Which EfficientNet-Lite (lite0, lite1, lite2). Default: recognised from `--weights`
+    /// when given, else lite0. Images are resized to the variant's resolution (224/240/260).
+    #[arg(long)]
+    pub backbone: Option<Backbone>,
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
@@ -41,7 +45,7 @@ fn read_labels(path: &Path) -> Result<Vec<String>> {
     Ok(lines)
 }
 
-fn read_input(path: &Path) -> Result<Tensor> {
+fn read_input(path: &Path, size: usize) -> Result<Tensor> {
     if path.extension().is_some_and(|e| e == "safetensors") {
         let st = pmad::weights::SafeTensors::open(path)?;
         let t = st.tensor("input")?;
@@ -53,18 +57,25 @@ fn read_input(path: &Path) -> Result<Tensor> {
         }
         return Tensor::new(t.f32s().into_owned(), t.shape());
     }
-    Ok(classification_input(&load_rgb(path)?, 224))
+    Ok(classification_input(&load_rgb(path)?, size))
 }
 
 pub fn run(args: ClassifyArgs) -> Result<()> {
     // Read everything first so a bad file fails before any output is printed.
     let labels = args.labels.as_deref().map(read_labels).transpose()?;
+    let explicit = args.weights.is_some();
+    let path = super::require_backbone_for(args.weights, args.backbone.unwrap_or_default())?;
+    let net = match args.backbone {
+        Some(b) => EfficientNetLite::load_as(&path, b)?,
+        None if explicit => EfficientNetLite::load(&path)?,
+        None => EfficientNetLite::load_as(&path, Backbone::Lite0)?,
+    };
+    let size = net.backbone().resolution();
     let inputs: Vec<Tensor> = args
         .images
         .iter()
-        .map(|p| read_input(p))
+        .map(|p| read_input(p, size))
         .collect::<Result<_>>()?;
-    let net = EfficientNetLite0::load(&super::require_backbone(args.weights)?)?;
     for (path, x) in args.images.iter().zip(&inputs) {
         let logits = net.forward(x)?;
         let probs = softmax(&logits);

@@ -16,20 +16,29 @@ pub mod register;
 pub mod synth;
 pub mod train;
 
-use pmad::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
+use pmad::models::Backbone;
+use pmad::models::efficientnet::default_weights_dir;
 use std::path::PathBuf;
 
 /// The backbone weights file: an explicit `--weights` path, or the default folder's file.
 pub fn backbone_path(explicit: Option<PathBuf>) -> PathBuf {
-    explicit.unwrap_or_else(|| default_weights_dir().join(WEIGHTS_FILE))
+    backbone_path_for(explicit, Backbone::Lite0)
 }
 
-/// Fails with a hint to run `pmad fetch-weights` when the backbone file is missing.
-pub fn require_backbone(explicit: Option<PathBuf>) -> pmad::Result<PathBuf> {
-    let p = backbone_path(explicit);
+/// [`backbone_path`] for a given variant.
+pub fn backbone_path_for(explicit: Option<PathBuf>, backbone: Backbone) -> PathBuf {
+    explicit.unwrap_or_else(|| default_weights_dir().join(backbone.weights_file()))
+}
+
+/// Fails with a hint to run `pmad fetch-weights --backbone X` when the backbone file is missing.
+pub fn require_backbone_for(
+    explicit: Option<PathBuf>,
+    backbone: Backbone,
+) -> pmad::Result<PathBuf> {
+    let p = backbone_path_for(explicit, backbone);
     if !p.exists() {
         return Err(pmad::Error::invalid(format!(
-            "{}: backbone weights not found; run `pmad fetch-weights` first",
+            "{}: backbone weights not found; run `pmad fetch-weights --backbone {backbone}` first",
             p.display()
         )));
     }

@@ -41,8 +41,14 @@ pub struct TrainArgs {
     pub coreset_ratio: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Backbone weights (default: weights/efficientnet_<backbone>.safetensors).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Which EfficientNet-Lite the features come from: lite0 (taps blocks.4 + blocks.10,
+    /// 152-d), lite1 (blocks.6 + blocks.14, 152-d) or lite2 (blocks.6 + blocks.14, 168-d).
+    /// Needs `pmad fetch-weights --backbone X`.
+    #[arg(long, default_value = "lite0")]
+    pub backbone: pmad::models::Backbone,
     /// Flow training epochs over the seen classes' out-of-bank residuals (0: no flow).
     #[arg(long, default_value_t = 6)]
     pub flow_epochs: usize,
@@ -113,6 +119,7 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> pmad::Result<()> {
     let datasets: Vec<ClassData> = args.layout.open_all(&args.data, &args.classes, false)?;
     let mut config = ModelConfig {
         score: args.score,
+        features: pmad::detector::features::FeatureSpec::for_backbone(args.backbone),
         ..ModelConfig::default()
     };
     config.coreset.ratio = args.coreset_ratio;

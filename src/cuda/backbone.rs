@@ -1,5 +1,5 @@
 //! The frozen backbone's feature extraction on the GPU: EfficientNet-Lite0 (BN folded, as
-//! [`crate::models::EfficientNetLite0`]) up to the deepest tap, then the PaDiM aggregation of
+//! [`crate::models::EfficientNetLite`]) up to the deepest tap, then the PaDiM aggregation of
 //! [`crate::detector::FeatureExtractor`] — each tap bilinearly resized to the feature grid,
 //! 3x3 average-pooled and written into its columns of the `[B * grid², dim]` feature rows.
 //! Weights are uploaded once; from the input upload to the feature rows nothing leaves the
@@ -22,7 +22,7 @@ use super::glue::{
 use super::linear::pointwise_conv;
 use super::{CudaDevice, CudaError, CudaResult};
 use crate::detector::features::FeatureExtractor;
-use crate::models::efficientnet::{ConvBn, EfficientNetLite0};
+use crate::models::efficientnet::{ConvBn, EfficientNetLite};
 use crate::ops::conv::{Activation, Padding};
 
 /// One folded conv layer on the device.
@@ -107,7 +107,7 @@ impl CudaFeatures {
                     }),
             })
             .collect::<CudaResult<Vec<Option<usize>>>>()?;
-        let net: &EfficientNetLite0 = features.net();
+        let net: &EfficientNetLite = features.net();
         // Blocks to run: up to the deepest tapped one (none when only the stem is tapped).
         let run_blocks = taps.iter().flatten().map(|&b| b + 1).max().unwrap_or(0);
         if run_blocks > net.blocks.len() {

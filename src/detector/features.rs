@@ -8,8 +8,7 @@
 //! and the flow consume it.
 
 use crate::error::{Error, Result};
-use crate::models::EfficientNetLite0;
-use crate::models::efficientnet::tap_channels_and_stride;
+use crate::models::{Backbone, EfficientNetLite};
 use crate::ops::pool::avg_pool_plane;
 use crate::ops::resize::bilinear_plane;
 use crate::tensor::Tensor;
@@ -20,6 +19,9 @@ use std::sync::Arc;
 /// Which features to extract (saved in every model directory).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSpec {
+    /// Which EfficientNet-Lite the features come from (absent in older model.json: lite0).
+    #[serde(default)]
+    pub backbone: Backbone,
     pub taps: Vec<String>,
     pub input_size: usize,
     /// Side of the local averaging window (odd; 1 = none).
@@ -28,22 +30,34 @@ pub struct FeatureSpec {
 
 impl Default for FeatureSpec {
     fn default() -> Self {
-        FeatureSpec {
-            taps: vec!["blocks.4".into(), "blocks.10".into()],
-            input_size: 224,
-            pool: 3,
-        }
+        FeatureSpec::for_backbone(Backbone::Lite0)
     }
 }
 
 impl FeatureSpec {
+    /// The default spec on `backbone`: the last blocks of stages 3 and 5 (Lite0 `blocks.4` +
+    /// `blocks.10`, Lite1/Lite2 `blocks.6` + `blocks.14`), 224 input, 3x3 pooling.
+    pub fn for_backbone(backbone: Backbone) -> FeatureSpec {
+        FeatureSpec {
+            backbone,
+            taps: backbone.default_taps(),
+            input_size: 224,
+            pool: 3,
+        }
+    }
+
     /// (grid side, feature dimension) this spec produces; errors on unknown taps.
     pub fn geometry(&self) -> Result<(usize, usize)> {
         let mut dim = 0;
         let mut grid = None;
         for t in &self.taps {
-            let (c, stride) = tap_channels_and_stride(t)
-                .ok_or_else(|| Error::invalid(format!("unknown backbone tap '{t}'")))?;
+            let (c, stride) = self.backbone.tap_channels_and_stride(t).ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown {} tap '{t}' (stem or blocks.0..blocks.{})",
+                    self.backbone,
+                    self.backbone.num_blocks() - 1
+                ))
+            })?;
             dim += c;
             grid.get_or_insert(self.input_size.div_ceil(stride));
         }
@@ -61,15 +75,22 @@ impl FeatureSpec {
 /// The backbone plus the aggregation that turns images into patch features.
 #[derive(Clone)]
 pub struct FeatureExtractor {
-    net: Arc<EfficientNetLite0>,
+    net: Arc<EfficientNetLite>,
     spec: FeatureSpec,
     grid: usize,
     dim: usize,
 }
 
 impl FeatureExtractor {
-    pub fn new(net: Arc<EfficientNetLite0>, spec: FeatureSpec) -> Result<FeatureExtractor> {
+    pub fn new(net: Arc<EfficientNetLite>, spec: FeatureSpec) -> Result<FeatureExtractor> {
         let (grid, dim) = spec.geometry()?;
+        if net.backbone() != spec.backbone {
+            return Err(Error::invalid(format!(
+                "the feature spec wants EfficientNet-{} but the loaded backbone is {}",
+                spec.backbone,
+                net.backbone()
+            )));
+        }
         Ok(FeatureExtractor {
             net,
             spec,
@@ -79,7 +100,7 @@ impl FeatureExtractor {
     }
 
     /// The backbone.
-    pub fn net(&self) -> &Arc<EfficientNetLite0> {
+    pub fn net(&self) -> &Arc<EfficientNetLite> {
         &self.net
     }
 

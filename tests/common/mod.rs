@@ -39,6 +39,26 @@ pub fn need_backbone() -> Option<PathBuf> {
     w
 }
 
+/// The converted weights of `backbone` (`pmad fetch-weights --backbone X`), or None (skip,
+/// with a printed reason); a missing file fails under `PMAD_REQUIRE_ASSETS`.
+pub fn need_backbone_for(backbone: pmad::models::Backbone) -> Option<PathBuf> {
+    let p = pmad::models::efficientnet::default_weights_dir().join(backbone.weights_file());
+    if !p.is_file() {
+        assert!(
+            !required(),
+            "{} weights are required (PMAD_REQUIRE_ASSETS) but missing: {}",
+            backbone,
+            p.display()
+        );
+        eprintln!(
+            "skipped: {} not found (run `pmad fetch-weights --backbone {backbone}`)",
+            p.display()
+        );
+        return None;
+    }
+    Some(p)
+}
+
 /// The shared/ folder, or None (skip, with a printed reason): a user's clone may not have it.
 pub fn need_shared() -> Option<PathBuf> {
     let s = shared_dir();

@@ -6,12 +6,16 @@
 //! 31-image class had a 0.99 quantile of 4 scores. Here the normal images are split into `k`
 //! folds; each fold is scored against a bank built from the other folds, so EVERY normal image
 //! gives one out-of-fold score, while the class's stored bank is built from all of them (no
-//! image is lost to calibration). Large classes stop once [`CALIBRATION_MIN_SCORES`]
-//! out-of-fold scores are in hand (each fold bank is a coreset of most of the class, the slow
-//! part). The fold banks hold `(k-1)/k` of the images, so their scores are slightly higher
-//! than the full bank's would be on an unseen normal image: the threshold errs towards fewer
-//! false alarms. The fold-0 residuals (fold-0 patches minus their nearest prototype in the
-//! fold-0 bank) are out-of-bank, like a test image's: the ProtoFlow trains on them.
+//! image is lost to calibration). A fold's bank is the class's full bank (its greedy k-center
+//! coreset) less the prototypes taken from the fold's own images: no second coreset, so
+//! calibrating costs index builds and the scoring of the folds, not coresets. That bank is a
+//! little sparser than a fresh coreset of the other folds would be, so out-of-fold scores are
+//! slightly higher than an unseen normal image's against the full bank: the threshold errs
+//! towards fewer false alarms. (Where the prototypes' images are unknown — a class registered
+//! by an earlier process — a fresh coreset of the other folds is built instead.) Large classes
+//! stop once [`CALIBRATION_MIN_SCORES`] out-of-fold scores are in hand. The fold-0 residuals
+//! (fold-0 patches minus their nearest prototype in the fold-0 bank) are out-of-bank, like a
+//! test image's: the ProtoFlow trains on them.
 //!
 //! **The threshold** is the `threshold_quantile` (0.99) quantile of the out-of-fold scores, and
 //! at least their robust outlier cut-off `median + z MAD / 0.6745` (`threshold_robust_z`, 3.5:
@@ -94,7 +98,7 @@ fn rows_of(feats: &[f32], row: usize, folds: &[usize], fold: usize, inside: bool
 /// images) each prototype was taken from.
 pub struct FullBank<'a> {
     pub bank: &'a [f32],
-    pub source_image: Vec<usize>,
+    pub source_image: &'a [u32],
 }
 
 /// The prototypes of `full` whose image is not in fold `fold` (`folds[image]`), `[m', dim]`.
@@ -102,7 +106,7 @@ fn prototypes_outside_fold(full: &FullBank, dim: usize, folds: &[usize], fold: u
     full.source_image
         .iter()
         .enumerate()
-        .filter(|&(_, &img)| folds[img] != fold)
+        .filter(|&(_, &img)| folds[img as usize] != fold)
         .flat_map(|(j, _)| &full.bank[j * dim..(j + 1) * dim])
         .copied()
         .collect()
@@ -201,6 +205,7 @@ impl Detector {
                 info: info.clone(),
                 bank,
                 index,
+                source_image: None,
             };
             let members: Vec<usize> = (0..n).filter(|&i| folds[i] == fold).collect();
             let fold_feats = rows_of(feats, row, &folds, fold, true);
@@ -294,8 +299,18 @@ impl Detector {
         let feats = self.embed_paths(normal_images, "embed")?;
         // Our own copy to change (a clone only if a caller still holds the old `Arc`).
         let mut model = Arc::unwrap_or_clone(self.take_class(class).expect("loaded above"));
+        // Fold banks from the full bank when this process registered the class from the same
+        // images (see `ClassModel::source_image`), else fresh coresets.
+        let full = model
+            .source_image
+            .as_deref()
+            .filter(|_| model.info.n_train_images == normal_images.len())
+            .map(|s| FullBank {
+                bank: &model.bank,
+                source_image: s,
+            });
         let r = self
-            .calibrate(&mut model.info, normal_images, &feats, None)
+            .calibrate(&mut model.info, normal_images, &feats, full.as_ref())
             .and_then(|c| self.save_class(&model).map(|_| c));
         self.install_class(model);
         r
@@ -335,7 +350,7 @@ mod tests {
         let bank = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5];
         let full = FullBank {
             bank: &bank,
-            source_image: vec![2, 0, 1, 2],
+            source_image: &[2, 0, 1, 2],
         };
         let folds = [0, 0, 1];
         assert_eq!(

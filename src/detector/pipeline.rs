@@ -50,6 +50,10 @@ pub struct ClassModel {
     /// The bank prepared for exact nearest-prototype search (built at registration; its
     /// k-means centroids are saved beside the bank so loading skips k-means).
     pub index: BankIndex,
+    /// The normal image (in registration order) each prototype was taken from; known only in
+    /// the process that registered the class (not stored). A recalibration there (after
+    /// `train` installed a flow or ViT) then builds its fold banks without new coresets.
+    pub source_image: Option<Vec<u32>>,
 }
 
 /// Result of inspecting one image.
@@ -448,6 +452,7 @@ impl Detector {
             info: stored.info,
             bank: stored.bank,
             index,
+            source_image: None,
         })
     }
 

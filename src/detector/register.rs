@@ -197,13 +197,14 @@ impl Detector {
             },
             bank,
             index,
+            source_image: Some(sel.iter().map(|&r| (r / per) as u32).collect()),
         };
         // A bank of this name uploaded earlier is stale from here on.
         self.forget_device_class(class);
         // Fold banks are the full bank's prototypes of the other folds' images.
         let full = FullBank {
             bank: &model.bank,
-            source_image: sel.iter().map(|&r| r / per).collect(),
+            source_image: model.source_image.as_deref().unwrap_or_default(),
         };
         let cal = self.calibrate(&mut model.info, &images, &pool, Some(&full))?;
         drop(pool);

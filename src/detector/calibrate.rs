@@ -12,7 +12,7 @@
 //! little sparser than a fresh coreset of the other folds would be, so out-of-fold scores are
 //! slightly higher than an unseen normal image's against the full bank: the threshold errs
 //! towards fewer false alarms. (Where the prototypes' images are unknown — a class registered
-//! by an earlier process — a fresh coreset of the other folds is built instead.) Large classes
+//! by an older pmad — a fresh coreset of the other folds is built instead.) Large classes
 //! stop once [`CALIBRATION_MIN_SCORES`] out-of-fold scores are in hand. The fold-0 residuals
 //! (fold-0 patches minus their nearest prototype in the fold-0 bank) are out-of-bank, like a
 //! test image's: the ProtoFlow trains on them.
@@ -276,10 +276,15 @@ impl Detector {
         r
     }
 
-    /// The out-of-bank residuals of a class's normal images, as [`calibrate`](Self::calibrate)
-    /// returns them (fold 0 against a bank of the other folds), without calibrating: for a
-    /// class registered by an earlier, resumed training run.
-    pub fn out_of_bank_residuals(&self, normal_images: &[PathBuf]) -> Result<Vec<f32>> {
+    /// The out-of-bank residuals of `class`'s normal images, as [`calibrate`](Self::calibrate)
+    /// returns them (fold 0 against a bank without fold 0), without calibrating: for a class
+    /// registered by an earlier, resumed training run.
+    pub fn out_of_bank_residuals(
+        &self,
+        class: &str,
+        normal_images: &[PathBuf],
+    ) -> Result<Vec<f32>> {
+        let model = self.class(class)?;
         let feats = self.embed_paths(normal_images, "embed")?;
         let row = self.features.grid() * self.features.grid() * self.features.dim();
         let folds = fold_of(
@@ -287,8 +292,31 @@ impl Detector {
             CALIBRATION_FOLDS,
             self.config.coreset.seed,
         );
-        let (bank, index, _) = self.build_bank(&rows_of(&feats, row, &folds, 0, false));
+        let full = Self::full_bank(
+            &model.bank,
+            model.source_image.as_deref(),
+            model.info.n_train_images,
+            normal_images.len(),
+        );
+        let (bank, index) = self.fold_bank(full.as_ref(), &feats, &folds, 0);
         Ok(self.residuals_to(&bank, &index, &rows_of(&feats, row, &folds, 0, true)))
+    }
+
+    /// A class's full `bank` with its prototypes' images, when they are known and the class
+    /// was registered from (`registered_from`) as many images as are calibrated now
+    /// (`n_images`); see `ClassModel::source_image`.
+    fn full_bank<'a>(
+        bank: &'a [f32],
+        source_image: Option<&'a [u32]>,
+        registered_from: usize,
+        n_images: usize,
+    ) -> Option<FullBank<'a>> {
+        source_image
+            .filter(|_| registered_from == n_images)
+            .map(|s| FullBank {
+                bank,
+                source_image: s,
+            })
     }
 
     /// Re-calibrates the thresholds of `class` from its normal images (the ones it was
@@ -299,16 +327,14 @@ impl Detector {
         let feats = self.embed_paths(normal_images, "embed")?;
         // Our own copy to change (a clone only if a caller still holds the old `Arc`).
         let mut model = Arc::unwrap_or_clone(self.take_class(class).expect("loaded above"));
-        // Fold banks from the full bank when this process registered the class from the same
-        // images (see `ClassModel::source_image`), else fresh coresets.
-        let full = model
-            .source_image
-            .as_deref()
-            .filter(|_| model.info.n_train_images == normal_images.len())
-            .map(|s| FullBank {
-                bank: &model.bank,
-                source_image: s,
-            });
+        // Fold banks from the full bank when the prototypes' images are known, else fresh
+        // coresets.
+        let full = Self::full_bank(
+            &model.bank,
+            model.source_image.as_deref(),
+            model.info.n_train_images,
+            normal_images.len(),
+        );
         let r = self
             .calibrate(&mut model.info, normal_images, &feats, full.as_ref())
             .and_then(|c| self.save_class(&model).map(|_| c));

@@ -34,12 +34,20 @@ pub const BANK_TENSOR: &str = "prototypes";
 /// Tensor name of the bank index's k-means centroids in `prototypes.safetensors`.
 pub const INDEX_CENTROIDS: &str = "index_centroids";
 
+/// Tensor name, in `prototypes.safetensors`, of the normal image (index in registration
+/// order, stored as exact f32 integers) each prototype was taken from: recalibration builds
+/// its k-fold banks from it (see `detector::calibrate`).
+pub const SOURCE_IMAGE: &str = "prototype_source_image";
+
 /// A class as stored: its info, its bank `[P, D]` and the saved index centroids (if any).
 pub struct StoredClass {
     pub info: ClassInfo,
     pub bank: Vec<f32>,
     /// `[k, D]` centroids of the bank index, when saved and well-formed.
     pub centroids: Option<Vec<f32>>,
+    /// The normal image of each prototype, when saved and well-formed (every value an
+    /// integer below `info.n_train_images`).
+    pub source_image: Option<Vec<u32>>,
 }
 
 /// Held while a process writes to a model directory: writers are serialised, readers never
@@ -194,10 +202,23 @@ fn load_version(vdir: &Path, class: &str, dim: usize) -> Result<StoredClass> {
         ),
         _ => None,
     };
+    // The prototypes' images: an absent or malformed entry is ignored (recalibration then
+    // builds fresh fold coresets), like the centroids.
+    let source_image = match st.info(SOURCE_IMAGE).map(|i| i.shape.clone()) {
+        Some(shape) if shape == [rows] => {
+            let v = st.tensor_f32_checked(SOURCE_IMAGE, &shape)?.into_f32_vec();
+            let n = info.n_train_images as f32;
+            v.iter()
+                .all(|&x| x >= 0.0 && x < n && x.fract() == 0.0)
+                .then(|| v.iter().map(|&x| x as u32).collect())
+        }
+        _ => None,
+    };
     Ok(StoredClass {
         info,
         bank,
         centroids,
+        source_image,
     })
 }
 
@@ -208,6 +229,7 @@ pub fn save(
     info: &ClassInfo,
     bank: &[f32],
     centroids: &[f32],
+    source_image: Option<&[u32]>,
     dim: usize,
     lock: Option<&WriterLock>,
 ) -> Result<()> {
@@ -229,11 +251,13 @@ pub fn save(
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let bank_t = Tensor::new(bank.to_vec(), &[bank.len() / dim, dim])?;
         let cent_t = Tensor::new(centroids.to_vec(), &[centroids.len() / dim, dim])?;
-        crate::weights::write_safetensors(
-            tmp.join(md::BANK_FILE),
-            [(BANK_TENSOR, &bank_t), (INDEX_CENTROIDS, &cent_t)],
-            None,
-        )?;
+        let mut tensors = vec![(BANK_TENSOR, bank_t), (INDEX_CENTROIDS, cent_t)];
+        if let Some(src) = source_image {
+            // Image indices are far below 2^24, so f32 holds them exactly.
+            let v: Vec<f32> = src.iter().map(|&i| i as f32).collect();
+            tensors.push((SOURCE_IMAGE, Tensor::new(v, &[src.len()])?));
+        }
+        crate::weights::write_safetensors(tmp.join(md::BANK_FILE), tensors, None)?;
         fault::point("register.bank-written");
         md::write_json(&tmp.join(md::CLASS_FILE), info)?;
         sync_dir(&tmp)?;

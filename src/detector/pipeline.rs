@@ -50,9 +50,9 @@ pub struct ClassModel {
     /// The bank prepared for exact nearest-prototype search (built at registration; its
     /// k-means centroids are saved beside the bank so loading skips k-means).
     pub index: BankIndex,
-    /// The normal image (in registration order) each prototype was taken from; known only in
-    /// the process that registered the class (not stored). A recalibration there (after
-    /// `train` installed a flow or ViT) then builds its fold banks without new coresets.
+    /// The normal image (in registration order) each prototype was taken from (stored beside
+    /// the bank; `None` for classes registered by an older pmad): a recalibration (after
+    /// `train` installed a flow or ViT) builds its fold banks from it, as `register` did.
     pub source_image: Option<Vec<u32>>,
 }
 
@@ -452,7 +452,7 @@ impl Detector {
             info: stored.info,
             bank: stored.bank,
             index,
-            source_image: None,
+            source_image: stored.source_image,
         })
     }
 

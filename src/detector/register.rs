@@ -224,6 +224,7 @@ impl Detector {
             &model.info,
             &model.bank,
             &model.index.centroids(),
+            model.source_image.as_deref(),
             self.features.dim(),
             None,
         )

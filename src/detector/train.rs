@@ -222,7 +222,10 @@ fn train_flow(
     // Classes registered by an earlier (resumed) run: their residuals again.
     for d in classes {
         if !class_residuals.iter().any(|(n, _)| n == &d.name) {
-            class_residuals.push((d.name.clone(), det.out_of_bank_residuals(&d.train)?));
+            class_residuals.push((
+                d.name.clone(),
+                det.out_of_bank_residuals(&d.name, &d.train)?,
+            ));
         }
     }
     // Each patch's condition is its position (the same encoding for every image).

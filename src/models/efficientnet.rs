@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into, fold_batchnorm};
 use crate::ops::matmul::linear_rows;
 use crate::tensor::Tensor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const BN_EPS: f32 = 1e-3;
 
@@ -591,12 +591,46 @@ impl EfficientNetLite {
     }
 }
 
-/// Where `pmad fetch-weights` puts the backbone and where it is looked for: `$PMAD_WEIGHTS_DIR`
-/// when set, else the crate's `weights/` folder.
-pub fn default_weights_dir() -> std::path::PathBuf {
-    match std::env::var_os("PMAD_WEIGHTS_DIR") {
-        Some(d) => d.into(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"),
+/// Where `pmad fetch-weights` puts the backbones and where they are looked for (a model's
+/// `--weights` flag overrides it for one file):
+/// 1. `$PMAD_WEIGHTS_DIR` (or `$PMAD_WEIGHTS`) when set;
+/// 2. the source checkout's `weights/` folder, when it exists — a clone, its tests and a
+///    `cargo install --path .` binary built from it;
+/// 3. else the user's cache, `$XDG_CACHE_HOME/pmad/weights` or `~/.cache/pmad/weights`, so a
+///    binary whose build tree is gone (copied, or installed from a removed checkout) still
+///    finds what `pmad fetch-weights` wrote.
+pub fn default_weights_dir() -> PathBuf {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    weights_dir_from(
+        var("PMAD_WEIGHTS_DIR").or_else(|| var("PMAD_WEIGHTS")),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"),
+        var("XDG_CACHE_HOME"),
+        var("HOME"),
+    )
+}
+
+/// [`default_weights_dir`]'s choice from its inputs (the environment read by the caller).
+fn weights_dir_from(
+    explicit: Option<PathBuf>,
+    checkout: &Path,
+    xdg_cache: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> PathBuf {
+    if let Some(d) = explicit {
+        return d;
+    }
+    if checkout.is_dir() {
+        return checkout.to_path_buf();
+    }
+    match (xdg_cache, home) {
+        (Some(c), _) => c.join("pmad").join("weights"),
+        (None, Some(h)) => h.join(".cache").join("pmad").join("weights"),
+        // No home at all (a bare service account): the working directory's weights/.
+        (None, None) => PathBuf::from("weights"),
     }
 }
 
@@ -606,6 +640,28 @@ pub const WEIGHTS_FILE: &str = "efficientnet_lite0.safetensors";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_dir_prefers_the_variable_then_the_checkout_then_the_user_cache() {
+        let p = PathBuf::from;
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")); // exists
+        let gone = Path::new("/nonexistent/pmad-checkout/weights");
+        let (x, h) = (Some(p("/x")), Some(p("/home/u")));
+        assert_eq!(
+            weights_dir_from(Some(p("/w")), here, x.clone(), h.clone()),
+            p("/w")
+        );
+        assert_eq!(weights_dir_from(None, here, x.clone(), h.clone()), here);
+        assert_eq!(
+            weights_dir_from(None, gone, x, h.clone()),
+            p("/x/pmad/weights")
+        );
+        assert_eq!(
+            weights_dir_from(None, gone, None, h),
+            p("/home/u/.cache/pmad/weights")
+        );
+        assert_eq!(weights_dir_from(None, gone, None, None), p("weights"));
+    }
 
     /// The derived block lists, against the shapes read from the released checkpoints.
     #[test]

@@ -10,6 +10,13 @@ use std::sync::OnceLock;
 
 const CLASS: &str = "synth_cap";
 
+/// `pmad inspect --model MODEL --class CLASS` followed by `rest`.
+fn inspect_cmd<'a>(model: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["inspect", "--model", model, "--class", CLASS];
+    a.extend_from_slice(rest);
+    a
+}
+
 /// Runs pmad expecting a failure whose stderr holds every one of `needles`.
 fn fails(args: &[&str], needles: &[&str]) {
     let out = run(args);
@@ -147,31 +154,21 @@ fn outputs_have_the_input_size_and_the_npy_matches_the_png16_map() {
     let out = base().join("sizes/out");
     let out_npy = base().join("sizes/out-npy");
     let t = std::time::Instant::now();
-    let png_lines = lines(&ok(&[
-        "inspect",
-        "--model",
+    let png_lines = lines(&ok(&inspect_cmd(
         s(model),
-        "--class",
-        CLASS,
-        "--out",
-        s(&out),
-        "--save-map",
-        "--save-mask",
-        s(&big),
-    ]));
-    let npy_lines = lines(&ok(&[
-        "inspect",
-        "--model",
+        &["--out", s(&out), "--save-map", "--save-mask", s(&big)],
+    )));
+    let npy_lines = lines(&ok(&inspect_cmd(
         s(model),
-        "--class",
-        CLASS,
-        "--out",
-        s(&out_npy),
-        "--save-map",
-        "--map-format",
-        "npy",
-        s(&big),
-    ]));
+        &[
+            "--out",
+            s(&out_npy),
+            "--save-map",
+            "--map-format",
+            "npy",
+            s(&big),
+        ],
+    )));
     eprintln!(
         "two inspect runs of 2 large images: {:.1} s",
         t.elapsed().as_secs_f64()
@@ -270,17 +267,10 @@ fn mask_area_tracks_the_ground_truth_defect_area() {
     };
     let out = base().join("area");
     let test = data.join(CLASS).join("test");
-    let stdout = ok(&[
-        "inspect",
-        "--model",
+    let stdout = ok(&inspect_cmd(
         s(model),
-        "--class",
-        CLASS,
-        "--out",
-        s(&out),
-        "--save-mask",
-        s(&test),
-    ]);
+        &["--out", s(&out), "--save-mask", s(&test)],
+    ));
     let (mut mask_sum, mut truth_sum, mut outside_sum, mut bad) = (0usize, 0, 0, 0);
     for l in lines(&stdout) {
         let path = PathBuf::from(l["path"].as_str().unwrap());
@@ -359,8 +349,7 @@ fn mask_area_tracks_the_ground_truth_defect_area() {
 /// The verdicts of a run over the class's test images with extra flags.
 fn verdicts(model: &Path, data: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
     let test = data.join(CLASS).join("test");
-    let mut args = vec!["inspect", "--model", s(model), "--class", CLASS];
-    args.extend(extra);
+    let mut args = inspect_cmd(s(model), extra);
     args.push(s(&test));
     lines(&ok(&args))
 }
@@ -433,33 +422,14 @@ fn invalid_overrides_and_missing_out_fail_without_output_files() {
         ),
     ];
     for (extra, needles) in cases {
-        let mut args = vec![
-            "inspect",
-            "--model",
-            s(model),
-            "--class",
-            CLASS,
-            "--out",
-            s(&out),
-        ];
+        let mut args = inspect_cmd(s(model), &["--out", s(&out)]);
         args.extend(extra);
         args.push(s(&img));
         fails(&args, needles);
         assert!(!out.exists(), "{extra:?} left {}", out.display());
     }
     for flag in ["--save-map", "--save-mask"] {
-        fails(
-            &[
-                "inspect",
-                "--model",
-                s(model),
-                "--class",
-                CLASS,
-                flag,
-                s(&img),
-            ],
-            &["--out"],
-        );
+        fails(&inspect_cmd(s(model), &[flag, s(&img)]), &["--out"]);
     }
 }
 
@@ -500,30 +470,13 @@ fn save_mask_without_pixel_thresholds_names_the_class_json() {
     let out = base().join("old-out");
     let _ = std::fs::remove_dir_all(&out);
     // Verdicts and maps still work; masks fail closed, naming the file.
-    ok(&[
-        "inspect",
-        "--model",
+    ok(&inspect_cmd(
         s(&old),
-        "--class",
-        CLASS,
-        "--out",
-        s(&out),
-        "--save-map",
-        s(&img),
-    ]);
+        &["--out", s(&out), "--save-map", s(&img)],
+    ));
     let _ = std::fs::remove_dir_all(&out);
     fails(
-        &[
-            "inspect",
-            "--model",
-            s(&old),
-            "--class",
-            CLASS,
-            "--out",
-            s(&out),
-            "--save-mask",
-            s(&img),
-        ],
+        &inspect_cmd(s(&old), &["--out", s(&out), "--save-mask", s(&img)]),
         &[info_path.to_str().unwrap(), "pixel_thresholds", "register"],
     );
     assert!(!out.exists(), "no output folder for a refused run");
@@ -531,7 +484,7 @@ fn save_mask_without_pixel_thresholds_names_the_class_json() {
     info["pixel_thresholds"] = serde_json::json!({"distance": -1.0});
     std::fs::write(&info_path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
     fails(
-        &["inspect", "--model", s(&old), "--class", CLASS, s(&img)],
+        &inspect_cmd(s(&old), &[s(&img)]),
         &[
             info_path.to_str().unwrap(),
             "pixel_thresholds.distance",
@@ -553,18 +506,10 @@ fn a_failed_write_names_the_file_and_leaves_no_output_of_that_image() {
     let blocker = out.join(format!("{stem}_mask.png"));
     std::fs::create_dir_all(&blocker).unwrap();
     std::fs::write(blocker.join("keep"), b"x").unwrap();
-    let r = run(&[
-        "inspect",
-        "--model",
+    let r = run(&inspect_cmd(
         s(model),
-        "--class",
-        CLASS,
-        "--out",
-        s(&out),
-        "--save-map",
-        "--save-mask",
-        s(&img),
-    ]);
+        &["--out", s(&out), "--save-map", "--save-mask", s(&img)],
+    ));
     assert!(!r.status.success());
     let line: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&r.stdout).trim()).unwrap();

@@ -6,9 +6,11 @@
 //! - [`autograd`]: a small reverse-mode tape with AdamW and schedules, for training;
 //! - [`weights`]: safetensors (mmap, atomic writer) and PyTorch checkpoint import;
 //! - [`models`]: networks built from ops (EfficientNet-Lite0 backbone, ...);
+//! - [`backend`]: the seam between the detector and the CPU / CUDA backends;
 //! - [`data`]: image decoding and preprocessing.
 
 pub mod autograd;
+pub mod backend;
 pub mod bench;
 #[cfg(feature = "cuda")]
 pub mod cuda;

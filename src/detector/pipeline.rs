@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::backend::Backend;
 use crate::data::image::{RgbImage, load_rgb, to_network_input};
 use crate::data::view::ImageView;
 use crate::detector::class_store;
@@ -94,11 +95,9 @@ pub struct Detector {
     masks_drawn: AtomicU64,
     /// Reports progress of long steps (images embedded so far, total).
     pub progress: Option<ProgressFn>,
-    /// Where the nearest-prototype search and the ViT run ([`Detector::set_device`]).
-    device: Device,
-    /// The GPU copies of the ViT and of the banks, with [`Device::Cuda`].
-    #[cfg(feature = "cuda")]
-    gpu: Option<crate::detector::device::GpuState>,
+    /// Where feature extraction, the nearest-prototype search and the ViT run
+    /// ([`Detector::set_device`]).
+    backend: Backend,
 }
 
 /// Image files of a folder (png/jpg/jpeg), sorted by name.
@@ -262,9 +261,7 @@ impl Detector {
             codebook,
             inference_mask: InferenceMask::default(),
             masks_drawn: AtomicU64::new(0),
-            device: Device::Cpu,
-            #[cfg(feature = "cuda")]
-            gpu: None,
+            backend: Backend::Cpu,
             progress: None,
         })
     }
@@ -342,10 +339,7 @@ impl Detector {
     pub fn set_vit(&mut self, vit: Vit, recon: md::ReconConfig) -> Result<()> {
         check_vit_fits(&vit, &self.config, &self.dir)?;
         // The GPU copy first: a failed upload leaves model files and memory as they were.
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = self.gpu.as_mut() {
-            gpu.set_vit(Some(&vit))?;
-        }
+        self.backend.set_vit(&vit)?;
         let _lock = class_store::lock_writer(&self.dir)?;
         vit.save(&self.dir.join(md::VIT_FILE))?;
         crate::fault::point("train.vit-saved");
@@ -363,51 +357,28 @@ impl Detector {
 
     /// Moves scoring's nearest-prototype search and ViT to `device` (see
     /// [`crate::detector::device`]). `Device::Cuda` needs a binary built with the `cuda`
-    /// feature and a usable GPU (sm_90+); otherwise a clear error and nothing changes.
+    /// feature and a usable GPU ([`crate::backend`]); otherwise a clear error and nothing
+    /// changes.
     pub fn set_device(&mut self, device: Device) -> Result<()> {
-        match device {
-            Device::Cpu => {
-                #[cfg(feature = "cuda")]
-                {
-                    self.gpu = None;
-                }
-            }
-            #[cfg(feature = "cuda")]
-            Device::Cuda => {
-                self.gpu = Some(crate::detector::device::GpuState::open(
-                    &self.features,
-                    self.vit.as_ref(),
-                )?);
-            }
-            #[cfg(not(feature = "cuda"))]
-            Device::Cuda => return Err(crate::detector::device::cuda_not_compiled()),
-        }
-        self.device = device;
+        self.backend = Backend::open(device, &self.features, self.vit.as_ref())?;
         Ok(())
     }
 
     /// The device scoring runs on.
     pub fn device(&self) -> Device {
-        self.device
+        self.backend.device()
     }
 
     /// Patch features `[B * grid², dim]` of the network inputs `x`, on the scoring device.
     fn extract_features(&self, x: &Tensor) -> Result<Vec<f32>> {
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.gpu {
-            return gpu.features(x);
-        }
-        Ok(self.features.extract(x)?.into_f32_vec())
+        self.backend.features(&self.features, x)
     }
 
     /// Exact nearest prototype of each feature row, on the scoring device.
     fn nearest(&self, model: &ClassModel, feats: &[f32]) -> Result<Nearest> {
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.gpu {
-            let dim = self.features.dim();
-            return gpu.nearest(&model.info.name, &model.bank, feats, dim);
-        }
-        Ok(model.index.nearest(feats))
+        let dim = self.features.dim();
+        self.backend
+            .nearest(&model.info.name, &model.bank, &model.index, feats, dim)
     }
 
     /// The trained ViT, if any.
@@ -476,11 +447,7 @@ impl Detector {
 
     /// Forgets the device copy of a class's bank (it is being replaced).
     pub(crate) fn forget_device_class(&self, class: &str) {
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.gpu {
-            gpu.forget_class(class);
-        }
-        let _ = class;
+        self.backend.forget_class(class);
     }
 
     /// Per-patch abnormality of the features `[n * grid², dim]` of `n` whole images (one
@@ -765,11 +732,8 @@ impl Detector {
             pixels = x.f32s();
             &pixels
         };
-        #[cfg(feature = "cuda")]
-        if let Some(gv) = self.gpu.as_ref().and_then(|g| g.vit()) {
-            return gv.token_uncertainty(input, masks, tokens.as_deref());
-        }
-        vit.token_uncertainty(input, masks, tokens.as_deref())
+        self.backend
+            .token_uncertainty(vit, input, masks, tokens.as_deref())
     }
 
     /// Scores one decoded image against `class` with the model's default score.

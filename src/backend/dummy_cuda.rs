@@ -1,0 +1,62 @@
+//! The CUDA backend of a build without the `cuda` feature: an uninhabited type with the real
+//! one's methods, so `Backend::Cuda` arms compile everywhere and can never be reached (only
+//! [`CudaBackend::open`] can be called, and it explains how to get a CUDA build).
+
+use crate::detector::features::FeatureExtractor;
+use crate::error::{Error, Result};
+use crate::ops::nn_search::Nearest;
+use crate::recon::vit::Vit;
+use crate::tensor::Tensor;
+
+/// No value of this type exists: this binary has no CUDA backend.
+pub enum CudaBackend {}
+
+/// Stands in for the device ViT ([`crate::recon::vit::Vit`]'s CUDA copy); also uninhabited.
+pub enum CudaVit {}
+
+impl CudaBackend {
+    /// Always an error: this pmad was built without the CUDA backend.
+    pub fn open(_features: &FeatureExtractor, _vit: Option<&Vit>) -> Result<CudaBackend> {
+        Err(Error::invalid(
+            "this pmad was built without the CUDA backend; rebuild with \
+             `cargo build --release --features cuda` (see README, CUDA backend)",
+        ))
+    }
+
+    pub(crate) fn set_vit(&mut self, _vit: Option<&Vit>) -> Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn features(&self, _x: &Tensor) -> Result<Vec<f32>> {
+        match *self {}
+    }
+
+    pub(crate) fn vit(&self) -> Option<&CudaVit> {
+        match *self {}
+    }
+
+    pub(crate) fn forget_class(&self, _class: &str) {
+        match *self {}
+    }
+
+    pub(crate) fn nearest(
+        &self,
+        _class: &str,
+        _bank: &[f32],
+        _feats: &[f32],
+        _dim: usize,
+    ) -> Result<Nearest> {
+        match *self {}
+    }
+}
+
+impl CudaVit {
+    pub(crate) fn token_uncertainty(
+        &self,
+        _images: &[f32],
+        _mask: &[bool],
+        _tokens: Option<&[u32]>,
+    ) -> Result<super::Uncertainty> {
+        match *self {}
+    }
+}

@@ -1,0 +1,125 @@
+//! The backend seam: where the detector's per-image work runs (`--device cpu|cuda`).
+//!
+//! [`Backend`] is a closed enum of the two backends this engine has, not a trait object:
+//! there are exactly two, the detector's model code matches on them in one place (this
+//! module), and an enum keeps `Detector` a plain `Send + Sync` struct with no generic
+//! parameter spreading through the API. Without the `cuda` feature the CUDA arm holds an
+//! *uninhabited* type (`dummy_cuda.rs`, after candle's dummy backend): the match arms still
+//! compile, cost nothing, and no `#[cfg(feature = "cuda")]` is needed outside this module and
+//! `src/cuda/`.
+//!
+//! What runs where today (issue 11 moves more behind this seam):
+//! - CPU: everything, through `src/ops` (the reference).
+//! - CUDA: the backbone's feature extraction ([`crate::cuda::backbone`] when compiled), the
+//!   nearest-prototype search (the `proto_nn` kernel over the class's bank, uploaded once per
+//!   class) and the reconstruction stage's ViT. Stages hand over on the host (the proposal
+//!   mask and the maps are CPU work); coreset selection, the flow and training stay on the
+//!   CPU. Results agree with the CPU path up to f32 rounding (`tests/cuda_parity.rs`).
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "dummy_cuda.rs"]
+mod cuda;
+
+pub use cuda::CudaBackend;
+
+use crate::detector::device::Device;
+use crate::detector::features::FeatureExtractor;
+use crate::error::Result;
+use crate::ops::nn_search::{BankIndex, Nearest};
+use crate::recon::vit::Vit;
+use crate::tensor::Tensor;
+
+/// Whether this binary was built with the CUDA backend.
+pub const CUDA_COMPILED: bool = cfg!(feature = "cuda");
+
+/// The backend the detector scores on.
+pub enum Backend {
+    /// The CPU reference (`src/ops`); always available.
+    Cpu,
+    /// The CUDA backend: device copies of the backbone, the ViT and the class banks (boxed:
+    /// it is large, and `Cpu` is empty).
+    Cuda(Box<CudaBackend>),
+}
+
+/// The ViT's per-patch uncertainties: `(entropy or CE per patch, optional second score)`,
+/// as [`Vit::token_uncertainty`] returns them.
+pub type Uncertainty = (Vec<f32>, Option<Vec<f32>>);
+
+impl Backend {
+    /// Opens `device` for a model with these features (and ViT, when trained). A CUDA
+    /// request fails with a clear error when the binary has no CUDA backend or no usable GPU.
+    pub fn open(device: Device, features: &FeatureExtractor, vit: Option<&Vit>) -> Result<Self> {
+        Ok(match device {
+            Device::Cpu => Backend::Cpu,
+            Device::Cuda => Backend::Cuda(Box::new(CudaBackend::open(features, vit)?)),
+        })
+    }
+
+    /// Which device this is.
+    pub fn device(&self) -> Device {
+        match self {
+            Backend::Cpu => Device::Cpu,
+            Backend::Cuda(_) => Device::Cuda,
+        }
+    }
+
+    /// Patch features `[B * grid², dim]` of the network inputs `x` `[B, 3, S, S]`.
+    pub fn features(&self, features: &FeatureExtractor, x: &Tensor) -> Result<Vec<f32>> {
+        match self {
+            Backend::Cpu => Ok(features.extract(x)?.into_f32_vec()),
+            Backend::Cuda(gpu) => gpu.features(x),
+        }
+    }
+
+    /// Exact nearest prototype of every row of `feats` in a class's bank (`[P, dim]`, with its
+    /// CPU search index). `class` keys the device copy of the bank.
+    pub fn nearest(
+        &self,
+        class: &str,
+        bank: &[f32],
+        index: &BankIndex,
+        feats: &[f32],
+        dim: usize,
+    ) -> Result<Nearest> {
+        match self {
+            Backend::Cpu => Ok(index.nearest(feats)),
+            Backend::Cuda(gpu) => gpu.nearest(class, bank, feats, dim),
+        }
+    }
+
+    /// The ViT's per-patch uncertainty of masked inputs ([`Vit::token_uncertainty`]).
+    pub fn token_uncertainty(
+        &self,
+        vit: &Vit,
+        input: &[f32],
+        masks: &[bool],
+        tokens: Option<&[u32]>,
+    ) -> Result<Uncertainty> {
+        match self {
+            Backend::Cpu => vit.token_uncertainty(input, masks, tokens),
+            Backend::Cuda(gpu) => match gpu.vit() {
+                Some(gv) => gv.token_uncertainty(input, masks, tokens),
+                // No device copy (the model had no ViT when the device opened): the CPU one.
+                None => vit.token_uncertainty(input, masks, tokens),
+            },
+        }
+    }
+
+    /// Installs a new ViT on the device (nothing on the CPU, which reads the detector's).
+    pub fn set_vit(&mut self, vit: &Vit) -> Result<()> {
+        match self {
+            Backend::Cpu => Ok(()),
+            Backend::Cuda(gpu) => gpu.set_vit(Some(vit)),
+        }
+    }
+
+    /// Forgets the device copy of a class's bank (it is being replaced).
+    pub fn forget_class(&self, class: &str) {
+        match self {
+            Backend::Cpu => {}
+            Backend::Cuda(gpu) => gpu.forget_class(class),
+        }
+    }
+}

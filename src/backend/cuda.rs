@@ -1,8 +1,7 @@
 //! The CUDA backend: the detector's device copies (backbone, ViT, class banks) and the
 //! launches of the per-image stages on them ([`crate::cuda`] holds the kernels' launchers).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 use crate::cuda::backbone::CudaFeatures;
 use crate::cuda::proto_nn::{ProtoBank, proto_nn};
@@ -14,14 +13,18 @@ use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;
 use crate::tensor::Tensor;
 
-/// The detector's state on the GPU: the device, the ViT's weights, and each class's
-/// prototype bank (uploaded on first use, dropped when the class is registered again).
+/// The detector's state on the GPU: the device, the backbone's and the ViT's weights.
 pub struct CudaBackend {
     dev: Arc<CudaDevice>,
     features: CudaFeatures,
     vit: Option<CudaVit>,
-    banks: Mutex<HashMap<String, Arc<CudaSlice<f32>>>>,
 }
+
+/// A class bank's copy on the device, uploaded on first use. Its `ClassModel` owns it, so a
+/// new bank (a re-registration, a calibration fold) starts with no copy and can never be
+/// served a stale one, as a cache keyed by class name could.
+#[derive(Clone, Default)]
+pub struct DeviceBank(OnceLock<Arc<CudaSlice<f32>>>);
 
 impl CudaBackend {
     /// Opens the shared device (an error, not a panic, without a usable GPU).
@@ -31,7 +34,6 @@ impl CudaBackend {
             features: CudaFeatures::upload(dev.clone(), features)?,
             dev,
             vit: None,
-            banks: Mutex::new(HashMap::new()),
         };
         s.set_vit(vit)?;
         Ok(s)
@@ -56,28 +58,21 @@ impl CudaBackend {
         self.vit.as_ref()
     }
 
-    /// Forgets a class's uploaded bank (after it was registered again).
-    pub(crate) fn forget_class(&self, class: &str) {
-        self.banks.lock().expect("bank cache").remove(class);
-    }
-
-    /// Exact nearest prototype of every row of `feats` in `class`'s `bank` (`[P, dim]`).
+    /// Exact nearest prototype of every row of `feats` in a class's `bank` (`[P, dim]`,
+    /// uploaded into `on_device` on first use).
     pub(crate) fn nearest(
         &self,
-        class: &str,
         bank: &[f32],
+        on_device: &DeviceBank,
         feats: &[f32],
         dim: usize,
     ) -> Result<Nearest> {
-        let gpu_bank = {
-            let mut banks = self.banks.lock().expect("bank cache");
-            match banks.get(class) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = Arc::new(self.dev.upload(bank)?);
-                    banks.insert(class.to_string(), b.clone());
-                    b
-                }
+        let gpu_bank = match on_device.0.get() {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(self.dev.upload(bank)?);
+                // Two threads may both upload; one copy wins and the other is dropped.
+                on_device.0.get_or_init(|| b).clone()
             }
         };
         let (nq, np) = (feats.len() / dim, bank.len() / dim);

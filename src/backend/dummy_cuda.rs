@@ -11,6 +11,10 @@ use crate::tensor::Tensor;
 /// No value of this type exists: this binary has no CUDA backend.
 pub enum CudaBackend {}
 
+/// A class bank's device copy: nothing to hold without a CUDA backend.
+#[derive(Clone, Default)]
+pub struct DeviceBank(());
+
 /// Stands in for the device ViT ([`crate::recon::vit::Vit`]'s CUDA copy); also uninhabited.
 pub enum CudaVit {}
 
@@ -35,14 +39,10 @@ impl CudaBackend {
         match *self {}
     }
 
-    pub(crate) fn forget_class(&self, _class: &str) {
-        match *self {}
-    }
-
     pub(crate) fn nearest(
         &self,
-        _class: &str,
         _bank: &[f32],
+        _on_device: &DeviceBank,
         _feats: &[f32],
         _dim: usize,
     ) -> Result<Nearest> {

@@ -22,7 +22,7 @@ mod cuda;
 #[path = "dummy_cuda.rs"]
 mod cuda;
 
-pub use cuda::CudaBackend;
+pub use cuda::{CudaBackend, DeviceBank};
 
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
@@ -73,19 +73,20 @@ impl Backend {
         }
     }
 
-    /// Exact nearest prototype of every row of `feats` in a class's bank (`[P, dim]`, with its
-    /// CPU search index). `class` keys the device copy of the bank.
+    /// Exact nearest prototype of every row of `feats` in a class's bank (`[P, dim]`): the
+    /// CPU searches through the bank's index, the GPU scans its device copy (`on_device`,
+    /// owned by the class model and uploaded on first use).
     pub fn nearest(
         &self,
-        class: &str,
         bank: &[f32],
         index: &BankIndex,
+        on_device: &DeviceBank,
         feats: &[f32],
         dim: usize,
     ) -> Result<Nearest> {
         match self {
             Backend::Cpu => Ok(index.nearest(feats)),
-            Backend::Cuda(gpu) => gpu.nearest(class, bank, feats, dim),
+            Backend::Cuda(gpu) => gpu.nearest(bank, on_device, feats, dim),
         }
     }
 
@@ -112,14 +113,6 @@ impl Backend {
         match self {
             Backend::Cpu => Ok(()),
             Backend::Cuda(gpu) => gpu.set_vit(Some(vit)),
-        }
-    }
-
-    /// Forgets the device copy of a class's bank (it is being replaced).
-    pub fn forget_class(&self, class: &str) {
-        match self {
-            Backend::Cpu => {}
-            Backend::Cuda(gpu) => gpu.forget_class(class),
         }
     }
 }

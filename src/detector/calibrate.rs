@@ -30,6 +30,7 @@
 //! The same out-of-fold maps give the pixel thresholds of the defect masks: a high quantile
 //! ([`PIXEL_THRESHOLD_QUANTILE`]) of a deterministic sample of their pixels.
 
+use crate::backend::DeviceBank;
 use crate::detector::coreset::{CoresetConfig, select_coreset};
 use crate::detector::model_dir::ClassInfo;
 use crate::detector::pipeline::{BATCH, ClassModel, Detector, load_inputs};
@@ -206,6 +207,7 @@ impl Detector {
                 bank,
                 index,
                 source_image: None,
+                on_device: DeviceBank::default(),
             };
             let members: Vec<usize> = (0..n).filter(|&i| folds[i] == fold).collect();
             let fold_feats = rows_of(feats, row, &folds, fold, true);

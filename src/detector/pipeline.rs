@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceBank};
 use crate::data::image::{RgbImage, load_rgb, to_network_input};
 use crate::data::view::ImageView;
 use crate::detector::class_store;
@@ -55,6 +55,8 @@ pub struct ClassModel {
     /// the bank; `None` for classes registered by an older pmad): a recalibration (after
     /// `train` installed a flow or ViT) builds its fold banks from it, as `register` did.
     pub source_image: Option<Vec<u32>>,
+    /// The bank's copy on the scoring device (uploaded on first use; empty on the CPU).
+    pub(crate) on_device: DeviceBank,
 }
 
 /// Result of inspecting one image.
@@ -378,7 +380,7 @@ impl Detector {
     fn nearest(&self, model: &ClassModel, feats: &[f32]) -> Result<Nearest> {
         let dim = self.features.dim();
         self.backend
-            .nearest(&model.info.name, &model.bank, &model.index, feats, dim)
+            .nearest(&model.bank, &model.index, &model.on_device, feats, dim)
     }
 
     /// The trained ViT, if any.
@@ -424,6 +426,7 @@ impl Detector {
             bank: stored.bank,
             index,
             source_image: stored.source_image,
+            on_device: DeviceBank::default(),
         })
     }
 
@@ -443,11 +446,6 @@ impl Detector {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         map.remove(class)
-    }
-
-    /// Forgets the device copy of a class's bank (it is being replaced).
-    pub(crate) fn forget_device_class(&self, class: &str) {
-        self.backend.forget_class(class);
     }
 
     /// Per-patch abnormality of the features `[n * grid², dim]` of `n` whole images (one

@@ -4,6 +4,7 @@
 //! among the normal images, and an atomic swap of the stored class
 //! ([`crate::detector::class_store`]).
 
+use crate::backend::DeviceBank;
 use crate::detector::calibrate::FullBank;
 use crate::detector::class_store;
 use crate::detector::model_dir::{self as md, ClassInfo, Outlier};
@@ -198,9 +199,8 @@ impl Detector {
             bank,
             index,
             source_image: Some(sel.iter().map(|&r| (r / per) as u32).collect()),
+            on_device: DeviceBank::default(),
         };
-        // A bank of this name uploaded earlier is stale from here on.
-        self.forget_device_class(class);
         // Fold banks are the full bank's prototypes of the other folds' images.
         let full = FullBank {
             bank: &model.bank,

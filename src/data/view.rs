@@ -71,7 +71,7 @@ impl std::error::Error for ImageViewError {}
 
 impl From<ImageViewError> for crate::error::Error {
     fn from(e: ImageViewError) -> Self {
-        crate::error::Error::invalid(e.to_string())
+        crate::error::Error::bad_image(crate::error::ImageOrigin::Memory, e.to_string())
     }
 }
 

@@ -5,6 +5,8 @@
 //! (antialiasing), horizontal pass first, each pass rounded back to 8 bits. Using plain
 //! 4-tap bilinear instead would alias on 512 -> 224 downsizing and shift the features.
 
+#![warn(missing_docs)]
+
 use crate::error::{Error, ImageOrigin, Result};
 use crate::tensor::Tensor;
 use std::path::Path;
@@ -12,8 +14,11 @@ use std::path::Path;
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
 #[derive(Clone, Debug)]
 pub struct RgbImage {
+    /// Pixels per row.
     pub width: usize,
+    /// Rows.
     pub height: usize,
+    /// `width * height * 3` bytes: R, G, B of each pixel, rows top to bottom.
     pub pixels: Vec<u8>,
 }
 

@@ -97,7 +97,9 @@ fn rows_of(feats: &[f32], row: usize, folds: &[usize], fold: usize, inside: bool
 /// A class's full prototype bank `[m, dim]` and the image (index into the calibration's
 /// images) each prototype was taken from.
 pub struct FullBank<'a> {
+    /// The prototypes, `[m, dim]`.
     pub bank: &'a [f32],
+    /// The image (index into the calibration's images) of each prototype, `[m]`.
     pub source_image: &'a [u32],
 }
 

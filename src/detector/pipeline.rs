@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 use crate::data::image::{RgbImage, to_network_input};
 use crate::data::view::ImageView;
 use crate::detector::class_store;
@@ -45,6 +47,7 @@ pub type ProgressFn = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
 /// A registered class, loaded.
 #[derive(Clone)]
 pub struct ClassModel {
+    /// The class's `class.json`: name, thresholds, calibration.
     pub info: ClassInfo,
     /// Prototype bank `[P, D]`.
     pub bank: Vec<f32>,
@@ -60,8 +63,11 @@ pub struct ClassModel {
 /// Result of inspecting one image.
 #[derive(Clone, Debug)]
 pub struct Inspection {
+    /// The anomaly map (`map.size`² values, row-major) and the image score (`map.score`).
     pub map: AnomalyMap,
+    /// The class's calibrated threshold for the model's score.
     pub threshold: f32,
+    /// The verdict: `map.score > threshold`.
     pub anomalous: bool,
 }
 
@@ -74,6 +80,7 @@ pub struct Inspection {
 /// `inference_mask` and `progress` before sharing the detector.
 pub struct Detector {
     pub(crate) dir: PathBuf,
+    /// The model's `model.json` (read at open; changes here are not saved).
     pub config: ModelConfig,
     pub(crate) features: FeatureExtractor,
     /// The classes loaded so far. Readers clone the `Arc` out and score without holding the
@@ -266,10 +273,12 @@ impl Detector {
         })
     }
 
+    /// The model directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The backbone feature extractor.
     pub fn features(&self) -> &FeatureExtractor {
         &self.features
     }

@@ -4,6 +4,8 @@
 //! among the normal images, and an atomic swap of the stored class
 //! ([`crate::detector::class_store`]).
 
+#![warn(missing_docs)]
+
 use crate::data::image::RgbImage;
 use crate::data::view::ImageView;
 use crate::detector::calibrate::FullBank;
@@ -97,6 +99,7 @@ fn retain_images<'a>(
 
 /// What a registration produced.
 pub struct Registration {
+    /// The registered class's `class.json` (thresholds, outliers among the images).
     pub info: ClassInfo,
     /// Out-of-bank residuals of some of the normal images (`[m * grid², dim]`, see
     /// [`crate::detector::calibrate`]): what the ProtoFlow trains on.

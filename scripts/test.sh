@@ -27,3 +27,9 @@ cargo clippy --release --all-targets --features cuda -- -D warnings
 # Clippy does not run every rustc lint of a real build (e.g. arithmetic overflow in constants):
 # build the GPU bench binary the device kit carries.
 cargo bench --features cuda --bench cuda_kernels --no-run
+# The Python package: the wheel built by maturin, installed into a fresh venv, pytest on
+# `pmad synth` data (scripts/test_python.sh). Always in CI; elsewhere where python3 can make
+# a venv.
+if [ "${CI:-}" = "true" ] || python3 -c "import venv, ensurepip" 2>/dev/null; then
+  bash scripts/test_python.sh
+fi

@@ -27,5 +27,5 @@ pub mod rng;
 pub mod tensor;
 pub mod weights;
 
-pub use error::{Error, Result};
+pub use error::{Error, ImageOrigin, Result};
 pub use tensor::{DType, Tensor};

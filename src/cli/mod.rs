@@ -37,10 +37,11 @@ pub fn require_backbone_for(
 ) -> pmad::Result<PathBuf> {
     let p = backbone_path_for(explicit, backbone);
     if !p.exists() {
-        return Err(pmad::Error::invalid(format!(
-            "{}: backbone weights not found; run `pmad fetch-weights --backbone {backbone}` first",
-            p.display()
-        )));
+        return Err(pmad::Error::WeightsMissing {
+            path: p,
+            what: "backbone weights".to_string(),
+            hint: format!("pmad fetch-weights --backbone {backbone}"),
+        });
     }
     Ok(p)
 }

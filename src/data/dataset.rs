@@ -16,7 +16,7 @@
 //! same order on every machine.
 
 use super::image::{load_rgb, to_network_input};
-use crate::error::{Error, Result};
+use crate::error::{Error, ImageOrigin, Result};
 use std::path::{Path, PathBuf};
 
 /// File extensions read as images and masks (the decoders compiled in: PNG, JPEG, BMP, TIFF).
@@ -317,11 +317,17 @@ pub fn image_size(path: &Path) -> Result<(u32, u32)> {
     let reader = ::image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| Error::io(path, e))?;
-    let size = reader
-        .into_dimensions()
-        .map_err(|e| Error::format(path, format!("cannot read image: {e}")))?;
+    let size = reader.into_dimensions().map_err(|e| {
+        Error::bad_image(
+            ImageOrigin::File(path.into()),
+            format!("cannot read image: {e}"),
+        )
+    })?;
     if size.0 == 0 || size.1 == 0 {
-        return Err(Error::format(path, "image has no pixels"));
+        return Err(Error::bad_image(
+            ImageOrigin::File(path.into()),
+            "image has no pixels",
+        ));
     }
     Ok(size)
 }

@@ -5,15 +5,20 @@
 //! (antialiasing), horizontal pass first, each pass rounded back to 8 bits. Using plain
 //! 4-tap bilinear instead would alias on 512 -> 224 downsizing and shift the features.
 
-use crate::error::{Error, Result};
+#![warn(missing_docs)]
+
+use crate::error::{Error, ImageOrigin, Result};
 use crate::tensor::Tensor;
 use std::path::Path;
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
 #[derive(Clone, Debug)]
 pub struct RgbImage {
+    /// Pixels per row.
     pub width: usize,
+    /// Rows.
     pub height: usize,
+    /// `width * height * 3` bytes: R, G, B of each pixel, rows top to bottom.
     pub pixels: Vec<u8>,
 }
 
@@ -26,13 +31,13 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 
 /// [`load_rgb`] of bytes already in memory; `origin` names them in errors.
 pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
-    let path = origin;
-    let img = ::image::load_from_memory(bytes)
-        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    let bad = |reason: String| Error::bad_image(ImageOrigin::File(origin.to_path_buf()), reason);
+    let img =
+        ::image::load_from_memory(bytes).map_err(|e| bad(format!("cannot decode image: {e}")))?;
     let rgb = img.to_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     if w == 0 || h == 0 {
-        return Err(Error::format(path, "image has no pixels"));
+        return Err(bad("image has no pixels".to_string()));
     }
     Ok(RgbImage {
         width: w,
@@ -51,18 +56,21 @@ impl RgbImage {
             .checked_mul(self.height)
             .and_then(|n| n.checked_mul(3));
         match needed {
-            _ if self.width == 0 || self.height == 0 => Err(Error::invalid(format!(
-                "image has no pixels ({}x{})",
-                self.width, self.height
-            ))),
+            _ if self.width == 0 || self.height == 0 => Err(Error::bad_image(
+                ImageOrigin::Memory,
+                format!("image has no pixels ({}x{})", self.width, self.height),
+            )),
             Some(n) if n == self.pixels.len() => Ok(()),
-            _ => Err(Error::invalid(format!(
-                "image {}x{} RGB needs {} bytes, has {}",
-                self.width,
-                self.height,
-                needed.map_or("too many".to_string(), |n| n.to_string()),
-                self.pixels.len()
-            ))),
+            _ => Err(Error::bad_image(
+                ImageOrigin::Memory,
+                format!(
+                    "image {}x{} RGB needs {} bytes, has {}",
+                    self.width,
+                    self.height,
+                    needed.map_or("too many".to_string(), |n| n.to_string()),
+                    self.pixels.len()
+                ),
+            )),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Borrowed raw pixel buffers (camera frames, other libraries' images) for the detector:
 //! [`ImageView`] checks a buffer once, up front, so nothing later indexes past its end.
 
+#![warn(missing_docs)]
+
 use crate::data::image::RgbImage;
 use std::fmt;
 
@@ -36,13 +38,33 @@ impl PixelFormat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImageViewError {
     /// Width or height is 0.
-    Empty { width: usize, height: usize },
+    Empty {
+        /// The width given.
+        width: usize,
+        /// The height given.
+        height: usize,
+    },
     /// More than [`MAX_VIEW_PIXELS`] pixels (or a size that overflows).
-    TooLarge { width: usize, height: usize },
+    TooLarge {
+        /// The width given.
+        width: usize,
+        /// The height given.
+        height: usize,
+    },
     /// A row's stride is shorter than its pixels (`width * channels` bytes).
-    StrideTooSmall { stride: usize, min: usize },
+    StrideTooSmall {
+        /// The stride given.
+        stride: usize,
+        /// The bytes of one row's pixels.
+        min: usize,
+    },
     /// The buffer ends before the last row does.
-    BufferTooShort { len: usize, needed: usize },
+    BufferTooShort {
+        /// The buffer's length.
+        len: usize,
+        /// The bytes its rows need.
+        needed: usize,
+    },
 }
 
 impl fmt::Display for ImageViewError {
@@ -71,7 +93,7 @@ impl std::error::Error for ImageViewError {}
 
 impl From<ImageViewError> for crate::error::Error {
     fn from(e: ImageViewError) -> Self {
-        crate::error::Error::invalid(e.to_string())
+        crate::error::Error::bad_image(crate::error::ImageOrigin::Memory, e.to_string())
     }
 }
 
@@ -140,18 +162,22 @@ impl<'a> ImageView<'a> {
         ImageView::new(data, width, height, stride, format)
     }
 
+    /// Pixels per row.
     pub fn width(&self) -> usize {
         self.width
     }
 
+    /// Rows.
     pub fn height(&self) -> usize {
         self.height
     }
 
+    /// Bytes from the start of one row to the next.
     pub fn stride(&self) -> usize {
         self.stride
     }
 
+    /// The pixel layout.
     pub fn format(&self) -> PixelFormat {
         self.format
     }

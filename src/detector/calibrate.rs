@@ -33,8 +33,8 @@
 use crate::backend::DeviceBank;
 use crate::detector::coreset::{CoresetConfig, select_coreset};
 use crate::detector::model_dir::ClassInfo;
-use crate::detector::pipeline::{BATCH, ClassModel, Detector, load_inputs};
-use crate::detector::register::name_image;
+use crate::detector::normal_images::{NormalImage, load_inputs, name_image};
+use crate::detector::pipeline::{BATCH, ClassModel, Detector};
 use crate::detector::scoring::{quantile, robust_upper};
 use crate::error::{Error, Result};
 use crate::ops::nn_search::BankIndex;
@@ -98,7 +98,9 @@ fn rows_of(feats: &[f32], row: usize, folds: &[usize], fold: usize, inside: bool
 /// A class's full prototype bank `[m, dim]` and the image (index into the calibration's
 /// images) each prototype was taken from.
 pub struct FullBank<'a> {
+    /// The prototypes, `[m, dim]`.
     pub bank: &'a [f32],
+    /// The image (index into the calibration's images) of each prototype, `[m]`.
     pub source_image: &'a [u32],
 }
 
@@ -166,16 +168,16 @@ impl Detector {
 
     /// Fills `info.thresholds`, `info.normal_scores` and `info.pixel_thresholds` (a quantile
     /// of a sample of the same out-of-fold maps' pixels) for every available score kind by
-    /// k-fold over the normal images `paths` (patch features `feats`, `[n * grid², dim]`).
+    /// k-fold over the normal images `images` (patch features `feats`, `[n * grid², dim]`).
     /// Every score must be finite: a NaN names the image, never becomes a threshold.
     pub(crate) fn calibrate(
         &self,
         info: &mut ClassInfo,
-        paths: &[PathBuf],
+        images: &[NormalImage],
         feats: &[f32],
         full: Option<&FullBank>,
     ) -> Result<Calibrated> {
-        let n = paths.len();
+        let n = images.len();
         if n < 2 {
             return Err(Error::invalid(format!(
                 "class '{}': calibration needs at least 2 normal images, got {n}",
@@ -215,12 +217,12 @@ impl Detector {
                 residuals = self.residuals_to(&model.bank, &model.index, &fold_feats);
             }
             for (ci, chunk) in members.chunks(BATCH).enumerate() {
-                let chunk_paths: Vec<PathBuf> = chunk.iter().map(|&i| paths[i].clone()).collect();
-                let x = load_inputs(&chunk_paths, size)?;
+                let chunk_images: Vec<NormalImage> = chunk.iter().map(|&i| images[i]).collect();
+                let x = load_inputs(&chunk_images, size)?;
                 let f = &fold_feats[ci * BATCH * row..(ci * BATCH + chunk.len()) * row];
                 let maps = self
                     .maps_from_features(&model, &x, f, &kinds)
-                    .map_err(|e| name_image(e, &chunk_paths))?;
+                    .map_err(|e| name_image(e, &chunk_images))?;
                 for ((s, px), m) in scores.iter_mut().zip(&mut pixels).zip(maps) {
                     for (&i, m) in chunk.iter().zip(m) {
                         s[i] = m.score;
@@ -338,7 +340,12 @@ impl Detector {
             normal_images.len(),
         );
         let r = self
-            .calibrate(&mut model.info, normal_images, &feats, full.as_ref())
+            .calibrate(
+                &mut model.info,
+                &NormalImage::files(normal_images),
+                &feats,
+                full.as_ref(),
+            )
             .and_then(|c| self.save_class(&model).map(|_| c));
         self.install_class(model);
         r

@@ -139,18 +139,11 @@ pub fn load(model_dir: &Path, class: &str, dim: usize) -> Result<StoredClass> {
 }
 
 fn not_registered(model_dir: &Path, class: &str) -> Error {
-    let known = list(model_dir).unwrap_or_default();
-    Error::invalid(format!(
-        "{}: class '{class}' is not registered (registered: {}); register it with \
-         `pmad register --model {} --data ROOT --class {class}`",
-        model_dir.display(),
-        if known.is_empty() {
-            "none".to_string()
-        } else {
-            known.join(", ")
-        },
-        model_dir.display(),
-    ))
+    Error::ClassNotRegistered {
+        class: class.to_string(),
+        model_dir: model_dir.to_path_buf(),
+        registered: list(model_dir).unwrap_or_default(),
+    }
 }
 
 /// Loads and checks the files of one version folder.

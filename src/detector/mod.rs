@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod features;
 pub mod flow;
 pub mod model_dir;
+mod normal_images;
 pub mod outputs;
 pub mod pipeline;
 pub mod register;

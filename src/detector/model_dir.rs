@@ -333,13 +333,11 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelConfig> {
         Some(other) => format!("{other} (a {}, not an integer)", json_kind(other)),
     };
     if !v.is_empty() {
-        return Err(Error::format(
-            path,
-            format!(
-                "field 'format_version': model format version {v} is not supported by this \
-                 pmad (expects {FORMAT_VERSION}); retrain or use a matching pmad"
-            ),
-        ));
+        return Err(Error::ModelVersion {
+            path: path.to_path_buf(),
+            found: v,
+            supported: FORMAT_VERSION,
+        });
     }
     let config: ModelConfig = serde_json::from_value(raw)
         .map_err(|e| Error::format(path, format!("invalid model config: {e}")))?;

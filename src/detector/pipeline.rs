@@ -12,16 +12,19 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 use crate::backend::{Backend, DeviceBank};
-use crate::data::image::{RgbImage, load_rgb, to_network_input};
+use crate::data::image::{RgbImage, to_network_input};
 use crate::data::view::ImageView;
 use crate::detector::class_store;
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
 use crate::detector::flow::{FlowConfig, ProtoFlow, abnormality_from_ll, positional_encoding};
 use crate::detector::model_dir::{self as md, ClassInfo, InferenceMask, ModelConfig, ScoreKind};
+use crate::detector::normal_images::{self, NormalImage};
 use crate::detector::scoring::{AnomalyMap, patch_scores_to_map};
-use crate::error::{Error, Result};
+use crate::error::{Error, ImageOrigin, Result};
 use crate::models::EfficientNetLite;
 use crate::models::efficientnet::default_weights_dir;
 use crate::ops::nn_search::{BankIndex, IndexParams, Nearest};
@@ -45,6 +48,7 @@ pub type ProgressFn = Box<dyn Fn(&str, usize, usize) + Send + Sync>;
 /// A registered class, loaded.
 #[derive(Clone)]
 pub struct ClassModel {
+    /// The class's `class.json`: name, thresholds, calibration.
     pub info: ClassInfo,
     /// Prototype bank `[P, D]`.
     pub bank: Vec<f32>,
@@ -62,8 +66,11 @@ pub struct ClassModel {
 /// Result of inspecting one image.
 #[derive(Clone, Debug)]
 pub struct Inspection {
+    /// The anomaly map (`map.size`² values, row-major) and the image score (`map.score`).
     pub map: AnomalyMap,
+    /// The class's calibrated threshold for the model's score.
     pub threshold: f32,
+    /// The verdict: `map.score > threshold`.
     pub anomalous: bool,
 }
 
@@ -76,6 +83,7 @@ pub struct Inspection {
 /// `inference_mask` and `progress` before sharing the detector.
 pub struct Detector {
     pub(crate) dir: PathBuf,
+    /// The model's `model.json` (read at open; changes here are not saved).
     pub config: ModelConfig,
     pub(crate) features: FeatureExtractor,
     /// The classes loaded so far. Readers clone the `Arc` out and score without holding the
@@ -149,11 +157,7 @@ pub(crate) fn check_finite(v: &[f32], per: usize, class: &str, stage: &'static s
 
 /// Decodes images (in parallel) into one `[n, 3, S, S]` batch of network inputs.
 pub fn load_inputs(paths: &[PathBuf], size: usize) -> Result<Tensor> {
-    let inputs: Vec<Vec<f32>> = paths
-        .par_iter()
-        .map(|p| load_rgb(p).map(|i| image_input(&i, size)))
-        .collect::<Result<_>>()?;
-    Tensor::new(inputs.concat(), &[paths.len(), 3, size, size])
+    normal_images::load_inputs(&NormalImage::files(paths), size)
 }
 
 /// The ViT must see the backbone's input (same size) on a grid that tiles the feature grid.
@@ -211,11 +215,11 @@ impl Detector {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| default_weights_dir().join(variant.weights_file()));
         if !bpath.is_file() {
-            return Err(Error::invalid(format!(
-                "{}: EfficientNet-{variant} weights not found (the model's backbone); run \
-                 `pmad fetch-weights --backbone {variant}`",
-                bpath.display()
-            )));
+            return Err(Error::WeightsMissing {
+                path: bpath,
+                what: format!("EfficientNet-{variant} weights (the model's backbone)"),
+                hint: format!("pmad fetch-weights --backbone {variant}"),
+            });
         }
         let net = Arc::new(EfficientNetLite::load_as(&bpath, variant)?);
         let features = FeatureExtractor::new(net, config.features.clone())?;
@@ -268,10 +272,12 @@ impl Detector {
         })
     }
 
+    /// The model directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The backbone feature extractor.
     pub fn features(&self) -> &FeatureExtractor {
         &self.features
     }
@@ -285,20 +291,25 @@ impl Detector {
     /// Patch features of images on disk: `[n_images * grid², dim]`, batched through the
     /// backbone. Every image is decoded first so a bad file fails before any work.
     pub fn embed_paths(&self, paths: &[PathBuf], what: &str) -> Result<Vec<f32>> {
+        self.embed_images(&NormalImage::files(paths), what)
+    }
+
+    /// [`embed_paths`](Self::embed_paths) of files or in-memory images.
+    pub(crate) fn embed_images(&self, images: &[NormalImage], what: &str) -> Result<Vec<f32>> {
         let size = self.config.features.input_size;
         let grid = self.features.grid();
         // Reserved up front: growing by doubling would briefly hold ~2x the pool.
-        let mut out = Vec::with_capacity(paths.len() * grid * grid * self.features.dim());
-        for (bi, chunk) in paths.chunks(BATCH).enumerate() {
-            let x = load_inputs(chunk, size)?;
+        let mut out = Vec::with_capacity(images.len() * grid * grid * self.features.dim());
+        for (bi, chunk) in images.chunks(BATCH).enumerate() {
+            let x = normal_images::load_inputs(chunk, size)?;
             let f = self.extract_features(&x)?;
             check_finite(&f, grid * grid * self.features.dim(), "", "backbone")
-                .map_err(|e| crate::detector::register::name_image(e, chunk))?;
+                .map_err(|e| normal_images::name_image(e, chunk))?;
             out.extend_from_slice(&f);
             self.report(
                 what,
-                (bi * BATCH + chunk.len()).min(paths.len()),
-                paths.len(),
+                (bi * BATCH + chunk.len()).min(images.len()),
+                images.len(),
             );
         }
         Ok(out)
@@ -761,7 +772,7 @@ impl Detector {
         // index panic in the resize.
         for (i, img) in imgs.iter().enumerate() {
             img.validate()
-                .map_err(|e| Error::invalid(format!("image {i} of the batch: {e}")))?;
+                .map_err(|e| e.at_image(ImageOrigin::Batch(i)))?;
         }
         let kind = self.config.score;
         let size = self.config.features.input_size;

@@ -4,10 +4,15 @@
 //! among the normal images, and an atomic swap of the stored class
 //! ([`crate::detector::class_store`]).
 
+#![warn(missing_docs)]
+
 use crate::backend::DeviceBank;
+use crate::data::image::RgbImage;
+use crate::data::view::ImageView;
 use crate::detector::calibrate::FullBank;
 use crate::detector::class_store;
 use crate::detector::model_dir::{self as md, ClassInfo, Outlier};
+use crate::detector::normal_images::{self, NormalImage};
 use crate::detector::pipeline::{ClassModel, Detector};
 use crate::detector::scoring::quantile;
 use crate::error::{Error, Result};
@@ -76,17 +81,17 @@ fn image_descriptors(feats: &[f32], per: usize, dim: usize) -> Vec<f32> {
 }
 
 /// Keeps the images (and their feature rows) whose `keep` flag is set.
-fn retain_images(
-    paths: &[PathBuf],
+fn retain_images<'a>(
+    images: &[NormalImage<'a>],
     feats: &[f32],
     keep: &[bool],
     row: usize,
-) -> (Vec<PathBuf>, Vec<f32>) {
+) -> (Vec<NormalImage<'a>>, Vec<f32>) {
     let mut p = Vec::new();
     let mut f = Vec::new();
-    for (i, path) in paths.iter().enumerate() {
+    for (i, image) in images.iter().enumerate() {
         if keep[i] {
-            p.push(path.clone());
+            p.push(*image);
             f.extend_from_slice(&feats[i * row..(i + 1) * row]);
         }
     }
@@ -95,6 +100,7 @@ fn retain_images(
 
 /// What a registration produced.
 pub struct Registration {
+    /// The registered class's `class.json` (thresholds, outliers among the images).
     pub info: ClassInfo,
     /// Out-of-bank residuals of some of the normal images (`[m * grid², dim]`, see
     /// [`crate::detector::calibrate`]): what the ProtoFlow trains on.
@@ -134,6 +140,43 @@ impl Detector {
         normal_images: &[PathBuf],
         opts: &RegisterOptions,
     ) -> Result<Registration> {
+        self.register_normal(class, &NormalImage::files(normal_images), opts)
+    }
+
+    /// Registers `class` from normal images already decoded in memory (camera frames, images
+    /// another library loaded), exactly as [`register`](Self::register) does from files: the
+    /// same images give the same prototypes and thresholds. A malformed image is an
+    /// [`Error::BadImage`] naming its index; in `info.outliers` the images are named
+    /// `<image i>`.
+    pub fn register_images(&mut self, class: &str, images: &[RgbImage]) -> Result<ClassInfo> {
+        self.register_images_with(class, images, &RegisterOptions::default())
+            .map(|r| r.info)
+    }
+
+    /// [`register_images`](Self::register_images) with options (see
+    /// [`register_with`](Self::register_with)).
+    pub fn register_images_with(
+        &mut self,
+        class: &str,
+        images: &[RgbImage],
+        opts: &RegisterOptions,
+    ) -> Result<Registration> {
+        self.register_normal(class, &NormalImage::memory(images), opts)
+    }
+
+    /// [`register_images`](Self::register_images) of raw pixel buffers (see [`ImageView`]).
+    pub fn register_views(&mut self, class: &str, views: &[ImageView]) -> Result<ClassInfo> {
+        let images: Vec<RgbImage> = views.iter().map(ImageView::to_rgb).collect();
+        self.register_images(class, &images)
+    }
+
+    /// The registration itself, for files and in-memory images alike.
+    fn register_normal(
+        &mut self,
+        class: &str,
+        normal_images: &[NormalImage],
+        opts: &RegisterOptions,
+    ) -> Result<Registration> {
         md::check_class_name(class)?;
         if let Some(r) = opts.mask_ratio
             && !(0.0..=1.0).contains(&r)
@@ -150,7 +193,7 @@ impl Detector {
         }
         let dim = self.features.dim();
         let per = self.features.grid() * self.features.grid();
-        let pool = self.embed_paths(normal_images, "embed")?;
+        let pool = self.embed_images(normal_images, "embed")?;
 
         // Normal images unlike the rest of the class (a corrupt file, a foreign object).
         let z = outlier_z(&image_descriptors(&pool, per, dim), dim);
@@ -159,7 +202,7 @@ impl Detector {
             .zip(&z)
             .filter(|(_, z)| **z > OUTLIER_Z)
             .map(|(p, &z)| Outlier {
-                path: p.clone(),
+                path: p.label(),
                 z,
                 dropped: opts.drop_outliers,
             })
@@ -233,12 +276,7 @@ impl Detector {
 
 /// Turns "image i of the batch" in a non-finite error into the image's path.
 pub(crate) fn name_image(e: Error, paths: &[PathBuf]) -> Error {
-    match e {
-        Error::NonFinite { image, .. } if image < paths.len() => {
-            Error::invalid(format!("{}: {e}", paths[image].display()))
-        }
-        e => e,
-    }
+    normal_images::name_image(e, &NormalImage::files(paths))
 }
 
 #[cfg(test)]

@@ -83,8 +83,11 @@ impl std::str::FromStr for ImageScore {
 /// An anomaly map and its image-level score.
 #[derive(Clone, Debug)]
 pub struct AnomalyMap {
+    /// The map's side in pixels.
     pub size: usize,
+    /// `size * size` abnormality values, row-major.
     pub values: Vec<f32>,
+    /// The image score (from the map, see [`ImageScore`]).
     pub score: f32,
 }
 

@@ -363,7 +363,8 @@ impl Detector {
 
     /// Moves scoring's nearest-prototype search and ViT to `device` (see
     /// [`crate::detector::device`]). `Device::Cuda` needs a binary built with the `cuda`
-    /// feature and a usable GPU (sm_90+); otherwise a clear error and nothing changes.
+    /// feature and a usable GPU (compute capability 7.5+); otherwise a clear error and nothing
+    /// changes.
     pub fn set_device(&mut self, device: Device) -> Result<()> {
         match device {
             Device::Cpu => {

@@ -1,16 +1,46 @@
-//! Build script: turns `kernels/*.cu` into PTX for the `cuda` feature.
+//! Build script: turns `kernels/*.cu` into portable PTX for the `cuda` feature.
 //!
 //! * Feature off (`CARGO_FEATURE_CUDA` unset): prints `rerun-if-changed` lines and returns. It
 //!   needs nothing and costs nothing.
-//! * Feature on: every `kernels/*.cu` is compiled to PTX for `compute_90`, then assembled by
-//!   `ptxas -arch=sm_90 -v` to catch everything the PTX front end lets through and to read
-//!   registers / shared memory / spills. Any compile error fails the build with the full log.
-//!   Results: `$OUT_DIR/<name>.ptx`, `$OUT_DIR/kernels.rs` (one `pub const <NAME>_PTX: &str`
-//!   per file, `include_str!`-ed into `src/cuda/mod.rs`), `$OUT_DIR/ptxas_report.txt` and a copy
-//!   as `kernels/PTXAS_REPORT.md`.
+//! * Feature on: every `kernels/*.cu` is compiled to PTX for the lowest compute capability it
+//!   needs ([`BASE_ARCH`], `compute_75`, unless the file asks for more: see "Variants"), its
+//!   `.version` is set to PTX ISA [`PTX_ISA`] (see "PTX ISA"), and the PTX is assembled by
+//!   `ptxas -v` for every real arch of [`CHECK_ARCHS`] (sm_75, sm_80, sm_86, sm_89, sm_90) to
+//!   catch everything the PTX front end lets through and to read registers / shared memory /
+//!   spills per arch. Any compile or assembly error fails the build with the full log.
+//!   Results: `$OUT_DIR/<name>.cc<XX>.ptx`, `$OUT_DIR/kernels.rs` (per file a
+//!   `pub const <NAME>_PTX: &[(u32, &str)]` of (capability, PTX) variants, `include_str!`-ed
+//!   into `src/cuda/mod.rs`), `$OUT_DIR/ptxas_report.txt` and a copy as
+//!   `kernels/PTXAS_REPORT.md` (so the table in the repository is always the last build's).
+//!
+//! Why compute_75: the kernels use nothing newer than sm_35 features (`shfl.sync`, 64-bit
+//! `atom.min`, `cvt.f32.f16`; bf16 banks are decoded with integer shifts), so the floor is set
+//! by the toolchains, not the kernels: sm_75 (Turing: T4, RTX 20xx) is the oldest architecture
+//! that CUDA 13 still compiles for and that current drivers keep supporting. The driver JITs
+//! compute_75 PTX for every newer GPU (A100, A10, L4, RTX 30xx/40xx, Jetson Orin, H100/H200, ...).
+//!
+//! PTX ISA: a driver JITs PTX only up to the ISA of the CUDA version it ships with (minor
+//! version compatibility does not cover PTX). NVRTC 12.9 writes `.version 8.8`, which only
+//! R575+ drivers (mid-2025) accept. PTX ISA 8.0 is CUDA 12.0's: every CUDA 12 and 13 driver,
+//! R525 (late 2022) onwards — so every driver released in the last two years, including the
+//! R535 long-term branch still common on production lines — JITs it, and the rest of the stack
+//! (cudarc's CUDA 12 driver API, cuBLAS 12) needs a CUDA 12 driver anyway, so an older ISA
+//! would widen nothing. The rewrite is checked, not trusted: ptxas rejects any instruction or
+//! directive the declared ISA lacks ("Feature X requires PTX ISA .version Y"), so a kernel that
+//! starts to need a newer ISA fails the build. One hint NVRTC 12.x emits is dropped first:
+//! `.pragma "used_bytes_mask N";` (ISA 8.3) only lets ptxas narrow a vector load whose bytes are
+//! partly unused; without it the load reads all its bytes, exactly as the instruction says.
+//!
+//! Variants: a file whose kernels need a newer architecture (bf16 `mma` needs sm_80, `wgmma`
+//! sm_90) declares it on a line of its own, `// pmad-arch: 80` — or several capabilities,
+//! `// pmad-arch: 80 90`, for per-capability versions of the same entry points. Each becomes a
+//! PTX variant for `compute_<XX>`, ptxas-checked on every arch of [`CHECK_ARCHS`] at or above
+//! it; at run time `src/cuda/device.rs` loads the highest variant the GPU supports and names
+//! the module and the capability it needs when there is none. All variants of a file must
+//! export the same entry points.
 //!
 //! Finding the compiler (first hit wins):
-//! 1. `nvcc` on `PATH` (`nvcc --ptx -arch=compute_90`);
+//! 1. `nvcc` on `PATH` (`nvcc --ptx -arch=compute_<XX>`);
 //! 2. otherwise NVRTC, loaded in-process with `dlopen` (glibc's, already linked into every Rust
 //!    program on Linux: no C compiler, no build-dependency): `$PMAD_NVRTC_LIB`, then
 //!    `$PMAD_CUDA_TOOLCHAIN` or `<repo>/.cuda-toolchain` (made by `scripts/cuda_toolchain.sh`)
@@ -34,10 +64,21 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-const VIRTUAL_ARCH: &str = "compute_90";
-const REAL_ARCH: &str = "sm_90";
-/// Kernel files whose sm_90 code must not spill registers.
+/// The compute capability (×10) every kernel file is compiled for unless it declares more.
+const BASE_ARCH: u32 = 75;
+/// Real architectures every PTX variant is assembled for by `ptxas -v` (those at or above the
+/// variant's capability): Turing, Ampere datacenter, Ampere consumer/A10, Ada (L4, RTX 40xx),
+/// Hopper.
+const CHECK_ARCHS: &[u32] = &[75, 80, 86, 89, 90];
+/// The PTX ISA written into every module (`.version`), see the module doc.
+const PTX_ISA: (u32, u32) = (8, 0);
+/// The CUDA version whose drivers first JIT [`PTX_ISA`], in `cuDriverGetVersion`'s encoding
+/// (1000 * major + 10 * minor).
+const PTX_ISA_MIN_DRIVER: u32 = 12000;
+/// Kernel files whose code must not spill registers on any checked arch.
 const NO_SPILL: &[&str] = &["attention", "proto_nn"];
+/// The line that declares a file's PTX variants.
+const ARCH_DIRECTIVE: &str = "// pmad-arch:";
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -66,11 +107,24 @@ fn main() {
 
 // ------------------------------------------------------------------------------- driver
 
+/// One kernel file: its PTX variants, lowest capability first.
 struct Compiled {
     stem: String,
+    variants: Vec<Variant>,
+}
+
+/// The PTX of one file for one virtual arch, with ptxas' findings per real arch.
+struct Variant {
+    arch: u32,
     ptx_path: PathBuf,
+    checks: Vec<ArchCheck>,
+}
+
+/// `ptxas -arch=sm_<arch> -v` on one variant.
+struct ArchCheck {
+    arch: u32,
     entries: Vec<Entry>,
-    ptxas_log: String,
+    warnings: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -104,7 +158,7 @@ fn build_kernels(manifest: &Path, kdir: &Path, out_dir: &Path) -> Result<(), Str
             .map(|src| {
                 let tc = &tc;
                 let includes = &includes;
-                s.spawn(move || compile_one(tc, src, includes, out_dir))
+                s.spawn(move || compile_file(tc, src, includes, out_dir))
             })
             .collect();
         handles
@@ -138,27 +192,30 @@ fn build_kernels(manifest: &Path, kdir: &Path, out_dir: &Path) -> Result<(), Str
         .unwrap_or(SystemTime::UNIX_EPOCH);
     write_if_changed(&kdir.join("PTXAS_REPORT.md"), &report, newest_input)?;
 
-    // Spill rule.
+    // Spill rule, on every checked arch.
     let mut spills = String::new();
     for c in compiled
         .iter()
         .filter(|c| NO_SPILL.contains(&c.stem.as_str()))
     {
-        for e in c
-            .entries
-            .iter()
-            .filter(|e| e.spill_stores + e.spill_loads > 0)
-        {
-            let _ = writeln!(
-                spills,
-                "  {}: {} bytes spill stores, {} bytes spill loads",
-                e.name, e.spill_stores, e.spill_loads
-            );
+        for v in &c.variants {
+            for chk in &v.checks {
+                for e in chk
+                    .entries
+                    .iter()
+                    .filter(|e| e.spill_stores + e.spill_loads > 0)
+                {
+                    let _ = writeln!(
+                        spills,
+                        "  {} (compute_{} on sm_{}): {} bytes spill stores, {} bytes spill loads",
+                        e.name, v.arch, chk.arch, e.spill_stores, e.spill_loads
+                    );
+                }
+            }
         }
     }
     if !spills.is_empty() {
-        let msg =
-            format!("register spills in kernels that must not spill on {REAL_ARCH}:\n{spills}");
+        let msg = format!("register spills in kernels that must not spill:\n{spills}");
         if env::var_os("PMAD_ALLOW_SPILLS").is_some() {
             println!("cargo:warning={}", msg.replace('\n', " "));
         } else {
@@ -166,17 +223,44 @@ fn build_kernels(manifest: &Path, kdir: &Path, out_dir: &Path) -> Result<(), Str
         }
     }
 
-    // kernels.rs
+    fs::write(
+        out_dir.join("kernels.rs"),
+        render_kernels_rs(&compiled, out_dir),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `$OUT_DIR/kernels.rs`: the PTX variants and entry points of every file, the ISA facts the
+/// runtime check needs, and the report.
+fn render_kernels_rs(compiled: &[Compiled], out_dir: &Path) -> String {
     let mut rs = String::from("// @generated by build.rs from kernels/*.cu — do not edit.\n\n");
-    for c in &compiled {
+    for c in compiled {
         let upper = c.stem.to_uppercase();
+        let variants: Vec<String> = c
+            .variants
+            .iter()
+            .map(|v| {
+                format!(
+                    "({}, include_str!({:?}))",
+                    v.arch,
+                    v.ptx_path.display().to_string()
+                )
+            })
+            .collect();
         let _ = writeln!(
             rs,
-            "/// PTX ({VIRTUAL_ARCH}) of `kernels/{}.cu`.\npub const {upper}_PTX: &str = include_str!({:?});",
+            "/// PTX variants of `kernels/{}.cu`: (compute capability x10, PTX), lowest first.\n\
+             pub const {upper}_PTX: &[(u32, &str)] = &[{}];",
             c.stem,
-            c.ptx_path.display().to_string()
+            variants.join(", ")
         );
-        let names: Vec<String> = c.entries.iter().map(|e| format!("{:?}", e.name)).collect();
+        // Every variant exports the same entry points (checked in `compile_file`).
+        let names: Vec<String> = c.variants[0].checks[0]
+            .entries
+            .iter()
+            .map(|e| format!("{:?}", e.name))
+            .collect();
         let _ = writeln!(
             rs,
             "/// Entry points of `kernels/{}.cu`.\npub const {upper}_KERNELS: &[&str] = &[{}];\n",
@@ -186,29 +270,134 @@ fn build_kernels(manifest: &Path, kdir: &Path, out_dir: &Path) -> Result<(), Str
     }
     let _ = writeln!(
         rs,
-        "/// The ptxas ({REAL_ARCH}) resource report of every kernel.\npub const PTXAS_REPORT: &str = include_str!({:?});",
+        "/// The PTX ISA version (`.version`) of every module.\n\
+         pub const PTX_ISA: (u32, u32) = ({}, {});\n\
+         /// The oldest driver that JITs [`PTX_ISA`], as `cuDriverGetVersion` reports it\n\
+         /// (1000 * major + 10 * minor of its CUDA version).\n\
+         pub const PTX_ISA_MIN_DRIVER: i32 = {PTX_ISA_MIN_DRIVER};\n\
+         /// The lowest compute capability (x10) any module supports.\n\
+         pub const BASE_ARCH: u32 = {BASE_ARCH};\n\
+         /// The real architectures (x10) ptxas checked every module for.\n\
+         pub const PTXAS_ARCHS: &[u32] = &{CHECK_ARCHS:?};",
+        PTX_ISA.0, PTX_ISA.1
+    );
+    let _ = writeln!(
+        rs,
+        "/// The ptxas resource report of every kernel on every checked arch.\n\
+         pub const PTXAS_REPORT: &str = include_str!({:?});",
         out_dir.join("ptxas_report.txt").display().to_string()
     );
-    fs::write(out_dir.join("kernels.rs"), rs).map_err(|e| e.to_string())?;
-    Ok(())
+    rs
 }
 
-fn compile_one(
+/// The capabilities a file's `// pmad-arch:` line asks for, or [`BASE_ARCH`] alone.
+fn variant_archs(code: &str, src: &Path) -> Result<Vec<u32>, String> {
+    let mut archs = Vec::new();
+    for (no, line) in code.lines().enumerate() {
+        let Some(rest) = line.trim().strip_prefix(ARCH_DIRECTIVE) else {
+            continue;
+        };
+        for word in rest.split_whitespace() {
+            let cc: u32 = word.parse().map_err(|_| {
+                format!(
+                    "{}:{}: `{ARCH_DIRECTIVE}` expects compute capabilities such as 80 or 90, \
+                     got {word:?}",
+                    src.display(),
+                    no + 1
+                )
+            })?;
+            if cc < BASE_ARCH {
+                return Err(format!(
+                    "{}:{}: capability {cc} is below {BASE_ARCH}, the lowest the kernels are \
+                     built for (every file gets compute_{BASE_ARCH} without the line)",
+                    src.display(),
+                    no + 1
+                ));
+            }
+            if !CHECK_ARCHS.iter().any(|&a| a >= cc) {
+                return Err(format!(
+                    "{}:{}: capability {cc} is above every arch ptxas checks ({CHECK_ARCHS:?}); \
+                     add it to CHECK_ARCHS in build.rs",
+                    src.display(),
+                    no + 1
+                ));
+            }
+            archs.push(cc);
+        }
+    }
+    if archs.is_empty() {
+        archs.push(BASE_ARCH);
+    }
+    archs.sort_unstable();
+    archs.dedup();
+    Ok(archs)
+}
+
+/// Compiles every PTX variant of one `.cu` file and assembles each for its checked archs.
+fn compile_file(
     tc: &Toolchain,
     src: &Path,
     includes: &[PathBuf],
     out_dir: &Path,
 ) -> Result<Compiled, String> {
     let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-    let ptx_path = out_dir.join(format!("{stem}.ptx"));
+    let code = fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut variants = Vec::new();
+    for arch in variant_archs(&code, src)? {
+        let raw = compile_ptx(tc, src, &code, &stem, arch, includes, out_dir)?;
+        let ptx = set_ptx_isa(&raw).map_err(|e| format!("{}: {e}", src.display()))?;
+        let ptx_path = out_dir.join(format!("{stem}.cc{arch}.ptx"));
+        fs::write(&ptx_path, ptx).map_err(|e| e.to_string())?;
+        let mut checks = Vec::new();
+        for &real in CHECK_ARCHS.iter().filter(|&&a| a >= arch) {
+            checks.push(assemble(tc, &ptx_path, real)?);
+        }
+        variants.push(Variant {
+            arch,
+            ptx_path,
+            checks,
+        });
+    }
+    // The runtime picks one variant per GPU by capability: all must offer the same kernels.
+    let names = |c: &ArchCheck| c.entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+    let first = names(&variants[0].checks[0]);
+    for v in &variants {
+        for chk in &v.checks {
+            if names(chk) != first {
+                return Err(format!(
+                    "{}: the compute_{} variant exports {:?} but compute_{} exports {:?}; every \
+                     variant must define the same kernels",
+                    src.display(),
+                    v.arch,
+                    names(chk),
+                    variants[0].arch,
+                    first
+                ));
+            }
+        }
+    }
+    Ok(Compiled { stem, variants })
+}
+
+/// CUDA C++ -> PTX text for `compute_<arch>`.
+fn compile_ptx(
+    tc: &Toolchain,
+    src: &Path,
+    code: &str,
+    stem: &str,
+    arch: u32,
+    includes: &[PathBuf],
+    out_dir: &Path,
+) -> Result<String, String> {
     match &tc.compiler {
         Compiler::Nvcc(nvcc) => {
+            let raw = out_dir.join(format!("{stem}.cc{arch}.nvcc.ptx"));
             let mut cmd = Command::new(nvcc);
             cmd.arg("--ptx")
-                .arg(format!("-arch={VIRTUAL_ARCH}"))
+                .arg(format!("-arch=compute_{arch}"))
                 .arg("-std=c++17")
                 .arg("-o")
-                .arg(&ptx_path);
+                .arg(&raw);
             for inc in includes {
                 cmd.arg(format!("-I{}", inc.display()));
             }
@@ -218,35 +407,65 @@ fn compile_one(
                 .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
             if !out.status.success() {
                 return Err(format!(
-                    "nvcc failed on {}:\n{}{}",
+                    "nvcc failed on {} (compute_{arch}):\n{}{}",
                     src.display(),
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }
+            fs::read_to_string(&raw).map_err(|e| format!("{}: {e}", raw.display()))
         }
         Compiler::Nvrtc(lib) => {
-            let code = fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
             let mut opts = vec![
-                format!("--gpu-architecture={VIRTUAL_ARCH}"),
+                format!("--gpu-architecture=compute_{arch}"),
                 "--std=c++17".to_string(),
             ];
             opts.extend(includes.iter().map(|i| format!("-I{}", i.display())));
-            let ptx = lib
-                .compile(&code, &format!("{stem}.cu"), &opts)
-                .map_err(|log| format!("NVRTC failed on {}:\n{log}", src.display()))?;
-            fs::write(&ptx_path, ptx).map_err(|e| e.to_string())?;
+            lib.compile(code, &format!("{stem}.cu"), &opts)
+                .map_err(|log| {
+                    format!("NVRTC failed on {} (compute_{arch}):\n{log}", src.display())
+                })
         }
     }
+}
 
-    // ptxas: a real assembly for sm_90, for errors and the resource report.
-    let cubin = out_dir.join(format!("{stem}.cubin"));
+/// Lowers the PTX's `.version` to [`PTX_ISA`] (never raises it) and drops the ISA 8.3
+/// `used_bytes_mask` load hints; ptxas then verifies that nothing else needs a newer ISA.
+fn set_ptx_isa(ptx: &str) -> Result<String, String> {
+    let target = format!(".version {}.{}", PTX_ISA.0, PTX_ISA.1);
+    let mut seen = false;
+    let mut out = String::with_capacity(ptx.len());
+    for line in ptx.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix(".version ") {
+            let parsed = v
+                .split_once('.')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                .ok_or_else(|| format!("unreadable PTX version line {t:?}"))?;
+            seen = true;
+            out.push_str(if parsed > PTX_ISA { &target } else { line });
+        } else if t.starts_with(".pragma \"used_bytes_mask ") {
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    if !seen {
+        return Err("the compiler's PTX has no `.version` line".into());
+    }
+    Ok(out)
+}
+
+/// `ptxas -arch=sm_<arch> -v`: a real assembly, for errors and the resource report.
+fn assemble(tc: &Toolchain, ptx_path: &Path, arch: u32) -> Result<ArchCheck, String> {
+    let cubin = ptx_path.with_extension(format!("sm_{arch}.cubin"));
     let out = Command::new(&tc.ptxas)
-        .arg(format!("-arch={REAL_ARCH}"))
+        .arg(format!("-arch=sm_{arch}"))
         .arg("-v")
         .arg("-o")
         .arg(&cubin)
-        .arg(&ptx_path)
+        .arg(ptx_path)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", tc.ptxas.display()))?;
     let log = format!(
@@ -255,15 +474,24 @@ fn compile_one(
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        return Err(format!("ptxas failed on {}:\n{log}", ptx_path.display()));
+        return Err(format!(
+            "ptxas -arch=sm_{arch} failed on {} (PTX ISA {}.{}):\n{log}",
+            ptx_path.display(),
+            PTX_ISA.0,
+            PTX_ISA.1
+        ));
     }
     let mut entries = parse_ptxas(&log);
     entries.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Compiled {
-        stem,
-        ptx_path,
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .map(|l| format!("sm_{arch}: {l}"))
+        .collect();
+    Ok(ArchCheck {
+        arch,
         entries,
-        ptxas_log: log,
+        warnings,
     })
 }
 
@@ -303,37 +531,78 @@ fn parse_ptxas(log: &str) -> Vec<Entry> {
     out
 }
 
+/// The per-arch table: one row per kernel (and variant), registers per arch; shared memory,
+/// stack and spills as one value when every arch agrees, per arch otherwise.
 fn render_report(tc: &Toolchain, compiled: &[Compiled]) -> String {
+    let archs: Vec<String> = CHECK_ARCHS.iter().map(|a| format!("sm_{a}")).collect();
     let mut s = String::new();
-    let _ = writeln!(s, "# ptxas report ({REAL_ARCH})\n");
+    let _ = writeln!(s, "# ptxas report ({})\n", archs.join(", "));
     let _ = writeln!(
         s,
         "Generated by `build.rs` (`cargo build --features cuda`); do not edit. PTX for \
-         `{VIRTUAL_ARCH}` from {}, assembled by ptxas {} with `-arch={REAL_ARCH} -v`. \
-         Shared memory is static (plus any dynamic bytes given at launch). Spills must stay 0 \
-         for {}.\n",
+         `compute_{BASE_ARCH}` (a file's `{ARCH_DIRECTIVE}` line adds per-capability variants) \
+         from {}, PTX ISA {}.{} (JIT-able by drivers for CUDA {}.{} or newer), assembled by \
+         ptxas {} with `-arch=sm_XX -v` for each arch at or above the variant's. Registers are \
+         per thread; shared memory is static bytes per block (plus any dynamic bytes given at \
+         launch); shared memory, stack and spills are one value when every arch agrees, else \
+         `arch:value` per arch. Spills must stay 0 for {} on every arch.\n",
         tc.compiler_version,
+        PTX_ISA.0,
+        PTX_ISA.1,
+        PTX_ISA_MIN_DRIVER / 1000,
+        PTX_ISA_MIN_DRIVER % 1000 / 10,
         tc.ptxas_version,
         NO_SPILL.join(" and ")
     );
+    let regs_header: Vec<String> = archs.iter().map(|a| format!("{a} regs")).collect();
     let _ = writeln!(
         s,
-        "| file | kernel | registers | shared mem (bytes) | stack (bytes) | spill stores (bytes) | spill loads (bytes) |"
+        "| file | PTX | kernel | {} | shared mem (bytes) | stack (bytes) | spill stores/loads (bytes) |",
+        regs_header.join(" | ")
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|{}---:|---:|---:|",
+        "---:|".repeat(archs.len())
+    );
     for c in compiled {
-        for e in &c.entries {
-            let _ = writeln!(
-                s,
-                "| {}.cu | `{}` | {} | {} | {} | {} | {} |",
-                c.stem, e.name, e.registers, e.smem, e.stack, e.spill_stores, e.spill_loads
-            );
+        for v in &c.variants {
+            for (i, first) in v.checks[0].entries.iter().enumerate() {
+                // The same entry on every checked arch (names are sorted, equal across checks).
+                let per_arch: Vec<(u32, &Entry)> = v
+                    .checks
+                    .iter()
+                    .map(|chk| (chk.arch, &chk.entries[i]))
+                    .collect();
+                let regs: Vec<String> = CHECK_ARCHS
+                    .iter()
+                    .map(|a| match per_arch.iter().find(|(x, _)| x == a) {
+                        Some((_, e)) => e.registers.to_string(),
+                        None => "–".into(),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "| {}.cu | compute_{} | `{}` | {} | {} | {} | {} |",
+                    c.stem,
+                    v.arch,
+                    first.name,
+                    regs.join(" | "),
+                    agreed(&per_arch, |e| e.smem.to_string()),
+                    agreed(&per_arch, |e| e.stack.to_string()),
+                    agreed(&per_arch, |e| format!(
+                        "{}/{}",
+                        e.spill_stores, e.spill_loads
+                    )),
+                );
+            }
         }
     }
-    let warnings: Vec<&str> = compiled
+    let warnings: Vec<&String> = compiled
         .iter()
-        .flat_map(|c| c.ptxas_log.lines())
-        .filter(|l| l.contains("warning"))
+        .flat_map(|c| &c.variants)
+        .flat_map(|v| &v.checks)
+        .flat_map(|chk| &chk.warnings)
         .collect();
     if !warnings.is_empty() {
         let _ = writeln!(s, "\nptxas warnings:\n");
@@ -342,6 +611,21 @@ fn render_report(tc: &Toolchain, compiled: &[Compiled]) -> String {
         }
     }
     s
+}
+
+/// One value when every arch gives the same, else `75:a 80:b ...`.
+fn agreed(per_arch: &[(u32, &Entry)], f: impl Fn(&Entry) -> String) -> String {
+    let values: Vec<String> = per_arch.iter().map(|(_, e)| f(e)).collect();
+    if values.windows(2).all(|w| w[0] == w[1]) {
+        values[0].clone()
+    } else {
+        per_arch
+            .iter()
+            .zip(&values)
+            .map(|((a, _), v)| format!("{a}:{v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// Writes only when the content differs, then stamps the file with the newest input's mtime

@@ -57,6 +57,12 @@ fn cuda_kernels(c: &mut Criterion) {
     let dev = match CudaDevice::shared() {
         Ok(d) => d,
         Err(e) => {
+            // The device check must time the kernels, not report an empty run.
+            assert!(
+                !pmad::cuda::gpu_required(),
+                "{} is set but there is no usable CUDA device: {e}",
+                pmad::cuda::REQUIRE_GPU_VAR
+            );
             println!("cuda_kernels: skipped ({e})");
             return;
         }
@@ -395,7 +401,14 @@ fn cuda_kernels(c: &mut Criterion) {
                 },
             );
         }
-        Err(e) => println!("backbone bench skipped: {e}"),
+        Err(e) => {
+            assert!(
+                !pmad::cuda::gpu_required(),
+                "{} is set but the backbone bench cannot run: {e}",
+                pmad::cuda::REQUIRE_GPU_VAR
+            );
+            println!("backbone bench skipped: {e}");
+        }
     }
 
     // The whole ViT inference forward (small and base presets, |V| 8192), 64 images, 30%

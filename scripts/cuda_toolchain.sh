@@ -3,7 +3,7 @@
 # project-local folder (default: <repo>/.cuda-toolchain, override with PMAD_CUDA_TOOLCHAIN).
 #
 #   nvidia-cuda-nvrtc-cu12   libnvrtc.so.12 (CUDA C++ -> PTX; used by build.rs when no nvcc)
-#   nvidia-cuda-nvcc-cu12    ptxas          (PTX -> SASS for sm_90: registers/spills report)
+#   nvidia-cuda-nvcc-cu12    ptxas          (PTX -> SASS for sm_75..sm_90: registers/spills report)
 #   nvidia-cuda-runtime-cu12 CUDA runtime headers (cuda_fp16.h, cuda_bf16.h, ...)
 #   nvidia-cuda-cccl-cu12    CCCL headers (cuda/std/..., needed by the fp16/bf16 headers)
 #

@@ -7,9 +7,14 @@
 #   3. `pmad inspect` images/s at batch 1 and 64, --device cuda and cpu;
 #   4. the same operations in PyTorch on that machine (SDPA attention, cdist + argmin, the
 #      same ViT forward), side by side with 2 as ratios (scripts/device_torch.py).
-# On a machine without a GPU it still runs (the CUDA parts report "skipped" and the PyTorch
-# part runs on the CPU with small shapes): a dry run of the script itself.
+# PMAD_REQUIRE_GPU=1 (exported here unless already set): a CUDA test or bench that finds no
+# usable GPU fails instead of printing "skipped", and the script then exits non-zero; a GPU
+# machine whose driver or libraries cannot be used must not pass as green. A dry run on a
+# machine without a GPU: `PMAD_REQUIRE_GPU=0 bash scripts/device_check.sh` (the CUDA parts
+# report "skipped" and the PyTorch part runs on the CPU with small shapes).
 set -uo pipefail
+export PMAD_REQUIRE_GPU="${PMAD_REQUIRE_GPU:-1}"
+failed=0
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KIT="${KIT:-$ROOT/device-kit}"
 OUTDIR="${OUT:-$ROOT/device-results}"
@@ -46,7 +51,8 @@ endsection() { printf '```\n' >> "$RES"; }
 section "1. parity tests (bin/cuda_parity --test-threads 1 --nocapture)"
 t0=$(date +%s)
 timeout 180 "$KIT/bin/cuda_parity" --test-threads 1 --nocapture > "$OUTDIR/parity.log" 2>&1
-echo "exit status $? in $(( $(date +%s) - t0 )) s" >> "$RES"
+rc=$?; [ "$rc" = 0 ] || failed=1
+echo "exit status $rc in $(( $(date +%s) - t0 )) s" >> "$RES"
 grep -E "^(test |ok |skipped|.*: n=|.*FAILED|.*panicked|test result)" "$OUTDIR/parity.log" >> "$RES"
 endsection
 
@@ -54,8 +60,9 @@ endsection
 section "2. kernel timings (criterion; time = [low estimate high] per call)"
 export CRITERION_HOME="$OUTDIR/criterion"
 timeout 240 "$KIT/bin/cuda_kernels" --bench > "$OUTDIR/kernels.log" 2>&1
-echo "exit status $?" >> "$RES"
-grep -E "^[a-z_]+/|time:|thrpt:|skipped" "$OUTDIR/kernels.log" >> "$RES"
+rc=$?; [ "$rc" = 0 ] || failed=1
+echo "exit status $rc" >> "$RES"
+grep -E "^[a-z_]+/|time:|thrpt:|skipped|panicked|PMAD_REQUIRE_GPU" "$OUTDIR/kernels.log" >> "$RES"
 endsection
 
 # 3. Inspect throughput on regenerated synthetic images.
@@ -92,3 +99,5 @@ echo "exit status $?" >> "$RES"
 endsection
 echo "results: $RES"
 cat "$RES"
+[ "$failed" = 0 ] || echo "device check FAILED (parity or kernel bench; PMAD_REQUIRE_GPU=$PMAD_REQUIRE_GPU)" >&2
+exit "$failed"

@@ -20,7 +20,8 @@ fi
 cargo test --release
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
-# The CUDA backend: compile every kernel (NVRTC) and check it with ptxas for sm_90, and
+# The CUDA backend: compile every kernel (NVRTC, compute_75, PTX ISA 8.0) and check it with
+# ptxas for sm_75, sm_80, sm_86, sm_89 and sm_90 (kernels/PTXAS_REPORT.md), and
 # type-check the cuda feature's Rust code and parity tests. No GPU is needed for this.
 bash scripts/cuda_toolchain.sh
 cargo clippy --release --all-targets --features cuda -- -D warnings

@@ -6,8 +6,10 @@
 //! sum ref^2, printing the worst index. (The references are test-local for now; the CPU ops of
 //! `src/ops/` will replace them.)
 //!
-//! Without a usable GPU (no driver library, no device, or older than sm_90) each test prints
-//! `skipped: no CUDA device (<reason>)` and passes.
+//! Without a usable GPU (no driver library, no device, a driver too old for the PTX ISA, or a
+//! GPU below compute capability 7.5) each test prints `skipped: no CUDA device (<reason>)` and
+//! passes — unless `PMAD_REQUIRE_GPU=1` (set by `scripts/device_check.sh`), which makes every
+//! such skip, and a skip for missing backbone weights, a failure.
 #![cfg(feature = "cuda")]
 
 use std::sync::Arc;
@@ -32,6 +34,11 @@ fn device() -> Option<Arc<CudaDevice>> {
     match CudaDevice::shared() {
         Ok(d) => Some(d),
         Err(CudaError::Unavailable(reason)) => {
+            assert!(
+                !pmad::cuda::gpu_required(),
+                "{} is set but there is no usable CUDA device: {reason}",
+                pmad::cuda::REQUIRE_GPU_VAR
+            );
             println!("skipped: no CUDA device ({reason})");
             None
         }
@@ -1253,6 +1260,12 @@ fn backbone_features() {
     let dev = device_or_skip!();
     let path = default_weights_dir().join(WEIGHTS_FILE);
     if !path.is_file() {
+        assert!(
+            !pmad::cuda::gpu_required(),
+            "{} is set but the backbone weights are missing: {}",
+            pmad::cuda::REQUIRE_GPU_VAR,
+            path.display()
+        );
         println!("skipped: no backbone weights at {}", path.display());
         return;
     }
@@ -1291,4 +1304,99 @@ fn modules_load() {
         }
     }
     println!("{dev:?}: all modules loaded");
+}
+
+// ------------------------------------------------------------- portability (no GPU needed)
+
+/// The runtime check accepts every GPU the PTX supports and names the reason otherwise.
+#[test]
+fn support_rules() {
+    use pmad::cuda::device::{capability_problem, driver_problem, support_problem};
+    use pmad::cuda::ptx::{BASE_ARCH, PTX_ISA, PTX_ISA_MIN_DRIVER};
+    assert_eq!(BASE_ARCH, 75, "the f32 kernels target compute_75");
+    assert_eq!(PTX_ISA, (8, 0));
+    assert_eq!(PTX_ISA_MIN_DRIVER, 12000);
+    // T4, A100, A10/RTX 30xx, Orin, L4/RTX 40xx, H100/H200, Blackwell: all accepted on any
+    // CUDA 12 or 13 driver.
+    for cc in [
+        (7, 5),
+        (8, 0),
+        (8, 6),
+        (8, 7),
+        (8, 9),
+        (9, 0),
+        (10, 0),
+        (12, 0),
+    ] {
+        for driver in [12000, 12020, 12090, 13000] {
+            assert_eq!(
+                support_problem(driver, cc),
+                None,
+                "cc {cc:?}, driver {driver}"
+            );
+        }
+    }
+    // Below Turing: the reason names the capability and the floor.
+    for cc in [(6, 1), (7, 0), (7, 2)] {
+        let why = capability_problem(cc).expect("refused");
+        assert!(
+            why.contains(&format!("{}.{}", cc.0, cc.1)) && why.contains("7.5"),
+            "{why}"
+        );
+    }
+    // A CUDA 11.8 driver cannot JIT PTX ISA 8.0: the reason names both versions.
+    let why = driver_problem(11080).expect("refused");
+    assert!(
+        why.contains("CUDA 11.8") && why.contains("ISA 8.0") && why.contains("CUDA 12.0"),
+        "{why}"
+    );
+    // The driver is checked first: it is what an operator must change.
+    assert_eq!(support_problem(11080, (6, 1)), Some(why));
+}
+
+/// Every module's PTX variant declares the ISA and target the runtime check assumes, and every
+/// module has a variant for the base capability (no kernel needs more than Turing today).
+#[test]
+fn ptx_variants_are_portable() {
+    use pmad::cuda::KernelModule;
+    use pmad::cuda::ptx::{BASE_ARCH, PTX_ISA};
+    let version = format!(".version {}.{}", PTX_ISA.0, PTX_ISA.1);
+    for m in KernelModule::ALL {
+        let variants = m.ptx();
+        assert!(!variants.is_empty(), "{}: no PTX", m.name());
+        assert!(
+            variants.windows(2).all(|w| w[0].0 < w[1].0),
+            "{}: variants not sorted",
+            m.name()
+        );
+        for (arch, text) in variants {
+            assert!(
+                text.lines().any(|l| l.trim() == version),
+                "{} compute_{arch}: no `{version}` line",
+                m.name()
+            );
+            assert!(
+                text.lines()
+                    .any(|l| l.trim() == format!(".target sm_{arch}")),
+                "{} compute_{arch}: wrong .target",
+                m.name()
+            );
+            assert!(
+                !text.contains("used_bytes_mask"),
+                "{}: ISA 8.3 hint left in",
+                m.name()
+            );
+        }
+        // The runtime choice: the highest variant not above the GPU, else a named refusal.
+        assert_eq!(
+            variants[0].0,
+            BASE_ARCH,
+            "{} needs more than Turing",
+            m.name()
+        );
+        assert_eq!(m.ptx_for((7, 5)).unwrap(), variants[0].1);
+        assert_eq!(m.ptx_for((9, 0)).unwrap(), variants.last().unwrap().1);
+        let err = m.ptx_for((6, 1)).unwrap_err().to_string();
+        assert!(err.contains(m.name()) && err.contains("6.1"), "{err}");
+    }
 }

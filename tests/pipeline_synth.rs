@@ -332,6 +332,10 @@ fn failed_registration_leaves_the_model_untouched() {
 #[test]
 fn the_cuda_device_runs_or_says_clearly_why_not() {
     let Some((data, model)) = fixture() else {
+        assert!(
+            !common::gpu_required(),
+            "PMAD_REQUIRE_GPU is set but the fixture (backbone weights) is missing"
+        );
         return;
     };
     let good = data.join("synth_wood/test/good");
@@ -375,6 +379,12 @@ fn the_cuda_device_runs_or_says_clearly_why_not() {
         }
         return;
     }
+    // Under PMAD_REQUIRE_GPU (the device check) the CUDA run above must have succeeded.
+    assert!(
+        !common::gpu_required(),
+        "PMAD_REQUIRE_GPU is set but `inspect --device cuda` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "--device cuda cannot succeed here");
     let err = String::from_utf8_lossy(&out.stderr);
     let want = if cfg!(feature = "cuda") {

@@ -52,7 +52,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub register: bool,
     /// Where the backbone, the nearest-prototype search and the ViT run: cpu | cuda (needs a
-    /// build with `--features cuda` and an sm_90+ GPU).
+    /// build with `--features cuda` and a GPU of compute capability 7.5+).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
     #[arg(long)]

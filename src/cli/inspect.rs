@@ -40,7 +40,7 @@ pub struct InspectArgs {
     #[arg(long)]
     pub score: Option<ScoreKind>,
     /// Where the backbone, the nearest-prototype search and the ViT run: cpu | cuda (needs a
-    /// build with `--features cuda` and an sm_90+ GPU).
+    /// build with `--features cuda` and a GPU of compute capability 7.5+).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
     /// Images per batch (decoded in parallel, one backbone / search / ViT pass each).

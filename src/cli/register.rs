@@ -25,7 +25,7 @@ pub struct RegisterArgs {
     #[arg(long)]
     pub mask_ratio: Option<f32>,
     /// Where the backbone, the nearest-prototype search and the ViT run: cpu | cuda (needs a
-    /// build with `--features cuda` and an sm_90+ GPU).
+    /// build with `--features cuda` and a GPU of compute capability 7.5+).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
     /// Backbone weights (default: the fetched EfficientNet-Lite0).

@@ -3,13 +3,18 @@
 //!
 //! Opening never panics: cudarc's `CudaContext::new` panics when no `libcuda` can be loaded,
 //! so [`CudaDevice::new`] checks `is_culib_present()` first and reports
-//! [`CudaError::Unavailable`] for a missing driver, no device, or a GPU below sm_90 (the PTX
-//! targets `compute_90`).
+//! [`CudaError::Unavailable`] with the reason for a missing driver, no device, a driver too old
+//! to JIT the embedded PTX ISA, or a GPU below the lowest compute capability the PTX targets
+//! (see [`support_problem`]). Every GPU from that capability up is accepted: the driver JITs
+//! the PTX for it.
+//!
+//! A kernel file may come in several PTX variants, one per compute capability (see `build.rs`,
+//! "Variants"); [`KernelModule::ptx_for`] picks the highest one the GPU supports.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUresult};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
 };
@@ -50,8 +55,8 @@ impl KernelModule {
         }
     }
 
-    /// Embedded PTX.
-    pub fn ptx(self) -> &'static str {
+    /// Embedded PTX variants: (compute capability x10, PTX), lowest capability first.
+    pub fn ptx(self) -> &'static [(u32, &'static str)] {
         match self {
             KernelModule::Attention => ptx::ATTENTION_PTX,
             KernelModule::ProtoNn => ptx::PROTO_NN_PTX,
@@ -74,9 +79,90 @@ impl KernelModule {
         }
     }
 
+    /// The PTX to load on a GPU of compute capability `cc`: the variant for the highest
+    /// capability not above it, or an error naming the capability this module needs.
+    pub fn ptx_for(self, cc: (i32, i32)) -> CudaResult<&'static str> {
+        let have = cc_x10(cc);
+        let variants = self.ptx();
+        variants
+            .iter()
+            .rev()
+            .find(|(arch, _)| i64::from(*arch) <= have)
+            .map(|(_, text)| *text)
+            .ok_or_else(|| {
+                let need = variants.first().map_or(0, |(arch, _)| *arch);
+                CudaError::Unavailable(format!(
+                    "the kernels of kernels/{}.cu need compute capability {}.{} or newer; this \
+                     GPU is {}.{}",
+                    self.name(),
+                    need / 10,
+                    need % 10,
+                    cc.0,
+                    cc.1
+                ))
+            })
+    }
+
     fn index(self) -> usize {
         self as usize
     }
+}
+
+/// `(major, minor)` -> `10 * major + minor`, the form of `build.rs`'s capabilities.
+fn cc_x10(cc: (i32, i32)) -> i64 {
+    10 * i64::from(cc.0) + i64::from(cc.1)
+}
+
+/// Why this build cannot run on a driver reporting `driver_version` (`cuDriverGetVersion`:
+/// 1000 * major + 10 * minor of its CUDA version) and a GPU of compute capability `cc`, or
+/// `None` when it can. Both limits come from the embedded PTX: see [`driver_problem`] and
+/// [`capability_problem`].
+pub fn support_problem(driver_version: i32, cc: (i32, i32)) -> Option<String> {
+    driver_problem(driver_version).or_else(|| capability_problem(cc))
+}
+
+/// The driver must know the PTX ISA of the embedded modules: drivers JIT only the ISA versions
+/// of their own CUDA release or older.
+pub fn driver_problem(driver_version: i32) -> Option<String> {
+    let (isa, min_driver) = (ptx::PTX_ISA, ptx::PTX_ISA_MIN_DRIVER);
+    (driver_version < min_driver).then(|| {
+        format!(
+            "the NVIDIA driver supports CUDA {}.{}, but the embedded PTX (ISA {}.{}) needs a \
+             driver for CUDA {}.{} or newer: update the driver",
+            driver_version / 1000,
+            driver_version % 1000 / 10,
+            isa.0,
+            isa.1,
+            min_driver / 1000,
+            min_driver % 1000 / 10
+        )
+    })
+}
+
+/// The GPU must be at least the lowest capability any PTX variant targets; the driver JITs the
+/// PTX for every newer one.
+pub fn capability_problem(cc: (i32, i32)) -> Option<String> {
+    let base = i64::from(ptx::BASE_ARCH);
+    (cc_x10(cc) < base).then(|| {
+        format!(
+            "compute capability {}.{} is below {}.{}, the lowest the kernels are built for \
+             (compute_{base}: Turing or newer)",
+            cc.0,
+            cc.1,
+            base / 10,
+            base % 10
+        )
+    })
+}
+
+/// The environment variable that turns a missing GPU from a skip into a failure.
+pub const REQUIRE_GPU_VAR: &str = "PMAD_REQUIRE_GPU";
+
+/// Whether `PMAD_REQUIRE_GPU` is set (to anything but empty or `0`): on a machine that must
+/// exercise the GPU (`scripts/device_check.sh` sets it), tests and benches that would print
+/// "skipped: no CUDA device" fail instead, so a broken driver setup cannot pass as green.
+pub fn gpu_required() -> bool {
+    std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// One GPU with its default stream. Cheap to share (`Arc`), `Send + Sync`.
@@ -111,16 +197,25 @@ impl CudaDevice {
             ));
         }
         // A driver lacking a symbol cudarc resolves would panic inside cudarc: contain it.
+        let driver_version = std::panic::catch_unwind(|| {
+            let mut v: std::ffi::c_int = 0;
+            // SAFETY: one valid out-pointer; cuDriverGetVersion needs no cuInit.
+            unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }
+                .result()
+                .map(|()| v)
+        })
+        .map_err(|_| CudaError::Unavailable("the CUDA driver panicked on init".into()))?
+        .map_err(|e| CudaError::Unavailable(format!("cannot read the driver version: {e}")))?;
+        if let Some(why) = driver_problem(driver_version) {
+            return Err(CudaError::Unavailable(why));
+        }
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| CudaError::Unavailable("the CUDA driver panicked on init".into()))?
             .map_err(|e| CudaError::Unavailable(format!("cannot open device {ordinal}: {e}")))?;
         let compute_capability = ctx.compute_capability()?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
-        if compute_capability.0 < 9 {
-            return Err(CudaError::Unavailable(format!(
-                "{name} is sm_{}{}; the kernels are built for compute_90 (sm_90 or newer)",
-                compute_capability.0, compute_capability.1
-            )));
+        if let Some(why) = capability_problem(compute_capability) {
+            return Err(CudaError::Unavailable(format!("{name}: {why}")));
         }
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
@@ -181,7 +276,25 @@ impl CudaDevice {
         if let Some(module) = &slots[m.index()] {
             return Ok(module.clone());
         }
-        let module = self.ctx.load_module(Ptx::from_src(m.ptx()))?;
+        let ptx = m.ptx_for(self.compute_capability)?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| match e.0 {
+                // Named, so that a driver/PTX mismatch is not a bare error code.
+                CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+                | CUresult::CUDA_ERROR_INVALID_PTX
+                | CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU => CudaError::Unavailable(format!(
+                    "the driver cannot JIT kernels/{}.cu (PTX ISA {}.{}) for {} ({}.{}): {e}",
+                    m.name(),
+                    ptx::PTX_ISA.0,
+                    ptx::PTX_ISA.1,
+                    self.name,
+                    self.compute_capability.0,
+                    self.compute_capability.1
+                )),
+                _ => CudaError::Driver(e),
+            })?;
         slots[m.index()] = Some(module.clone());
         Ok(module)
     }

@@ -370,7 +370,7 @@ impl Detector {
 
     /// Moves scoring's nearest-prototype search and ViT to `device` (see
     /// [`crate::detector::device`]). `Device::Cuda` needs a binary built with the `cuda`
-    /// feature and a usable GPU ([`crate::backend`]); otherwise a clear error and nothing
+    /// feature and a usable GPU (compute capability 7.5+); otherwise a clear error and nothing
     /// changes.
     pub fn set_device(&mut self, device: Device) -> Result<()> {
         self.backend = Backend::open(device, &self.features, self.vit.as_ref())?;

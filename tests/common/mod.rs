@@ -25,6 +25,13 @@ pub fn required() -> bool {
     std::env::var_os("PMAD_REQUIRE_ASSETS").is_some()
 }
 
+/// Whether the CUDA device must be used (`PMAD_REQUIRE_GPU` set to anything but empty or `0`;
+/// `scripts/device_check.sh` sets it): a CUDA test fails instead of skipping. The same rule as
+/// `pmad::cuda::gpu_required`, which exists only with the `cuda` feature.
+pub fn gpu_required() -> bool {
+    std::env::var("PMAD_REQUIRE_GPU").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 /// The backbone weights, or None (skip, with a printed reason). In CI (`PMAD_REQUIRE_ASSETS`)
 /// a missing file fails the test: the test command fetches it first.
 pub fn need_backbone() -> Option<PathBuf> {

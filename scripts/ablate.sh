@@ -25,6 +25,8 @@ variants=(
     "no-robust-floor=--threshold-robust-z 0"
     "today-before=--image-score max --threshold-robust-z 0"
     "coreset-25%=--coreset-ratio 0.25"
+    "reweighted=--patch-score reweighted"
+    "augment=--augment all"
 )
 [ $# -gt 0 ] && variants=("$@")
 mapfile -t classes < <(for d in "$root"/*/; do [ -d "$d/train/good" ] && basename "$d"; done)

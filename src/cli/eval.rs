@@ -45,6 +45,10 @@ pub struct EvalArgs {
     /// the model's image score.
     #[arg(long)]
     pub image_score: Option<pmad::detector::scoring::ImageScore>,
+    /// Re-score with this patch score (nn | reweighted[:B]) for an ablation; like
+    /// --image-score, the verdict rates are then not computed.
+    #[arg(long)]
+    pub patch_score: Option<pmad::detector::reweight::PatchScore>,
     /// Which patches the ViT reconstructs (ablation): proposal | random | blockwise.
     #[arg(long, default_value = "proposal")]
     pub inference_mask: InferenceMask,
@@ -103,6 +107,9 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
     if let Some(i) = args.image_score {
         det.config.map.image_score = i;
     }
+    if let Some(p) = args.patch_score {
+        det.config.map.patch_score = p;
+    }
     det.set_device(args.device)?;
     let kind = args.score.unwrap_or(det.config.score);
     let mut report = Report {
@@ -122,7 +129,7 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
             0
         };
         let mut e = evaluate_class_detailed(&det, data, kind, worst)?;
-        if args.image_score.is_some() {
+        if args.image_score.is_some() || args.patch_score.is_some() {
             // The thresholds were calibrated with the model's image score: no verdict rates
             // for another one (null in the JSON).
             e.report.false_alarm_rate = f64::NAN;

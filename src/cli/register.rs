@@ -35,6 +35,11 @@ pub struct RegisterArgs {
     /// calibration.
     #[arg(long)]
     pub drop_outliers: bool,
+    /// Augmentation candidates to try for this class (default: the model's, set by `pmad
+    /// train --augment`): none | all | a list of hflip, vflip, rot90, shift. Each is kept only
+    /// if the class's held-out normal images score lower with it (recorded in class.json).
+    #[arg(long)]
+    pub augment: Option<pmad::detector::augment::AugmentList>,
 }
 
 pub fn run(args: RegisterArgs) -> pmad::Result<()> {
@@ -51,6 +56,7 @@ pub fn run(args: RegisterArgs) -> pmad::Result<()> {
     let opts = RegisterOptions {
         mask_ratio: args.mask_ratio,
         drop_outliers: args.drop_outliers,
+        augment: args.augment.map(|a| a.0),
     };
     let info = det.register_with(&args.class, &data.train, &opts)?.info;
     for o in &info.outliers {
@@ -80,5 +86,11 @@ pub fn run(args: RegisterArgs) -> pmad::Result<()> {
         thresholds.join(", "),
         t.elapsed().as_secs_f64()
     );
+    if !info.augmentation.is_empty() {
+        say!(
+            "augmentation: {}",
+            pmad::detector::augment::summary(&info.augmentation)
+        );
+    }
     Ok(())
 }

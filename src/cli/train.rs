@@ -30,6 +30,15 @@ pub struct TrainArgs {
     /// map's pixels; `top:0.01`, the default, raised image AUROC on every development class).
     #[arg(long, default_value = "top:0.01")]
     pub image_score: pmad::detector::scoring::ImageScore,
+    /// Patch score behind the `distance` image score: nn (the nearest-prototype distance) |
+    /// reweighted[:B] (PatchCore's Eq. 7 on the most abnormal patch, B = 9 neighbours).
+    #[arg(long, default_value = "nn")]
+    pub patch_score: pmad::detector::reweight::PatchScore,
+    /// Few-shot registration: augmentation candidates each class tries at register (none |
+    /// all | a list of hflip, vflip, rot90, shift); each is kept per class only if its
+    /// held-out normal images score lower with it.
+    #[arg(long, default_value = "none")]
+    pub augment: pmad::detector::augment::AugmentList,
     /// Verdict threshold: this quantile of the class's out-of-fold normal image scores...
     #[arg(long, default_value_t = 0.99)]
     pub threshold_quantile: f32,
@@ -126,6 +135,8 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> pmad::Result<()> {
     config.threshold_quantile = args.threshold_quantile;
     config.threshold_robust_z = args.threshold_robust_z;
     config.map.image_score = args.image_score;
+    config.map.patch_score = args.patch_score;
+    config.augment = args.augment.0;
     config.coreset.seed = args.seed;
     let mut stages = Stages::default();
     for s in &args.skip {

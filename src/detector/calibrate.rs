@@ -31,7 +31,7 @@
 //! ([`PIXEL_THRESHOLD_QUANTILE`]) of a deterministic sample of their pixels.
 
 use crate::backend::DeviceBank;
-use crate::detector::coreset::{CoresetConfig, select_coreset};
+use crate::detector::coreset::{CoresetConfig, select_coreset, select_coreset_of_size};
 use crate::detector::model_dir::ClassInfo;
 use crate::detector::normal_images::{NormalImage, load_inputs, name_image};
 use crate::detector::pipeline::{BATCH, ClassModel, Detector};
@@ -115,6 +115,18 @@ fn prototypes_outside_fold(full: &FullBank, dim: usize, folds: &[usize], fold: u
         .collect()
 }
 
+/// The folds of `n` normal images, their number `k`, and how many are scored (all of them, or
+/// as many as give [`CALIBRATION_MIN_SCORES`] scores).
+pub(crate) fn fold_plan(n: usize, seed: u64) -> (Vec<usize>, usize, usize) {
+    let folds = fold_of(n, CALIBRATION_FOLDS, seed);
+    let k = folds.iter().max().map_or(1, |m| m + 1);
+    let fold_size = n / k;
+    let scored = CALIBRATION_MIN_SCORES
+        .div_ceil(fold_size.max(1))
+        .clamp(1, k);
+    (folds, k, scored)
+}
+
 /// What a calibration produced besides the thresholds.
 pub struct Calibrated {
     /// Fold-0 residuals `[m * grid², dim]` against the fold-0 bank (out-of-bank).
@@ -125,13 +137,26 @@ impl Detector {
     /// The prototype bank of the patch features `pool` (`[rows, dim]`): greedy k-center
     /// coreset, then the exact-search index. Also returns the pool row of each prototype.
     pub(crate) fn build_bank(&self, pool: &[f32]) -> (Vec<f32>, BankIndex, Vec<usize>) {
+        self.build_bank_of_size(pool, None)
+    }
+
+    /// [`build_bank`](Self::build_bank) with `size` prototypes (`None`: the coreset ratio's
+    /// share of the pool).
+    pub(crate) fn build_bank_of_size(
+        &self,
+        pool: &[f32],
+        size: Option<usize>,
+    ) -> (Vec<f32>, BankIndex, Vec<usize>) {
         let dim = self.features.dim();
         let cfg = CoresetConfig {
             ratio: self.config.coreset.ratio,
             proj_dim: self.config.coreset.proj_dim,
             seed: self.config.coreset.seed,
         };
-        let sel = select_coreset(pool, dim, &cfg);
+        let sel = match size {
+            None => select_coreset(pool, dim, &cfg),
+            Some(m) => select_coreset_of_size(pool, dim, &cfg, m),
+        };
         let mut bank = Vec::with_capacity(sel.len() * dim);
         for &i in &sel {
             bank.extend_from_slice(&pool[i * dim..(i + 1) * dim]);
@@ -166,6 +191,45 @@ impl Detector {
         }
     }
 
+    /// The folds, their number and the folds scored for `n` normal images ([`fold_plan`] with
+    /// the model's seed).
+    fn fold_plan(&self, n: usize) -> (Vec<usize>, usize, usize) {
+        fold_plan(n, self.config.coreset.seed)
+    }
+
+    /// Out-of-fold `distance` image scores of the normal images whose patch features are
+    /// `feats` (`[n * grid², dim]`), each fold scored against `full` less the prototypes of
+    /// its own images, as [`calibrate`](Self::calibrate) scores them (images of folds not
+    /// scored are left out). What the augmentation decision compares
+    /// ([`crate::detector::augment`]).
+    pub(crate) fn out_of_fold_distance(
+        &self,
+        class: &str,
+        n: usize,
+        feats: &[f32],
+        full: &FullBank,
+    ) -> Result<Vec<f32>> {
+        let row = self.features.grid() * self.features.grid() * self.features.dim();
+        let (folds, _, scored) = self.fold_plan(n);
+        let mut scores = Vec::new();
+        for fold in 0..scored {
+            let (bank, index) = self.fold_bank(Some(full), feats, &folds, fold);
+            let model = ClassModel {
+                info: ClassInfo {
+                    name: class.to_string(),
+                    ..ClassInfo::default()
+                },
+                bank,
+                index,
+                source_image: None,
+                on_device: DeviceBank::default(),
+            };
+            let f = rows_of(feats, row, &folds, fold, true);
+            scores.extend(self.distance_image_scores(&model, &f)?);
+        }
+        Ok(scores)
+    }
+
     /// Fills `info.thresholds`, `info.normal_scores` and `info.pixel_thresholds` (a quantile
     /// of a sample of the same out-of-fold maps' pixels) for every available score kind by
     /// k-fold over the normal images `images` (patch features `feats`, `[n * grid², dim]`).
@@ -188,13 +252,7 @@ impl Detector {
         let size = self.config.features.input_size;
         let dim = self.features.dim();
         let row = self.features.grid() * self.features.grid() * dim;
-        let folds = fold_of(n, CALIBRATION_FOLDS, self.config.coreset.seed);
-        let k = folds.iter().max().map_or(1, |m| m + 1);
-        // Folds scored: all of them, or as many as give CALIBRATION_MIN_SCORES scores.
-        let fold_size = n / k;
-        let scored = CALIBRATION_MIN_SCORES
-            .div_ceil(fold_size.max(1))
-            .clamp(1, k);
+        let (folds, k, scored) = self.fold_plan(n);
         let total = (0..n).filter(|&i| folds[i] < scored).count();
         // Out-of-fold scores, in image order (NaN: image in a fold not scored).
         let mut scores: Vec<Vec<f32>> = vec![vec![f32::NAN; n]; kinds.len()];

@@ -789,6 +789,17 @@ pub fn select_coreset(x: &[f32], d: usize, cfg: &CoresetConfig) -> Vec<usize> {
         return Vec::new();
     }
     let m = ((n as f64 * cfg.ratio as f64).round() as usize).clamp(1, n);
+    select_coreset_of_size(x, d, cfg, m)
+}
+
+/// [`select_coreset`] of `m` rows (clamped to `1..=n`) whatever `cfg.ratio` says: the
+/// few-shot augmentation keeps the un-augmented bank size (`detector/augment.rs`).
+pub fn select_coreset_of_size(x: &[f32], d: usize, cfg: &CoresetConfig, m: usize) -> Vec<usize> {
+    let n = x.len() / d;
+    if n == 0 {
+        return Vec::new();
+    }
+    let m = m.clamp(1, n);
     let mut rng = Rng::new(cfg.seed);
     let first = rng.below(n);
     if cfg.proj_dim == 0 || cfg.proj_dim >= d {

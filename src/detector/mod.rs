@@ -1,5 +1,6 @@
 //! The anomaly detector: features -> prototypes -> (ProtoFlow) abnormality -> maps and scores.
 
+pub mod augment;
 pub mod calibrate;
 pub mod class_store;
 pub mod coreset;
@@ -12,6 +13,7 @@ mod normal_images;
 pub mod outputs;
 pub mod pipeline;
 pub mod register;
+pub mod reweight;
 pub mod scoring;
 pub mod train;
 

@@ -206,6 +206,11 @@ pub struct ModelConfig {
     /// Reconstruction stage (present when the ViT was trained).
     #[serde(default)]
     pub recon: Option<ReconConfig>,
+    /// Augmentation candidates `register` tries for each class (few-shot registration,
+    /// `detector/augment.rs`); each is kept or not per class, from its normal images. Models
+    /// written before this field: none.
+    #[serde(default)]
+    pub augment: Vec<crate::detector::augment::Augment>,
 }
 
 impl Default for ModelConfig {
@@ -222,6 +227,7 @@ impl Default for ModelConfig {
             trained_on: Vec::new(),
             flow: None,
             recon: None,
+            augment: Vec::new(),
         }
     }
 }
@@ -242,7 +248,7 @@ pub struct Outlier {
 }
 
 /// `classes/<name>/class.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ClassInfo {
     pub name: String,
     pub n_train_images: usize,
@@ -271,6 +277,10 @@ pub struct ClassInfo {
     /// (`detector/calibrate.rs`). Absent in class.json files of older pmad (register again).
     #[serde(default)]
     pub pixel_thresholds: std::collections::BTreeMap<String, f32>,
+    /// The augmentation candidates tried at registration and which were kept in the bank
+    /// (`detector/augment.rs`; decided from the class's normal images only). Empty: none tried.
+    #[serde(default)]
+    pub augmentation: Vec<crate::detector::augment::AugmentTrial>,
 }
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
@@ -467,6 +477,15 @@ impl ModelConfig {
         if let crate::detector::scoring::ImageScore::TopMean { q } = self.map.image_score {
             in_range_f(path, "map.image_score.top-mean.q", q, 1e-6, 1.0)?;
         }
+        if let crate::detector::reweight::PatchScore::Reweighted { b } = self.map.patch_score {
+            in_range(
+                path,
+                "map.patch_score.reweighted.b",
+                b,
+                2,
+                crate::detector::reweight::MAX_B,
+            )?;
+        }
         if !(self.coreset.ratio.is_finite()
             && self.coreset.ratio > 0.0
             && self.coreset.ratio <= 1.0)
@@ -572,6 +591,15 @@ impl ClassInfo {
         }
         if let Some(r) = self.mask_ratio {
             in_range_f(path, "mask_ratio", r, 0.0, 1.0)?;
+        }
+        for t in &self.augmentation {
+            if !(t.mean_with.is_finite() && t.mean_without.is_finite()) {
+                return Err(field_error(
+                    path,
+                    "augmentation",
+                    format!("non-finite mean score in the '{}' trial", t.augment.name()),
+                ));
+            }
         }
         if let Some(l) = self.flow_ref_ll
             && !l.is_finite()

@@ -23,6 +23,7 @@ use crate::detector::features::FeatureExtractor;
 use crate::detector::flow::{FlowConfig, ProtoFlow, abnormality_from_ll, positional_encoding};
 use crate::detector::model_dir::{self as md, ClassInfo, InferenceMask, ModelConfig, ScoreKind};
 use crate::detector::normal_images::{self, NormalImage};
+use crate::detector::reweight::{self, PatchScore};
 use crate::detector::scoring::{AnomalyMap, patch_scores_to_map};
 use crate::error::{Error, ImageOrigin, Result};
 use crate::models::EfficientNetLite;
@@ -383,7 +384,7 @@ impl Detector {
     }
 
     /// Patch features `[B * grid², dim]` of the network inputs `x`, on the scoring device.
-    fn extract_features(&self, x: &Tensor) -> Result<Vec<f32>> {
+    pub(crate) fn extract_features(&self, x: &Tensor) -> Result<Vec<f32>> {
         self.backend.features(&self.features, x)
     }
 
@@ -626,24 +627,70 @@ impl Detector {
                         base_patches[i].clone()
                     }
                 };
-                let maps: Vec<AnomalyMap> = patches
-                    .par_chunks(grid * grid)
-                    .map(|p| patch_scores_to_map(p, grid, &self.config.map))
-                    .collect();
-                // The last line of defence: no non-finite score leaves the detector.
-                for (i, m) in maps.iter().enumerate() {
-                    if !m.score.is_finite() {
-                        return Err(Error::NonFinite {
-                            class: model.info.name.clone(),
-                            image: i,
-                            stage: "map",
-                            value: m.score,
-                        });
-                    }
-                }
-                Ok(maps)
+                self.maps_of_patches(model, *kind, &patches, feats)
             })
             .collect()
+    }
+
+    /// The maps of one score kind from its patch scores `[n * grid²]` (features `feats`,
+    /// `[n * grid², dim]`): upsampled and blurred, the image score per `config.map`
+    /// (PatchCore's reweighting for the `distance` kind when asked for), every score checked
+    /// finite.
+    fn maps_of_patches(
+        &self,
+        model: &ClassModel,
+        kind: ScoreKind,
+        patches: &[f32],
+        feats: &[f32],
+    ) -> Result<Vec<AnomalyMap>> {
+        let grid = self.features.grid();
+        let mut maps: Vec<AnomalyMap> = patches
+            .par_chunks(grid * grid)
+            .map(|p| patch_scores_to_map(p, grid, &self.config.map))
+            .collect();
+        // PatchCore's reweighting scales the distance kind's image score by the weight of
+        // its most abnormal patch; the map itself is unchanged.
+        if let (ScoreKind::Distance, PatchScore::Reweighted { b }) =
+            (kind, self.config.map.patch_score)
+        {
+            let w = reweight::image_weights(
+                patches,
+                feats,
+                &model.bank,
+                self.features.dim(),
+                grid * grid,
+                b,
+                &model.info.name,
+            )?;
+            maps.iter_mut().zip(w).for_each(|(m, w)| m.score *= w);
+        }
+        // The last line of defence: no non-finite score leaves the detector.
+        for (i, m) in maps.iter().enumerate() {
+            if !m.score.is_finite() {
+                return Err(Error::NonFinite {
+                    class: model.info.name.clone(),
+                    image: i,
+                    stage: "map",
+                    value: m.score,
+                });
+            }
+        }
+        Ok(maps)
+    }
+
+    /// Image scores of the `distance` kind for patch features `[n * grid², dim]` (no image
+    /// needed: the proposal stage only).
+    pub(crate) fn distance_image_scores(
+        &self,
+        model: &ClassModel,
+        feats: &[f32],
+    ) -> Result<Vec<f32>> {
+        let patches = self.patch_abnormality(model, feats, ScoreKind::Distance)?;
+        Ok(self
+            .maps_of_patches(model, ScoreKind::Distance, &patches, feats)?
+            .into_iter()
+            .map(|m| m.score)
+            .collect())
     }
 
     /// The trained ViT, or an error saying the score needs one.

@@ -9,6 +9,7 @@
 use crate::backend::DeviceBank;
 use crate::data::image::RgbImage;
 use crate::data::view::ImageView;
+use crate::detector::augment::Augment;
 use crate::detector::calibrate::FullBank;
 use crate::detector::class_store;
 use crate::detector::model_dir::{self as md, ClassInfo, Outlier};
@@ -27,6 +28,9 @@ pub struct RegisterOptions {
     pub mask_ratio: Option<f32>,
     /// Leave the normal images flagged as outliers out of the bank and the calibration.
     pub drop_outliers: bool,
+    /// Augmentation candidates to try for this class (`None`: the model's `augment`; see
+    /// [`crate::detector::augment`]).
+    pub augment: Option<Vec<Augment>>,
 }
 
 /// Modified z-score above which a normal image is reported as an outlier (Iglewicz and
@@ -222,10 +226,19 @@ impl Detector {
             (normal_images.to_vec(), pool)
         };
 
-        // The bank from every kept image; thresholds by k-fold over the same images.
-        self.report("coreset", 0, 1);
-        let (bank, index, sel) = self.build_bank(&pool);
-        self.report("coreset", 1, 1);
+        // The bank from every kept image (and the augmented copies the class's own held-out
+        // images vote for); thresholds by k-fold over the same images.
+        let candidates = opts.augment.as_ref().unwrap_or(&self.config.augment);
+        let (bank, index, source_image, augmentation) = if candidates.is_empty() {
+            self.report("coreset", 0, 1);
+            let (bank, index, sel) = self.build_bank(&pool);
+            self.report("coreset", 1, 1);
+            let source: Vec<u32> = sel.iter().map(|&r| (r / per) as u32).collect();
+            (bank, index, source, Vec::new())
+        } else {
+            let a = self.augmented_bank(class, &images, &pool, candidates)?;
+            (a.bank, a.index, a.source_image, a.trials)
+        };
         let mut model = ClassModel {
             info: ClassInfo {
                 name: class.to_string(),
@@ -238,10 +251,11 @@ impl Detector {
                 outliers,
                 calibration_folds: 0,
                 pixel_thresholds: BTreeMap::new(),
+                augmentation,
             },
             bank,
             index,
-            source_image: Some(sel.iter().map(|&r| (r / per) as u32).collect()),
+            source_image: Some(source_image),
             on_device: DeviceBank::default(),
         };
         // Fold banks are the full bank's prototypes of the other folds' images.

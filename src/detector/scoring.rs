@@ -18,6 +18,11 @@ pub struct MapSpec {
     /// their thresholds were calibrated with; new models: the top-1% mean).
     #[serde(default)]
     pub image_score: ImageScore,
+    /// The patch score behind the image score of the `distance` kind: the nearest-prototype
+    /// distance, or PatchCore's reweighting of the most abnormal patch
+    /// ([`crate::detector::reweight`]). Models written before this field: `nn`.
+    #[serde(default)]
+    pub patch_score: crate::detector::reweight::PatchScore,
 }
 
 impl Default for MapSpec {
@@ -30,6 +35,7 @@ impl Default for MapSpec {
             // 0.907, metal_plate 0.973 -> 0.978, bottle stays 1.000) with no change in the
             // false-alarm rate at the calibrated threshold. Chosen globally, never per class.
             image_score: ImageScore::TopMean { q: 0.01 },
+            patch_score: crate::detector::reweight::PatchScore::Nn,
         }
     }
 }

@@ -30,13 +30,22 @@ PoP = S('Po', ['planes','h','w','k'])
 TrP = S('Tr', ['batch','channels','plane','row_width','col_offset'])
 assert C.sizeof(AttP)==20 and C.sizeof(DwP)==60 and C.sizeof(RsP)==28
 
-def ptr(a): return a.ctypes.data_as(C.c_void_p)
-def launch(name, grid, block, *args):
-    f = getattr(lib, 'w_' + name)
-    cargs = [C.c_uint(grid[0]), C.c_uint(grid[1]), C.c_uint(grid[2]), C.c_uint(block)]
-    for a in args:
-        cargs.append(ptr(a) if isinstance(a, np.ndarray) else a)
-    f(*cargs)
+lib.pmad_emu_launch.restype = C.c_int
+lib.pmad_emu_launch.argtypes = [C.c_char_p] + [C.c_uint] * 7 + [C.POINTER(C.c_void_p)]
+def launch(name, grid, block, *args, smem=0):
+    """Launches kernel `name` the way the CUDA driver does (cuLaunchKernel): params[i] points
+    at the i-th argument — at a variable holding the buffer's address for an array, at the
+    struct itself for a parameter block."""
+    keep = []
+    params = (C.c_void_p * len(args))()
+    for i, a in enumerate(args):
+        if isinstance(a, np.ndarray):
+            a = C.c_void_p(a.ctypes.data)
+        keep.append(a)
+        params[i] = C.addressof(a)
+    rc = lib.pmad_emu_launch(name.encode(), grid[0], grid[1], grid[2], block, 1, 1, smem, params)
+    if rc != 0:
+        raise RuntimeError(f"pmad_emu_launch({name}) returned {rc}")
 
 FAILS = []
 def compare(name, got, want, atol, rtol, nmse_max=1e-9, exact_nonfinite=True):
@@ -134,7 +143,7 @@ for (R, n, ratio) in [(5, 196, .16), (3, 784, .48), (4, 196, 0.0), (2, 196, 1.0)
     s = f32(np.round(rng.uniform(-1, 1, (R, n)) * 8) / 8)
     s.ravel()[::29] = np.nan; s.ravel()[3::31] = -0.0
     m = np.zeros_like(s)
-    launch('topk_mask_f32', (R, 1, 1), 256, s, m, TopP(R, n, k))
+    launch('topk_mask_f32', (R, 1, 1), 256, s, m, TopP(R, n, k), smem=n * 8)  # as src/cuda/topk_mask.rs
     want = np.zeros_like(s)
     for r in range(R):
         order = sorted(range(n), key=lambda i: (math.isnan(s[r, i]), -s[r, i] if not math.isnan(s[r, i]) else 0, i))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kernel logic check without a GPU: compiles kernels/*.cu as host C++ against cuda_emu.h (one
 # thread per CUDA thread, real barriers and shuffles) and runs parity.py, which launches every
-# kernel with the same grids as src/cuda/*.rs and compares with numpy/scipy references.
+# kernel with the same grids as src/cuda/*.rs, through the same by-name, void**-argument launch
+# the CUDA driver takes (gen_launch.py), and compares with numpy/scipy references.
 # Everything is built under target/kernel-emu/ (numpy + scipy go into a venv there).
 # Usage: bash kernels/emu/run.sh
 set -euo pipefail
@@ -31,5 +32,8 @@ for f in os.listdir(src):
     open(os.path.join(dst, out), 'w').write(s)
 PY
 
-g++ -std=c++20 -O2 -fPIC -shared -pthread -w -I"$EMU" -I"$OUT" -o "$OUT/emu.so" "$EMU/wrappers.cpp"
+# One by-name entry point with cuLaunchKernel's argument convention (void** params), generated
+# from the kernels' signatures.
+python3 "$EMU/gen_launch.py" "$ROOT/kernels" "$OUT/k" > "$OUT/launch.cpp"
+g++ -std=c++20 -O2 -fPIC -shared -pthread -w -I"$EMU" -I"$OUT" -o "$OUT/emu.so" "$OUT/launch.cpp"
 exec "$OUT/venv/bin/python" "$EMU/parity.py" "$OUT/emu.so"

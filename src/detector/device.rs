@@ -2,9 +2,9 @@
 //!
 //! The CPU backend is always there. With the `cuda` feature, [`Device::Cuda`] moves the
 //! per-image work of scoring (and of `register`'s embedding and calibration) to the GPU: the
-//! backbone's feature extraction ([`crate::cuda::backbone`]), the nearest-prototype search
+//! backbone's feature extraction (`crate::cuda::backbone`), the nearest-prototype search
 //! (the `proto_nn` kernel over the class's bank, uploaded once per class) and the
-//! reconstruction stage's ViT ([`crate::cuda::vit`]). Weights go up once; each stage's forward
+//! reconstruction stage's ViT (`crate::cuda::vit`). Weights go up once; each stage's forward
 //! pass stays on the device, and stages hand over on the host (the proposal mask and maps are
 //! CPU work). Coreset selection, the flow and training stay on the CPU. Results agree with
 //! the CPU path up to f32 rounding (`tests/cuda_parity.rs`).

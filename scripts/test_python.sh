@@ -11,6 +11,8 @@ target=${CARGO_TARGET_DIR:-$PWD/target}
 work=$(mktemp -d "${TMPDIR:-/tmp}/pmad-python.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cargo build --release --quiet # the `pmad` binary the tests run for `pmad synth`
+# Lints of the bindings crate (a workspace member that the main clippy run leaves out).
+cargo clippy --release --quiet -p pmad-python -- -D warnings
 python3 -m venv "$work/build"
 "$work/build/bin/pip" install --quiet "maturin>=1.5,<2"
 "$work/build/bin/maturin" build --release --quiet --manifest-path python/Cargo.toml \

@@ -70,6 +70,9 @@ fn to_images(frames: &[Frame]) -> Result<Vec<RgbImage>, Error> {
 /// the maps' f32 bytes (`[n, size, size]`) and the map side.
 type Scored<'py> = (Vec<f32>, Vec<f32>, Vec<bool>, Bound<'py, PyBytes>, usize);
 
+/// What `register` returns: prototypes, images, thresholds by score name.
+type Registered = (usize, usize, Vec<(String, f32)>);
+
 /// A pmad model directory opened for inspection and registration (see the Python docs in
 /// `pmad/__init__.py`, which wraps this class).
 #[pyclass(frozen, module = "pmad._pmad")]
@@ -190,7 +193,7 @@ impl Detector {
         py: Python<'_>,
         class_name: &str,
         frames: Vec<Frame<'_>>,
-    ) -> PyResult<(usize, usize, Vec<(String, f32)>)> {
+    ) -> PyResult<Registered> {
         let images = to_images(&frames).map_err(py_err)?;
         drop(frames);
         let info = py

@@ -10,7 +10,7 @@
 //!
 //! What runs where today (issue 11 moves more behind this seam):
 //! - CPU: everything, through `src/ops` (the reference).
-//! - CUDA: the backbone's feature extraction ([`crate::cuda::backbone`] when compiled), the
+//! - CUDA: the backbone's feature extraction (`crate::cuda::backbone`), the
 //!   nearest-prototype search (the `proto_nn` kernel over the class's bank, uploaded once per
 //!   class) and the reconstruction stage's ViT. Stages hand over on the host (the proposal
 //!   mask and the maps are CPU work); coreset selection, the flow and training stay on the

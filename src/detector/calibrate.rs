@@ -338,7 +338,7 @@ impl Detector {
         r
     }
 
-    /// The out-of-bank residuals of `class`'s normal images, as [`calibrate`](Self::calibrate)
+    /// The out-of-bank residuals of `class`'s normal images, as `calibrate`
     /// returns them (fold 0 against a bank without fold 0), without calibrating: for a class
     /// registered by an earlier, resumed training run.
     pub fn out_of_bank_residuals(

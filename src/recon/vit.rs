@@ -553,7 +553,7 @@ impl Vit {
             .expect("asked for"))
     }
 
-    /// Both §7 maps from ONE forward pass (no-grad, [`INFER_CHUNK`] images per tape): the
+    /// Both §7 maps from ONE forward pass (no-grad, `INFER_CHUNK` images per tape): the
     /// entropy, and with `tokens` also the cross-entropy of each patch's own token. Layout
     /// `[B·N]`, 0 where unmasked.
     pub fn token_uncertainty(

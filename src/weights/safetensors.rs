@@ -1,7 +1,7 @@
 //! safetensors: a memory-mapped reader that validates the whole header up front, and an
 //! atomic writer.
 //!
-//! File layout (https://github.com/huggingface/safetensors):
+//! File layout (<https://github.com/huggingface/safetensors>):
 //! `[u64 LE header length N][N bytes of JSON header][data section]`. The header maps each
 //! tensor name to `{"dtype", "shape", "data_offsets": [begin, end]}` with offsets relative to
 //! the start of the data section, plus an optional `"__metadata__"` map of strings.

@@ -4,7 +4,7 @@
 //! col`), `true` = masked. Every sampler here masks EXACTLY [`mask_count`]`(ratio)` patches:
 //! patches are drawn without replacement (the authors' release drew with replacement and so
 //! masked fewer patches than asked; METHOD.md "Pitfalls"). Every sampler draws only from the
-//! [`Rng`] it is given, so a mask is a pure function of the inputs and the generator state.
+//! [`Rng`](crate::rng::Rng) it is given, so a mask is a pure function of the inputs and the generator state.
 //!
 //! One file per concern:
 //! - `cues.rs`, image cues computed once per training image: [`frequency_weights`]

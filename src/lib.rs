@@ -6,7 +6,8 @@
 //! - [`autograd`]: a small reverse-mode tape with AdamW and schedules, for training;
 //! - [`weights`]: safetensors (mmap, atomic writer) and PyTorch checkpoint import;
 //! - [`models`]: networks built from ops (EfficientNet-Lite0 backbone, ...);
-//! - [`data`]: image decoding and preprocessing.
+//! - [`data`]: image decoding and preprocessing;
+//! - [`serve`]: `pmad serve`, the HTTP service (dynamic batching, metrics).
 
 pub mod autograd;
 pub mod bench;
@@ -22,6 +23,7 @@ pub mod ops;
 pub mod recon;
 pub mod report;
 pub mod rng;
+pub mod serve;
 pub mod tensor;
 pub mod weights;
 

@@ -1,8 +1,8 @@
 //! Load generator for `pmad serve` (a benchmark, not a test): closed-loop clients on
 //! keep-alive connections POST raw images for a fixed time at each concurrency, and the same
 //! images are scored in-process as `pmad inspect --batch 8` does (decode in parallel, one
-//! `inspect_batch` per 8), before and after the HTTP runs, for the throughput ratio; plus the
-//! in-process latency of one image at a time, for the 1-client latency ratio.
+//! `inspect_batch` per 8) right before each concurrency level, for the throughput ratio; plus
+//! the in-process latency of one image at a time before the 1-client level, for its ratio.
 //!
 //! ```text
 //! cargo run --release --example serve_load -- --addr 127.0.0.1:8080 --model MODEL \
@@ -233,44 +233,46 @@ fn main() {
     .unwrap();
     assert_eq!(warm.status, 200, "{}", warm.text());
 
-    let base_before = baseline_batch8(&det, &a.class, &paths, a.seconds);
-    let single_p50 = baseline_single(&det, &a.class, &bodies, a.seconds);
-    eprintln!(
-        "in-process: batch 8 {base_before:.2} images/s, single image p50 {:.1} ms",
-        single_p50 * 1e3
-    );
+    // Each level runs right after its own in-process baseline (the machine's load drifts;
+    // adjacent runs compare fairly), and the 1-client level right after the in-process
+    // single-image latency too.
     let mut levels = Vec::new();
+    let mut single_p50 = f64::NAN;
     for &c in &a.clients {
+        let base = baseline_batch8(&det, &a.class, &paths, a.seconds);
+        if c == 1 {
+            single_p50 = baseline_single(&det, &a.class, &bodies, a.seconds);
+        }
         let l = run_level(a.addr, &bodies, &path, c, a.seconds, a.pid);
         eprintln!(
-            "{c} clients: {} ok, {} 503, {} errors in {:.1}s",
+            "{c} clients: {} ok, {} 503, {} errors in {:.1}s; in-process batch 8 just before: \
+             {base:.2} images/s",
             l.ok, l.busy, l.errors, l.secs
         );
-        levels.push(l);
+        levels.push((l, base));
     }
-    let base_after = baseline_batch8(&det, &a.class, &paths, a.seconds);
-    let base = (base_before + base_after) / 2.0;
     let peak = a.pid.and_then(rss_mib).map(|(_, hwm)| hwm);
 
     println!(
-        "in-process `inspect --batch 8`: {base_before:.2} images/s before, {base_after:.2} after \
-         (mean {base:.2}); single image p50 {:.1} ms; {} images of {}",
-        single_p50 * 1e3,
+        "{} images of {}, {:.0} s per level; each level's ratio is to the in-process \
+         `inspect --batch 8` throughput measured just before it",
         paths.len(),
-        a.images.display()
+        a.images.display(),
+        a.seconds
     );
     println!();
     println!(
-        "| clients | requests ok | images/s | x batch-8 | p50 ms | p99 ms | 503 | errors | max RSS MiB |"
+        "| clients | requests ok | images/s | in-process batch-8 images/s | ratio | p50 ms | p99 ms | 503 | errors | max RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for l in &levels {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (l, base) in &levels {
         let tput = l.ok as f64 / l.secs;
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {:.0} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {:.0} |",
             l.clients,
             l.ok,
             tput,
+            base,
             tput / base,
             l.p50 * 1e3,
             l.p99 * 1e3,
@@ -279,10 +281,12 @@ fn main() {
             l.rss_max
         );
     }
-    if let Some(l) = levels.iter().find(|l| l.clients == 1) {
+    if let Some((l, _)) = levels.iter().find(|(l, _)| l.clients == 1) {
         println!();
         println!(
-            "1-client p50 / in-process single-image p50: {:.2}",
+            "1-client p50 {:.1} ms / in-process single-image p50 {:.1} ms: {:.2}",
+            l.p50 * 1e3,
+            single_p50 * 1e3,
             l.p50 / single_p50
         );
     }

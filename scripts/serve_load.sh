@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test of `pmad serve` on loopback (a benchmark, not a test): starts the server on a free
 # port, runs examples/serve_load.rs at 1, 4, 16 and 64 concurrent clients for SECONDS each,
-# with the in-process `inspect --batch 8` throughput before and after, and
+# each right after the in-process `inspect --batch 8` throughput on the same images, and
 # `pmad inspect --batch 8 --timings` on the same images for reference; then SIGTERM.
 #
 #   bash scripts/serve_load.sh MODEL CLASS IMAGES_DIR [SECONDS] [CLIENTS]

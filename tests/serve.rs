@@ -264,7 +264,7 @@ fn verdicts_equal_pmad_inspect_and_concurrent_requests_share_a_batch() {
     let server = Server::start(
         &f.model,
         &f.weights,
-        &["--max-batch", "8", "--max-wait-ms", "500"],
+        &["--max-batch", "4", "--max-wait-ms", "500"],
     );
     let addr = server.addr;
     let cli = cli_inspect(&f.model, &f.weights, CLASS, &f.test);
@@ -341,6 +341,14 @@ fn verdicts_equal_pmad_inspect_and_concurrent_requests_share_a_batch() {
         assert_eq!(values.len(), 96 * 96);
         assert!(values.iter().all(|x| x.as_f64().unwrap().is_finite()));
     }
+    // No pass was larger than --max-batch, the 8-image request's included.
+    let m = http::get(addr, "/metrics").text();
+    assert_eq!(metric(&m, "pmad_batch_size_sum"), Some(16.0), "{m}");
+    assert_eq!(
+        metric(&m, "pmad_batch_size_bucket{le=\"4\"}"),
+        metric(&m, "pmad_batch_size_count"),
+        "{m}"
+    );
     let r = post_png(
         addr,
         &format!("{INSPECT}?map=png"),

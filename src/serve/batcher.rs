@@ -12,7 +12,8 @@
 //!   400 before the batch runs; if the batch then fails (a non-finite value, say), each
 //!   request of it is scored alone, so only the one that fails gets the error.
 //! - **Order.** Requests of other classes that arrive while a batch gathers wait, in arrival
-//!   order, for the next batch; a request larger than what is left of a batch waits too.
+//!   order, for the next batch; a request larger than what is left of a batch waits too. A
+//!   single JSON request of more than `max_batch` images is scored alone, in several passes.
 
 use super::error::{ApiError, Stage};
 use super::metrics::Metrics;
@@ -282,8 +283,7 @@ impl Worker {
             .flat_map(|(_, imgs)| std::mem::take(imgs))
             .collect();
         let sizes: Vec<usize> = ready.iter().map(|(j, _)| j.images.len()).collect();
-        self.metrics.batch(all.len());
-        match det.inspect_batch(class, &all) {
+        match self.inspect(&det, class, &all) {
             Ok(results) => {
                 let mut at = 0;
                 for ((job, _), n) in ready.into_iter().zip(sizes) {
@@ -302,8 +302,7 @@ impl Worker {
                 for ((job, _), n) in ready.into_iter().zip(sizes) {
                     let imgs = &all[at..at + n];
                     at += n;
-                    self.metrics.batch(n);
-                    let r = match det.inspect_batch(class, imgs) {
+                    let r = match self.inspect(&det, class, imgs) {
                         Ok(results) => self.body(class, &job, imgs, &results),
                         Err(e) => Err(ApiError::from_pmad(Stage::Score, &e)),
                     };
@@ -315,6 +314,22 @@ impl Worker {
                 answer(job, Err(ApiError::from_pmad(Stage::Score, &e)));
             }
         }
+    }
+
+    /// Scores `imgs` in passes of at most `max_batch` images (only a single request larger
+    /// than that needs more than one), counting each pass.
+    fn inspect(
+        &self,
+        det: &crate::detector::Detector,
+        class: &str,
+        imgs: &[RgbImage],
+    ) -> crate::Result<Vec<crate::detector::Inspection>> {
+        let mut out = Vec::with_capacity(imgs.len());
+        for chunk in imgs.chunks(self.max_batch) {
+            self.metrics.batch(chunk.len());
+            out.extend(det.inspect_batch(class, chunk)?);
+        }
+        Ok(out)
     }
 
     /// The JSON body answering `job`, whose images and results these are.

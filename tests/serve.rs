@@ -579,8 +579,16 @@ fn a_full_queue_answers_503_and_registration_needs_the_token() {
         })
         .collect();
     wait_queue_depth(addr, 2);
-    let r = post_png(addr, INSPECT, &png);
+    let mut conn = http::Conn::open(addr).unwrap();
+    let r = conn
+        .request("POST", INSPECT, &[("Content-Type", "image/png")], &png)
+        .unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
+    // The refused body was read and dropped: the connection stays usable.
+    assert_eq!(
+        conn.request("GET", "/healthz", &[], b"").unwrap().status,
+        200
+    );
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(
         r.json()["error"]

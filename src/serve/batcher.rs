@@ -364,11 +364,13 @@ impl Worker {
     }
 }
 
-/// Sends the answer (a client that went away is no error) and frees the job's queue slots.
+/// Frees the job's queue slots, then sends the answer (a client that went away is no
+/// error). Slots first: a client that sends its next request as soon as it has this answer
+/// must find its slot free, even if this thread is descheduled right after the send.
 fn answer(job: Job, reply: Reply) {
     let Job {
         reply: tx, permit, ..
     } = job;
-    let _ = tx.send(reply);
     drop(permit);
+    let _ = tx.send(reply);
 }

@@ -186,6 +186,16 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Reads and drops a body we refuse, frame by frame (nothing is kept), so the client can
+/// finish sending it and read our answer on a connection that stays open; HTTP/1 closes
+/// a connection whose request body was left unread, and a client still writing into it
+/// would get a broken pipe instead of the 503.
+async fn discard_body(body: Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = http_body_util::Limited::new(body, limit);
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
 fn internal(what: &str) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, what.to_string())
 }
@@ -204,8 +214,11 @@ async fn inspect(
         .map;
     check_class(&s, &class)?;
     let kind = body_kind(&headers)?;
-    // A slot before the body is read: under overload, bodies are not even buffered.
-    let mut permit = s.batcher.admit(1).ok_or_else(|| queue_full(&s))?;
+    // A slot before the body is read: under overload, bodies are not buffered.
+    let Some(mut permit) = s.batcher.admit(1) else {
+        discard_body(body, s.config.max_body).await;
+        return Err(queue_full(&s));
+    };
     let bytes = read_body(body, s.config.max_body).await?;
     let (images, single) = match kind {
         BodyKind::Image => (vec![bytes], true),

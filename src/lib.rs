@@ -7,7 +7,8 @@
 //! - [`weights`]: safetensors (mmap, atomic writer) and PyTorch checkpoint import;
 //! - [`models`]: networks built from ops (EfficientNet-Lite0 backbone, ...);
 //! - [`backend`]: the seam between the detector and the CPU / CUDA backends;
-//! - [`data`]: image decoding and preprocessing.
+//! - [`data`]: image decoding and preprocessing;
+//! - [`serve`]: `pmad serve`, the HTTP service (dynamic batching, metrics).
 
 pub mod autograd;
 pub mod backend;
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod recon;
 pub mod report;
 pub mod rng;
+pub mod serve;
 pub mod tensor;
 pub mod weights;
 

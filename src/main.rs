@@ -39,6 +39,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Score images: one JSON line each, optional heatmap overlays.
     Inspect(cli::inspect::InspectArgs),
+    /// Serve the model over HTTP: inspect (dynamically batched), register, metrics.
+    Serve(cli::serve::ServeArgs),
     /// Convert a PyTorch checkpoint (.pth/.pt) to safetensors.
     ImportTorch(cli::import_torch::ImportTorchArgs),
     /// Generate a synthetic defect dataset (MVTec-AD layout, or --layout folder/visa/btad).
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Register(a) => cli::register::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Serve(a) => cli::serve::run(a),
         Command::ImportTorch(a) => cli::import_torch::run(a),
         Command::Synth(a) => cli::synth::run(a),
     };

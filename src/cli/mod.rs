@@ -13,6 +13,7 @@ pub mod import_torch;
 pub mod inspect;
 pub mod progress;
 pub mod register;
+pub mod serve;
 pub mod synth;
 pub mod train;
 

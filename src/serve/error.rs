@@ -115,6 +115,20 @@ mod tests {
             status_for(Stage::Score, &bad),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+        // The typed errors map the same at every stage.
+        let unknown = Error::ClassNotRegistered {
+            class: "c".into(),
+            model_dir: "model".into(),
+            registered: vec![],
+        };
+        let image = Error::BadImage {
+            origin: crate::error::ImageOrigin::Batch(1),
+            reason: "a buffer shorter than its size".into(),
+        };
+        for s in [Stage::Decode, Stage::Score, Stage::Register] {
+            assert_eq!(status_for(s, &unknown), StatusCode::NOT_FOUND);
+            assert_eq!(status_for(s, &image), StatusCode::BAD_REQUEST);
+        }
         let arg = Error::invalid("registration needs at least 2 normal images");
         assert_eq!(status_for(Stage::Register, &arg), StatusCode::BAD_REQUEST);
         assert_eq!(

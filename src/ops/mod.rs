@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod blur;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub mod fastexp;
 pub mod layernorm;

@@ -4,14 +4,15 @@
 //! Three kernels, chosen by shape:
 //! - pointwise (1x1, stride 1, no padding, one group): a GEMM per image,
 //!   `Y[Cout, HW] = W[Cout, Cin] · X[Cin, HW]`;
-//! - depthwise (groups == Cin == Cout): a direct loop per channel over a zero-padded copy
-//!   of the plane (no bounds checks in the inner loop);
+//! - depthwise (groups == Cin == Cout): [`crate::ops::depthwise`], SIMD rows over a
+//!   zero-padded copy of each plane;
 //! - anything else (e.g. the 3x3 stem): im2col then a GEMM per image and group.
 //!
 //! Inference BatchNorm is folded into the weights beforehand ([`fold_batchnorm`]), so a
 //! conv + BN + ReLU6 is one pass over memory.
 
 use crate::error::{Error, Result};
+use crate::ops::depthwise::depthwise_into;
 use crate::ops::elementwise::relu6_scalar;
 use crate::ops::matmul::{Trans, gemm};
 use crate::tensor::Tensor;
@@ -116,12 +117,7 @@ pub fn conv2d_into(
         s.kh == 1 && s.kw == 1 && s.stride == 1 && s.groups == 1 && s.pad == Padding::default();
     let depthwise = s.groups == s.c_in && s.groups == s.c_out && s.groups > 1;
     if depthwise {
-        y.par_chunks_mut(oh * ow).enumerate().for_each(|(bc, out)| {
-            let c = bc % s.c_out;
-            let src = &x[bc * s.h * s.w..(bc + 1) * s.h * s.w];
-            depthwise_plane(src, &w[c * s.kh * s.kw..(c + 1) * s.kh * s.kw], s, out);
-            epilogue(out, bias.map_or(0.0, |b| b[c]), act);
-        });
+        depthwise_into(x, w, bias, s, act, y);
         return;
     }
     let per_image = |(img, out): (usize, &mut [f32])| {
@@ -167,37 +163,6 @@ pub fn conv2d_into(
     } else {
         // One image: let the GEMM thread internally instead.
         y.chunks_mut(out_plane).enumerate().for_each(per_image);
-    }
-}
-
-/// One channel of a depthwise conv: pad the plane once, then slide the kernel.
-fn depthwise_plane(src: &[f32], k: &[f32], s: &ConvShape, out: &mut [f32]) {
-    let (oh, ow) = (s.out_h(), s.out_w());
-    let pw = s.w + s.pad.left + s.pad.right;
-    let ph = s.h + s.pad.top + s.pad.bottom;
-    let mut padded = vec![0.0f32; ph * pw];
-    for r in 0..s.h {
-        let dst = (r + s.pad.top) * pw + s.pad.left;
-        padded[dst..dst + s.w].copy_from_slice(&src[r * s.w..(r + 1) * s.w]);
-    }
-    out.fill(0.0);
-    for oy in 0..oh {
-        let orow = &mut out[oy * ow..(oy + 1) * ow];
-        for ky in 0..s.kh {
-            let prow = &padded[(oy * s.stride + ky) * pw..];
-            for kx in 0..s.kw {
-                let wv = k[ky * s.kw + kx];
-                if s.stride == 1 {
-                    // Contiguous: the compiler vectorises this axpy.
-                    let seg = &prow[kx..kx + ow];
-                    orow.iter_mut().zip(seg).for_each(|(o, &p)| *o += wv * p);
-                } else {
-                    for (ox, o) in orow.iter_mut().enumerate() {
-                        *o += wv * prow[ox * s.stride + kx];
-                    }
-                }
-            }
-        }
     }
 }
 

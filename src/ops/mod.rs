@@ -3,12 +3,16 @@
 //! that checks shapes. Kernels use all cores through rayon.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_simd;
 pub mod blur;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 pub mod fastexp;
 pub mod layernorm;
 pub mod matmul;
+pub mod microgemm;
 pub mod nn_search;
 pub mod pool;
 pub mod resize;

@@ -1,0 +1,208 @@
+//! A register-blocked AVX2 GEMM micro-kernel for the small products *inside* fused ops (the
+//! score and value tiles of attention), where a general GEMM's per-call setup, packing and
+//! threading cost more than the arithmetic.
+//!
+//! Shape: `C[rows, 16·panels] (=|+=) A[rows, k] · B[k, 16·panels]`, with `A` row-major (any
+//! row stride) and `B` *packed* by the caller into panels of 16 columns, each panel `[k][16]`
+//! contiguous (so the kernel streams it with two aligned-size loads per step). One call of the
+//! inner kernel keeps an `R x 16` block of `C` in 2·R ymm registers (R <= 6: 12 accumulators,
+//! 2 B loads and R broadcasts per k step), the classic 6x16 AVX2 shape.
+//!
+//! Callers pad `B`'s columns to a multiple of 16 with zeros and drop (or mask) the extra
+//! columns of `C`. Only compiled on x86_64; callers check [`available`] and keep a portable path.
+
+/// Columns of one packed `B` panel (two 8-float vectors).
+pub const NR: usize = 16;
+/// Most rows of `C` one inner call holds in registers.
+pub const MR: usize = 6;
+
+/// Whether the CPU runs this kernel (AVX2 and FMA).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Packs columns `0..cols` of the row-major `src` (`rows` rows, row stride `ld`) into panels
+/// of [`NR`] columns: `dst[panel][r][j] = src[r][panel*NR + j]`, zero past `cols`. `dst` holds
+/// `cols.div_ceil(NR) * rows * NR` values.
+pub fn pack_cols(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [f32]) {
+    let panels = cols.div_ceil(NR);
+    assert!(dst.len() >= panels * rows * NR);
+    for p in 0..panels {
+        let (c0, w) = (p * NR, NR.min(cols - p * NR));
+        for r in 0..rows {
+            let d = &mut dst[(p * rows + r) * NR..][..NR];
+            d[..w].copy_from_slice(&src[r * ld + c0..][..w]);
+            d[w..].fill(0.0);
+        }
+    }
+}
+
+/// Packs the *transpose* of row-major `src` (`rows x cols`, row stride `ld`): panel `p` holds
+/// source rows `p*NR..p*NR+NR` as columns, `dst[p][c][j] = src[p*NR + j][c]`, zero past
+/// `rows`. This is `Bᵀ` packed for `A · srcᵀ` (e.g. `Q · Kᵀ` with `K` as stored).
+pub fn pack_rows_transposed(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [f32]) {
+    let panels = rows.div_ceil(NR);
+    assert!(dst.len() >= panels * cols * NR);
+    for p in 0..panels {
+        let panel = &mut dst[p * cols * NR..(p + 1) * cols * NR];
+        panel.fill(0.0);
+        for j in 0..NR.min(rows - p * NR) {
+            let row = &src[(p * NR + j) * ld..][..cols];
+            for (c, &v) in row.iter().enumerate() {
+                panel[c * NR + j] = v;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// `C[R,16] (=|+=) A[R,k] · B[k,16]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `a` readable at `i*lda + p` for `i < R, p < k`; `b` readable for
+    /// `k*16` values; `c` writable at `i*ldc + j` for `i < R, j < 16`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn tile<const R: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        // SAFETY (all pointer reads/writes): in bounds by the contract above.
+        unsafe {
+            for p in 0..k {
+                let b0 = _mm256_loadu_ps(b.add(p * NR));
+                let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(i * lda + p));
+                    row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                let ci = c.add(i * ldc);
+                let (mut r0, mut r1) = (row[0], row[1]);
+                if accumulate {
+                    r0 = _mm256_add_ps(r0, _mm256_loadu_ps(ci));
+                    r1 = _mm256_add_ps(r1, _mm256_loadu_ps(ci.add(8)));
+                }
+                _mm256_storeu_ps(ci, r0);
+                _mm256_storeu_ps(ci.add(8), r1);
+            }
+        }
+    }
+}
+
+/// `C[rows, 16·panels] (=|+=) A[rows, k] · B`, `B` packed as `panels` panels of `[k][16]`
+/// (see [`pack_cols`]); `A` row stride `lda`, `C` row stride `ldc >= 16·panels`. With
+/// `accumulate` the product is added to `C`, else it overwrites it.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA ([`available`]). (Slice bounds are checked here.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_packed(
+    rows: usize,
+    k: usize,
+    panels: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if rows == 0 || panels == 0 {
+        return;
+    }
+    assert!(ldc >= panels * NR && lda >= k, "gemm_packed: strides");
+    assert!(
+        a.len() >= (rows - 1) * lda + k
+            && b.len() >= panels * k * NR
+            && c.len() >= (rows - 1) * ldc + panels * NR,
+        "gemm_packed: short buffer"
+    );
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    let mut i = 0;
+    while i < rows {
+        let r = (rows - i).min(MR);
+        for p in 0..panels {
+            // SAFETY: rows `i..i+r <= rows`, panel `p < panels`, columns `p*16..p*16+16 <=
+            // ldc`: inside the slices checked above; AVX2/FMA by this function's contract.
+            unsafe {
+                let (ai, bp, cp) = (a.add(i * lda), b.add(p * k * NR), c.add(i * ldc + p * NR));
+                match r {
+                    6 => x86::tile::<6>(k, ai, lda, bp, cp, ldc, accumulate),
+                    5 => x86::tile::<5>(k, ai, lda, bp, cp, ldc, accumulate),
+                    4 => x86::tile::<4>(k, ai, lda, bp, cp, ldc, accumulate),
+                    3 => x86::tile::<3>(k, ai, lda, bp, cp, ldc, accumulate),
+                    2 => x86::tile::<2>(k, ai, lda, bp, cp, ldc, accumulate),
+                    _ => x86::tile::<1>(k, ai, lda, bp, cp, ldc, accumulate),
+                }
+            }
+        }
+        i += r;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::matmul::{Trans, gemm_naive};
+    use crate::ops::testutil::{assert_close, seeded};
+
+    #[test]
+    fn packed_products_match_naive() {
+        if !available() {
+            return;
+        }
+        for &(m, n, k) in &[(1, 1, 1), (5, 16, 3), (7, 33, 64), (13, 17, 49), (6, 48, 0)] {
+            let a = seeded(m * k, 1);
+            let bt = seeded(n * k, 2); // [n, k]: used as Bᵀ
+            let b = seeded(k * n, 3); // [k, n]
+            let panels = n.div_ceil(NR);
+            let ldc = panels * NR;
+            // A · btᵀ through pack_rows_transposed, overwriting garbage.
+            let mut packed = vec![f32::NAN; panels * k * NR];
+            pack_rows_transposed(&bt, n, k, k, &mut packed);
+            let mut c = vec![f32::NAN; m * ldc];
+            // SAFETY: AVX2/FMA checked above.
+            unsafe { gemm_packed(m, k, panels, &a, k, &packed, &mut c, ldc, false) };
+            let got: Vec<f32> = (0..m * n).map(|i| c[i / n * ldc + i % n]).collect();
+            assert_close(
+                &got,
+                &gemm_naive(m, n, k, &a, Trans::N, &bt, Trans::T),
+                1e-5,
+                1e-5,
+            );
+            // A · b accumulated onto ones through pack_cols.
+            pack_cols(&b, k, n, n, &mut packed);
+            let mut c = vec![1.0f32; m * ldc];
+            // SAFETY: as above.
+            unsafe { gemm_packed(m, k, panels, &a, k, &packed, &mut c, ldc, true) };
+            let got: Vec<f32> = (0..m * n).map(|i| c[i / n * ldc + i % n]).collect();
+            let want: Vec<f32> = gemm_naive(m, n, k, &a, Trans::N, &b, Trans::N)
+                .iter()
+                .map(|v| v + 1.0)
+                .collect();
+            assert_close(&got, &want, 1e-5, 1e-5);
+        }
+    }
+}

@@ -6,7 +6,6 @@ mod common;
 
 use pmad::data::{ImageView, PixelFormat, RgbImage};
 use pmad::detector::Detector;
-use pmad::detector::model_dir::ModelConfig;
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier, OnceLock};
 
@@ -16,36 +15,9 @@ const CLASS: &str = "synth_fabric";
 fn fixture() -> Option<&'static (PathBuf, Vec<RgbImage>)> {
     static F: OnceLock<Option<(PathBuf, Vec<RgbImage>)>> = OnceLock::new();
     F.get_or_init(|| {
-        let weights = common::need_backbone()?;
-        let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pmad-threads");
-        let _ = std::fs::remove_dir_all(&base);
-        let data = base.join("data");
-        let cfg = pmad::data::SynthConfig {
-            classes: 1,
-            seed: 3,
-            train: 6,
-            test_good: 2,
-            test_bad: 2,
-            size: 96,
-            force: false,
-        };
-        pmad::data::synth::generate(&data, &cfg).unwrap();
-        let model = base.join("model");
-        Detector::create(&model, &ModelConfig::default()).unwrap();
-        let mut det = Detector::open(&model, Some(&weights)).unwrap();
-        let class_dir = data.join(CLASS);
-        let normal = pmad::detector::pipeline::list_images(&class_dir.join("train/good")).unwrap();
-        det.register(CLASS, &normal).unwrap();
         // A normal and defective test images (folders sorted: `good` is not first).
-        let mut test = Vec::new();
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(class_dir.join("test"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        dirs.sort();
-        for d in dirs {
-            test.extend(pmad::detector::pipeline::list_images(&d).unwrap());
-        }
+        let m = common::one_class_model("pmad-threads", 3, 6, 2, 2)?;
+        let (model, mut test) = (m.model, m.test);
         test.truncate(4);
         let imgs = test
             .iter()

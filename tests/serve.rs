@@ -10,8 +10,6 @@ mod http;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use pmad::detector::Detector;
-use pmad::detector::model_dir::ModelConfig;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -25,7 +23,7 @@ const CLASS: &str = "synth_fabric";
 const INSPECT: &str = "/v1/classes/synth_fabric/inspect";
 
 struct Fixture {
-    /// Holds `mv/` (the data) and `model/`, as the README's example has them.
+    /// Holds `mv/` (the synthetic class, as the README names it) and `model/`.
     base: PathBuf,
     model: PathBuf,
     weights: PathBuf,
@@ -40,35 +38,8 @@ struct Fixture {
 fn fixture() -> Option<&'static Fixture> {
     static F: OnceLock<Option<Fixture>> = OnceLock::new();
     F.get_or_init(|| {
-        let weights = common::need_backbone()?;
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pmad-serve");
-        let _ = std::fs::remove_dir_all(&base);
-        let data = base.join("mv");
-        let cfg = pmad::data::SynthConfig {
-            classes: 1,
-            seed: 5,
-            train: 8,
-            test_good: 4,
-            test_bad: 4,
-            size: 96,
-            force: false,
-        };
-        pmad::data::synth::generate(&data, &cfg).unwrap();
-        let model = base.join("model");
-        Detector::create(&model, &ModelConfig::default()).unwrap();
-        let mut det = Detector::open(&model, Some(&weights)).unwrap();
-        let cdir = data.join(CLASS);
-        let train = pmad::detector::pipeline::list_images(&cdir.join("train/good")).unwrap();
-        det.register(CLASS, &train).unwrap();
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(cdir.join("test"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        dirs.sort();
-        let mut test = Vec::new();
-        for d in dirs {
-            test.extend(pmad::detector::pipeline::list_images(&d).unwrap());
-        }
+        let m = common::one_class_model("pmad-serve", 5, 8, 4, 4)?;
+        let (base, model, weights, train, mut test) = (m.base, m.model, m.weights, m.train, m.test);
         assert!(test.len() >= 8, "{} test images", test.len());
         test.truncate(8);
         Some(Fixture {

@@ -98,3 +98,72 @@ pub fn pmad_ok(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A model directory with one synthetic class registered, for the tests that need a class to
+/// score against (built by [`one_class_model`]).
+pub struct OneClassModel {
+    /// The test's folder under `CARGO_TARGET_TMPDIR` (data `mv/` and `model/` inside).
+    pub base: PathBuf,
+    /// The model directory.
+    pub model: PathBuf,
+    /// The backbone weights it was built with.
+    pub weights: PathBuf,
+    /// The class's normal training images (registered).
+    pub train: Vec<PathBuf>,
+    /// The class's test images, defect folders and `good` in sorted folder order.
+    pub test: Vec<PathBuf>,
+}
+
+/// The class [`one_class_model`] registers (the first `pmad synth` class).
+pub const SYNTH_CLASS: &str = "synth_fabric";
+
+/// `pmad synth` data (one class, 96 px, `seed`, `train` normal and `test_good` + `test_bad`
+/// test images) in `CARGO_TARGET_TMPDIR/name/mv`, and a default model with the class
+/// registered from its training images. None (skip) without the backbone weights.
+pub fn one_class_model(
+    name: &str,
+    seed: u64,
+    train: usize,
+    test_good: usize,
+    test_bad: usize,
+) -> Option<OneClassModel> {
+    use pmad::detector::Detector;
+    use pmad::detector::pipeline::list_images;
+    let weights = need_backbone()?;
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&base);
+    // `mv/`, as the README's examples name the synthetic data (tests/serve.rs runs one).
+    let data = base.join("mv");
+    let cfg = pmad::data::SynthConfig {
+        classes: 1,
+        seed,
+        train,
+        test_good,
+        test_bad,
+        size: 96,
+        force: false,
+    };
+    pmad::data::synth::generate(&data, &cfg).unwrap();
+    let model = base.join("model");
+    Detector::create(&model, &pmad::detector::model_dir::ModelConfig::default()).unwrap();
+    let mut det = Detector::open(&model, Some(&weights)).unwrap();
+    let class_dir = data.join(SYNTH_CLASS);
+    let train = list_images(&class_dir.join("train/good")).unwrap();
+    det.register(SYNTH_CLASS, &train).unwrap();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(class_dir.join("test"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    let mut test = Vec::new();
+    for d in dirs {
+        test.extend(list_images(&d).unwrap());
+    }
+    Some(OneClassModel {
+        base,
+        model,
+        weights,
+        train,
+        test,
+    })
+}

@@ -1,6 +1,7 @@
 //! Dynamic batching: inspection requests are queued, and one worker thread gathers those for
 //! the same class into one `Detector::inspect_batch` call (one backbone pass), up to
-//! `max_batch` images or until the first of them has waited `max_wait`.
+//! `max_batch` images or until the first of them has waited `max_wait` — and no longer than
+//! while other admitted requests are still on their way (a lone request runs at once).
 //!
 //! - **Bounded.** A request is *admitted* before it is queued: one slot per image, at most
 //!   `--queue` slots at once, held until its answer is sent. A request that does not fit
@@ -104,6 +105,10 @@ impl Batcher {
         queue: usize,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel();
+        let admission = Arc::new(Admission {
+            used: AtomicUsize::new(0),
+            capacity: queue,
+        });
         let worker = Worker {
             rx,
             slot,
@@ -111,6 +116,7 @@ impl Batcher {
             max_batch,
             max_wait,
             pending: VecDeque::new(),
+            admission: admission.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("pmad-batcher".into())
@@ -119,10 +125,7 @@ impl Batcher {
         Batcher {
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(handle)),
-            admission: Arc::new(Admission {
-                used: AtomicUsize::new(0),
-                capacity: queue,
-            }),
+            admission,
         }
     }
 
@@ -187,6 +190,9 @@ struct Worker {
     max_wait: Duration,
     /// Jobs received but left for a later batch (another class, or too large to fit).
     pending: VecDeque<Job>,
+    /// The queue's slots (images admitted and not yet answered): tells whether any other
+    /// request could still join the batch being gathered.
+    admission: Arc<Admission>,
 }
 
 impl Worker {
@@ -227,6 +233,13 @@ impl Worker {
             }
         }
         while n < self.max_batch {
+            // Nobody else admitted (every admitted image is in this batch or pending): no
+            // request can join before the deadline, so waiting would only add latency (a lone
+            // client would pay `max_wait` on every request).
+            let pending: usize = self.pending.iter().map(|j| j.images.len()).sum();
+            if self.admission.used.load(Ordering::Acquire) <= n + pending {
+                break;
+            }
             let now = Instant::now();
             let next = if now >= deadline {
                 match self.rx.try_recv() {

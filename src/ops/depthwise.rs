@@ -17,7 +17,7 @@
 //! The scratch rows are `ow` rounded up to 8 (plus the kernel's reach) wide, so a block may
 //! compute a few columns past `ow`; those land in a small stack buffer and are dropped.
 //!
-//! The AVX2+FMA kernel is chosen at run time; other CPUs run [`plane_portable`], the same
+//! The AVX2+FMA kernel is chosen at run time; other CPUs run `plane_portable`, the same
 //! schedule in scalar code (the reference the SIMD kernel is tested against, with
 //! `conv2d_naive`). Planes (batch x channel) are spread over rayon's threads.
 

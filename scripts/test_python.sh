@@ -3,8 +3,10 @@
 # 1. builds the wheel with maturin (release; the workspace's target folder, so pmad itself
 #    comes from the release build the other tests already made),
 # 2. installs it with numpy and pytest into a fresh venv,
-# 3. runs python/tests there (`pmad synth` data, create + register + inspect, the README block).
-# Needs python3 (with venv) and PyPI for maturin, numpy and pytest.
+# 3. runs python/tests there (`pmad synth` data, create + register + inspect, the README blocks;
+#    pmad.ray on a local Ray cluster inside a loopback-only network namespace).
+# Needs python3 (with venv) and PyPI for maturin, numpy, pytest and the wheel's `ray` extra
+# (ray[data], pillow: ~150 MB of downloads), and `unshare` + `ip` for the Ray test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-$PWD/target}
@@ -18,7 +20,8 @@ python3 -m venv "$work/build"
 "$work/build/bin/maturin" build --release --quiet --manifest-path python/Cargo.toml \
   --interpreter "$work/build/bin/python" --out "$work/wheels"
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install --quiet "$work"/wheels/pmad-*.whl pytest
+wheel=$(ls "$work"/wheels/pmad-*.whl)
+"$work/venv/bin/pip" install --quiet "$wheel[ray]" pytest
 # Run from outside the source tree so `import pmad` can only be the installed wheel.
 cd "$work"
 PMAD_BIN="$target/release/pmad" "$work/venv/bin/python" -m pytest -q -p no:cacheprovider \

@@ -86,9 +86,12 @@ impl Augment {
 impl std::str::FromStr for Augment {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        ALL.into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| format!("augmentation '{s}': expected hflip, vflip, rot90 or shift"))
+        ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            format!(
+                "augmentation '{s}': expected none, all, or a comma-separated list of \
+                     hflip, vflip, rot90, shift"
+            )
+        })
     }
 }
 

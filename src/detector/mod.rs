@@ -2,6 +2,7 @@
 
 pub mod augment;
 pub mod calibrate;
+mod class_cache;
 pub mod class_store;
 pub mod coreset;
 pub mod device;
@@ -11,10 +12,12 @@ pub mod flow;
 pub mod model_dir;
 mod normal_images;
 pub mod outputs;
+mod patch_scores;
 pub mod pipeline;
 pub mod register;
 pub mod reweight;
 pub mod scoring;
+mod stage2;
 pub mod train;
 
 pub use coreset::{CoresetConfig, select_coreset};

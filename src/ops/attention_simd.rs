@@ -1,36 +1,90 @@
 //! The AVX2 attention forward: the online-softmax loop of [`crate::ops::attention`] with its
 //! two products run on the register-blocked micro-kernel of [`crate::ops::microgemm`] instead
-//! of general GEMM calls, and the softmax exponentials 8 at a time ([`exp_avx2`]).
+//! of general GEMM calls, and the softmax exponentials 8 at a time
+//! ([`crate::ops::fastexp::exp_nonpositive_avx2`]).
 //!
-//! Per (batch, head), once: `Q/√D` gathered row-major `[N, D]`; `K` packed transposed into
-//! panels of 16 keys (`[D][16]` each, zero past `N`), `V` packed into panels of 16 of its `D`
-//! columns (`[N16][16]` each, zero past `D` and `N`). Then per block of up to 6 query rows
-//! (one micro-kernel's register block) and key tile of up to [`KEY_TILE`] keys:
+//! One task per (batch, head), on a per-thread scratch buffer (no allocation per call once
+//! warm). Per task, once: `K` packed transposed into panels of 16 keys (`[D][16]` each, zero
+//! past `N`) and `V` packed into panels of 16 of its `D` columns (`[N][16]` each, zero past
+//! `D`), both read straight from the strided `[B, N, H*D]` inputs; every query tile then
+//! shares them. `Q` is not copied at all: the micro-kernel broadcasts its elements from the
+//! input rows (row stride `H*D`). Per tile of up to [`QUERY_TILE`] query rows and key tile of
+//! up to [`KEY_TILE`] keys:
 //!
-//! 1. `S = (Q/√D) Kᵀ` for the tile: `[rows, kt16]` (columns past the tile's `kt` keys are the
-//!    zero padding's scores and are ignored);
-//! 2. per row, the online softmax: `m' = max(m, max_j S_j)`, `P_j = exp(S_j - m')` (0 in the
-//!    padding), `l = l·exp(m - m') + Σ P_j`, and the accumulator row is rescaled by
-//!    `exp(m - m')`;
-//! 3. `acc += P · V_tile` (the padding's zero `P` columns meet `V`'s zero rows).
+//! 1. `S = Q Kᵀ` (unscaled) for the tile: `[rows, kt16]` (columns past the tile's `kt` keys
+//!    are the zero padding's scores and are ignored);
+//! 2. per row, the online softmax with the `1/√D` scale folded into the exponent (one FMA):
+//!    `m' = max(m, max_j S_j)`, `P_j = exp(c·S_j - c·m')` with `c = 1/√D` (0 in the padding),
+//!    `l = l·exp(c·(m - m')) + Σ P_j`, and the accumulator row is rescaled by `exp(c·(m - m'))`;
+//! 3. `acc (=|+=) P · V_tile`, over the tile's `kt` real keys only.
 //!
-//! At the end `O = acc / l` and `lse = m + ln l`, exactly as the portable kernel. For the
-//! ViT's 196 tokens the key tile covers all keys, so step 2 runs once per row.
+//! At the end `O = acc / l`, written straight into this head's columns of `o`, and
+//! `lse = c·m + ln l`, exactly as the portable kernel. For the ViT's 196 tokens the key tile
+//! covers all keys, so step 2 runs once per row and never rescales.
 
 use crate::ops::attention::AttnShape;
-use crate::ops::fastexp::{exp_avx2, fast_exp};
+use crate::ops::fastexp::{exp_nonpositive_avx2, fast_exp};
 use crate::ops::microgemm::{MR, NR, gemm_packed, pack_cols, pack_rows_transposed};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
-/// Keys per tile (a multiple of [`NR`]). 256 covers the ViT's 196 tokens in one tile; the
-/// score block `6 x 256` floats (6 KiB) stays in L1.
+/// Keys per tile (a multiple of [`NR`]). 256 covers the ViT's 196 tokens in one tile.
 pub const KEY_TILE: usize = 256;
 
-/// One (batch, head): writes its `[N, D]` output and `[N]` lse.
+/// Query rows per tile: two micro-kernel row blocks. The micro-kernel reuses each 16-key panel
+/// of `Kᵀ` (4 KiB at D = 64) and each 16-column panel of `V` from L1 across the tile's row
+/// blocks, while the tile's scores (`12 x 256` floats, 12 KiB) stay in L1 beside them.
+pub const QUERY_TILE: usize = 2 * MR;
+
+/// One thread's reusable buffers: packed `Kᵀ` and `V` of the current head, the score tile and
+/// the output accumulator. Grown on demand, never shrunk.
+#[derive(Default)]
+struct Scratch {
+    k_packed: Vec<f32>,
+    v_packed: Vec<f32>,
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+fn at_least(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// The output buffer shared by all tasks, each writing only its own (batch, head) columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see `forward`), and the caller's `&mut o` keeps every
+// other reader and writer away for the whole call.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Row `t` (`len` floats) at `offset + t * stride`.
+    ///
+    /// # Safety
+    /// In bounds of the buffer, and no other live reference to those elements.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, offset: usize, len: usize) -> &mut [f32] {
+        // SAFETY: by this function's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
+
+/// One (batch, head): writes its `[N, D]` output into `o` (rows `(b*N + t)*H*D + h*D`) and its
+/// `[N]` lse.
 ///
 /// # Safety
-/// AVX2 and FMA present.
+/// AVX2 and FMA present; `o` holds `s`'s `[B, N, H*D]` elements and no other task writes
+/// this head's columns.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn head(
@@ -40,48 +94,49 @@ unsafe fn head(
     s: AttnShape,
     b: usize,
     h: usize,
-    out: &mut [f32],
+    o: SharedOut,
     row_lse: &mut [f32],
+    scratch: &mut Scratch,
 ) {
     let (n, d) = (s.tokens, s.head_dim);
     let w = s.heads * d;
     let scale = 1.0 / (d as f32).sqrt();
-    // This head's rows start at `(b*n)*w + h*d` with row stride `w` in all three inputs.
+    // This head's rows start at `(b*n)*w + h*d` with row stride `w` in all four buffers.
     let base = b * n * w + h * d;
-    let qs: Vec<f32> = (0..n)
-        .flat_map(|t| q[base + t * w..][..d].iter().map(|x| x * scale))
-        .collect();
     let (n16, d16) = (n.next_multiple_of(NR), d.next_multiple_of(NR));
-    let mut kp = vec![0.0f32; n16 * d];
-    pack_rows_transposed(&k[base..], n, d, w, &mut kp);
-    let mut vp = vec![0.0f32; d16 * n16];
-    // V's rows past N must be zero in every panel: pack `n16` rows where the last are zero.
-    let mut vrows = vec![0.0f32; n16 * d];
-    for t in 0..n {
-        vrows[t * d..(t + 1) * d].copy_from_slice(&v[base + t * w..][..d]);
-    }
-    pack_cols(&vrows, n16, d, d, &mut vp);
-
     let tile = KEY_TILE.min(n16);
-    let mut scores = vec![0.0f32; MR * tile];
-    let mut acc = vec![0.0f32; MR * d16];
-    for q0 in (0..n).step_by(MR) {
-        let rows = MR.min(n - q0);
-        let mut m = [f32::NEG_INFINITY; MR];
-        let mut l = [0.0f32; MR];
+    let Scratch {
+        k_packed,
+        v_packed,
+        scores,
+        acc,
+    } = scratch;
+    let kp = at_least(k_packed, n16 * d);
+    pack_rows_transposed(&k[base..], n, d, w, kp);
+    let vp = at_least(v_packed, d16 * n);
+    pack_cols(&v[base..], n, d, w, vp);
+    let scores = at_least(scores, QUERY_TILE * tile);
+    let acc = at_least(acc, QUERY_TILE * d16);
+
+    for q0 in (0..n).step_by(QUERY_TILE) {
+        let rows = QUERY_TILE.min(n - q0);
+        let mut m = [f32::NEG_INFINITY; QUERY_TILE];
+        let mut l = [0.0f32; QUERY_TILE];
         for k0 in (0..n).step_by(tile) {
             let kt = tile.min(n - k0);
             let kt16 = kt.next_multiple_of(NR);
+            // S = Q · K_tileᵀ, Q read in place (row stride w); K panels start at key k0.
             // SAFETY: AVX2/FMA by this function's contract; slice bounds are checked inside.
             unsafe {
                 gemm_packed(
                     rows,
                     d,
                     kt16 / NR,
-                    &qs[q0 * d..],
-                    d,
+                    &q[base + q0 * w..],
+                    w,
                     &kp[k0 * d..],
-                    &mut scores,
+                    d * NR,
+                    scores,
                     kt16,
                     false,
                 );
@@ -89,89 +144,102 @@ unsafe fn head(
             for i in 0..rows {
                 let row = &mut scores[i * kt16..(i + 1) * kt16];
                 // SAFETY: AVX2/FMA by this function's contract.
-                let (m_new, sum) = unsafe { softmax_tile(row, kt, m[i]) };
-                let correction = fast_exp(m[i] - m_new);
+                let (m_new, sum) = unsafe { softmax_tile(row, kt, m[i], scale) };
+                let correction = fast_exp(scale * (m[i] - m_new));
                 l[i] = l[i] * correction + sum;
                 m[i] = m_new;
                 if k0 > 0 && correction != 1.0 {
-                    acc[i * d16..(i + 1) * d16]
-                        .iter_mut()
-                        .for_each(|a| *a *= correction);
+                    for a in &mut acc[i * d16..(i + 1) * d16] {
+                        *a *= correction;
+                    }
                 }
             }
-            // acc (=|+=) P · V_tile; V panels are `[n16][16]`, this tile starts at row k0.
-            for p in 0..d16 / NR {
-                // SAFETY: AVX2/FMA by this function's contract; bounds checked inside.
-                unsafe {
-                    gemm_packed(
-                        rows,
-                        kt16,
-                        1,
-                        &scores,
-                        kt16,
-                        &vp[(p * n16 + k0) * NR..],
-                        &mut acc[p * NR..],
-                        d16,
-                        k0 > 0,
-                    );
-                }
+            // acc (=|+=) P · V_tile: V panels are `[n][16]`, this tile is their rows k0..k0+kt.
+            // SAFETY: AVX2/FMA by this function's contract; bounds checked inside.
+            unsafe {
+                gemm_packed(
+                    rows,
+                    kt,
+                    d16 / NR,
+                    scores,
+                    kt16,
+                    &vp[k0 * NR..],
+                    n * NR,
+                    acc,
+                    d16,
+                    k0 > 0,
+                );
             }
         }
         for i in 0..rows {
             let inv = 1.0 / l[i];
-            let dst = &mut out[(q0 + i) * d..(q0 + i + 1) * d];
-            dst.iter_mut()
-                .zip(&acc[i * d16..])
-                .for_each(|(o, a)| *o = a * inv);
-            row_lse[q0 + i] = m[i] + l[i].ln();
+            // SAFETY: row `q0 + i < n` of this head: `base + (q0+i)*w + d <= B*N*H*D`, and
+            // only this task writes this head's columns (this function's contract).
+            let dst = unsafe { o.row(base + (q0 + i) * w, d) };
+            for (o, a) in dst.iter_mut().zip(&acc[i * d16..]) {
+                *o = a * inv;
+            }
+            row_lse[q0 + i] = scale * m[i] + l[i].ln();
         }
     }
 }
 
-/// One row of a score tile: finds `m' = max(m_old, max of row[..kt])`, replaces `row[..kt]`
-/// by `exp(row - m')` and `row[kt..]` by 0, and returns `(m', Σ exp)`.
+/// One row of raw scores `S`, padded to `row.len()` (a multiple of 8) past its `kt` keys:
+/// finds `m' = max(m_old, max of row[..kt])`, replaces `row[..kt]` by `exp(c·(row - m'))` and
+/// the padding by 0, and returns `(m', Σ exp)`. All 8 lanes at a time; the chunk that
+/// straddles `kt` is masked.
 ///
 /// # Safety
 /// AVX2 and FMA present.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_tile(row: &mut [f32], kt: usize, m_old: f32) -> (f32, f32) {
-    let full = kt / 8 * 8;
-    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
-    for c in row[..full].chunks_exact(8) {
-        // SAFETY: `c` holds 8 floats.
-        vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+unsafe fn softmax_tile(row: &mut [f32], kt: usize, m_old: f32, c: f32) -> (f32, f32) {
+    assert!(row.len().is_multiple_of(8) && kt <= row.len());
+    // Lane `i` of chunk `j` is a real key when `8j + i < kt`.
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let valid = |j: usize| {
+        let left = kt.saturating_sub(8 * j).min(8) as i32;
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(left), iota))
+    };
+    let full = kt / 8;
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut vmax = ninf;
+    for (j, x) in row.chunks_exact(8).enumerate() {
+        // SAFETY: `x` holds 8 floats.
+        let x = unsafe { _mm256_loadu_ps(x.as_ptr()) };
+        let x = if j < full {
+            x
+        } else {
+            _mm256_blendv_ps(ninf, x, valid(j))
+        };
+        vmax = _mm256_max_ps(vmax, x);
     }
     let mut lanes = [0.0f32; 8];
     // SAFETY: `lanes` holds 8 floats.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vmax) };
-    let tile_max = lanes
-        .iter()
-        .chain(&row[full..kt])
-        .fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-    let m_new = m_old.max(tile_max);
-    let shift = _mm256_set1_ps(m_new);
+    let m_new = lanes.iter().fold(m_old, |a, &x| a.max(x));
+    // exp(c·x - c·m') as one FMA per lane; the argument is <= 0.
+    let (vc, shift) = (_mm256_set1_ps(c), _mm256_set1_ps(-c * m_new));
     let mut vsum = _mm256_setzero_ps();
-    for c in row[..full].chunks_exact_mut(8) {
-        // SAFETY: `c` holds 8 floats; AVX2/FMA by this function's contract.
+    for (j, x) in row.chunks_exact_mut(8).enumerate() {
+        // SAFETY: `x` holds 8 floats; AVX2/FMA by this function's contract.
         unsafe {
-            let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), shift));
-            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            let e = exp_nonpositive_avx2(_mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr()), vc, shift));
+            let e = if j < full {
+                e
+            } else {
+                _mm256_and_ps(e, valid(j))
+            };
+            _mm256_storeu_ps(x.as_mut_ptr(), e);
             vsum = _mm256_add_ps(vsum, e);
         }
     }
     // SAFETY: `lanes` holds 8 floats.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vsum) };
-    let mut sum: f32 = lanes.iter().sum();
-    for x in &mut row[full..kt] {
-        *x = fast_exp(*x - m_new);
-        sum += *x;
-    }
-    row[kt..].fill(0.0);
-    (m_new, sum)
+    (m_new, lanes.iter().sum())
 }
 
 /// The forward over all (batch, head) pairs, in parallel. Same contract as
-/// [`crate::ops::attention::attention_forward`].
+/// [`crate::ops::attention::attention_forward`] (which checks the buffer lengths).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA.
@@ -183,41 +251,34 @@ pub unsafe fn forward(
     o: &mut [f32],
     lse: &mut [f32],
 ) {
-    let (n, d) = (s.tokens, s.head_dim);
-    let w = s.heads * d;
-    let results: Vec<(Vec<f32>, Vec<f32>)> = (0..s.batch * s.heads)
-        .into_par_iter()
-        .map(|bh| {
-            let mut out = vec![0.0f32; n * d];
-            let mut row_lse = vec![0.0f32; n];
-            // SAFETY: AVX2/FMA by this function's contract.
-            unsafe {
-                head(
-                    q,
-                    k,
-                    v,
-                    s,
-                    bh / s.heads,
-                    bh % s.heads,
-                    &mut out,
-                    &mut row_lse,
-                )
-            };
-            (out, row_lse)
-        })
-        .collect();
-    // Scatter back in parallel, one batch item (all its heads) per task.
-    o[..s.batch * n * w]
-        .par_chunks_mut(n * w)
-        .zip(lse[..s.batch * s.heads * n].par_chunks_mut(s.heads * n))
+    let n = s.tokens;
+    let numel = s.batch * n * s.heads * s.head_dim;
+    assert!(q.len() >= numel && k.len() >= numel && v.len() >= numel && o.len() >= numel);
+    let out = SharedOut(o.as_mut_ptr());
+    // One task per (batch, head) = one `[N]` chunk of `lse` (`[B, H, N]`).
+    lse[..s.batch * s.heads * n]
+        .par_chunks_mut(n)
         .enumerate()
-        .for_each(|(b, (ob, lb))| {
-            for h in 0..s.heads {
-                let (out, row_lse) = &results[b * s.heads + h];
-                for t in 0..n {
-                    ob[t * w + h * d..][..d].copy_from_slice(&out[t * d..(t + 1) * d]);
-                }
-                lb[h * n..(h + 1) * n].copy_from_slice(row_lse);
-            }
+        .for_each(|(bh, row_lse)| {
+            SCRATCH.with(|cell| {
+                // `head` never re-enters rayon, so this thread's scratch is free here.
+                let mut scratch = cell.borrow_mut();
+                // SAFETY: AVX2/FMA by this function's contract; `o` holds `numel` elements
+                // (asserted above) and task `bh` alone writes head `bh % H` of batch item
+                // `bh / H`: columns `h*D..h*D+D` of that item's rows, disjoint across tasks.
+                unsafe {
+                    head(
+                        q,
+                        k,
+                        v,
+                        s,
+                        bh / s.heads,
+                        bh % s.heads,
+                        out,
+                        row_lse,
+                        &mut scratch,
+                    )
+                };
+            })
         });
 }

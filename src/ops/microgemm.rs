@@ -36,10 +36,20 @@ pub fn pack_cols(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [f3
     assert!(dst.len() >= panels * rows * NR);
     for p in 0..panels {
         let (c0, w) = (p * NR, NR.min(cols - p * NR));
-        for r in 0..rows {
-            let d = &mut dst[(p * rows + r) * NR..][..NR];
-            d[..w].copy_from_slice(&src[r * ld + c0..][..w]);
-            d[w..].fill(0.0);
+        let panel = &mut dst[p * rows * NR..(p + 1) * rows * NR];
+        for (r, d) in panel.chunks_exact_mut(NR).enumerate() {
+            let s = &src[r * ld + c0..][..w];
+            if let (Ok(d), Ok(s)) = (
+                <&mut [f32; NR]>::try_from(&mut *d),
+                <&[f32; NR]>::try_from(s),
+            ) {
+                // A whole panel row: a fixed-size copy the compiler inlines (two vector moves
+                // instead of a `memmove` call per 16 floats).
+                *d = *s;
+            } else {
+                d[..w].copy_from_slice(s);
+                d[w..].fill(0.0);
+            }
         }
     }
 }
@@ -52,11 +62,22 @@ pub fn pack_rows_transposed(src: &[f32], rows: usize, cols: usize, ld: usize, ds
     assert!(dst.len() >= panels * cols * NR);
     for p in 0..panels {
         let panel = &mut dst[p * cols * NR..(p + 1) * cols * NR];
-        panel.fill(0.0);
-        for j in 0..NR.min(rows - p * NR) {
-            let row = &src[(p * NR + j) * ld..][..cols];
-            for (c, &v) in row.iter().enumerate() {
-                panel[c * NR + j] = v;
+        let live = NR.min(rows - p * NR);
+        if live < NR {
+            panel.fill(0.0);
+        }
+        // The panel's source rows, each `cols` long; written one output row (a column `c`
+        // of all `live` source rows) at a time, so the stores are contiguous.
+        let src_rows: [&[f32]; NR] = std::array::from_fn(|j| {
+            if j < live {
+                &src[(p * NR + j) * ld..][..cols]
+            } else {
+                &[]
+            }
+        });
+        for (c, out) in panel.chunks_exact_mut(NR).enumerate() {
+            for (o, row) in out.iter_mut().zip(&src_rows[..live]) {
+                *o = row[c];
             }
         }
     }
@@ -110,8 +131,13 @@ mod x86 {
 }
 
 /// `C[rows, 16·panels] (=|+=) A[rows, k] · B`, `B` packed as `panels` panels of `[k][16]`
-/// (see [`pack_cols`]); `A` row stride `lda`, `C` row stride `ldc >= 16·panels`. With
-/// `accumulate` the product is added to `C`, else it overwrites it.
+/// (see [`pack_cols`]), panel `p` starting at `b[p * b_stride]` (`b_stride >= 16·k`: a caller
+/// may use the first `k` rows of longer panels); `A` row stride `lda`, `C` row stride
+/// `ldc >= 16·panels`. With `accumulate` the product is added to `C`, else it overwrites it.
+///
+/// Loop order: panels outer, blocks of [`MR`] rows inner, so one panel of `B` (`16·k` floats)
+/// is read from memory once and reused from L1 by every row block; `A`'s `rows x k` should
+/// fit L1 beside it (callers keep `rows` to a few blocks).
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA ([`available`]). (Slice bounds are checked here.)
@@ -125,6 +151,7 @@ pub unsafe fn gemm_packed(
     a: &[f32],
     lda: usize,
     b: &[f32],
+    b_stride: usize,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
@@ -132,22 +159,25 @@ pub unsafe fn gemm_packed(
     if rows == 0 || panels == 0 {
         return;
     }
-    assert!(ldc >= panels * NR && lda >= k, "gemm_packed: strides");
+    assert!(
+        ldc >= panels * NR && lda >= k && b_stride >= k * NR,
+        "gemm_packed: strides"
+    );
     assert!(
         a.len() >= (rows - 1) * lda + k
-            && b.len() >= panels * k * NR
+            && b.len() >= (panels - 1) * b_stride + k * NR
             && c.len() >= (rows - 1) * ldc + panels * NR,
         "gemm_packed: short buffer"
     );
     let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-    let mut i = 0;
-    while i < rows {
-        let r = (rows - i).min(MR);
-        for p in 0..panels {
+    for p in 0..panels {
+        let mut i = 0;
+        while i < rows {
+            let r = (rows - i).min(MR);
             // SAFETY: rows `i..i+r <= rows`, panel `p < panels`, columns `p*16..p*16+16 <=
             // ldc`: inside the slices checked above; AVX2/FMA by this function's contract.
             unsafe {
-                let (ai, bp, cp) = (a.add(i * lda), b.add(p * k * NR), c.add(i * ldc + p * NR));
+                let (ai, bp, cp) = (a.add(i * lda), b.add(p * b_stride), c.add(i * ldc + p * NR));
                 match r {
                     6 => x86::tile::<6>(k, ai, lda, bp, cp, ldc, accumulate),
                     5 => x86::tile::<5>(k, ai, lda, bp, cp, ldc, accumulate),
@@ -157,8 +187,8 @@ pub unsafe fn gemm_packed(
                     _ => x86::tile::<1>(k, ai, lda, bp, cp, ldc, accumulate),
                 }
             }
+            i += r;
         }
-        i += r;
     }
 }
 
@@ -184,7 +214,7 @@ mod tests {
             pack_rows_transposed(&bt, n, k, k, &mut packed);
             let mut c = vec![f32::NAN; m * ldc];
             // SAFETY: AVX2/FMA checked above.
-            unsafe { gemm_packed(m, k, panels, &a, k, &packed, &mut c, ldc, false) };
+            unsafe { gemm_packed(m, k, panels, &a, k, &packed, k * NR, &mut c, ldc, false) };
             let got: Vec<f32> = (0..m * n).map(|i| c[i / n * ldc + i % n]).collect();
             assert_close(
                 &got,
@@ -196,7 +226,7 @@ mod tests {
             pack_cols(&b, k, n, n, &mut packed);
             let mut c = vec![1.0f32; m * ldc];
             // SAFETY: as above.
-            unsafe { gemm_packed(m, k, panels, &a, k, &packed, &mut c, ldc, true) };
+            unsafe { gemm_packed(m, k, panels, &a, k, &packed, k * NR, &mut c, ldc, true) };
             let got: Vec<f32> = (0..m * n).map(|i| c[i / n * ldc + i % n]).collect();
             let want: Vec<f32> = gemm_naive(m, n, k, &a, Trans::N, &b, Trans::N)
                 .iter()

@@ -184,57 +184,65 @@ unsafe fn head(
     }
 }
 
-/// One row of raw scores `S`, padded to `row.len()` (a multiple of 8) past its `kt` keys:
+/// One row of raw scores `S`, padded to `row.len()` (a multiple of 16) past its `kt` keys:
 /// finds `m' = max(m_old, max of row[..kt])`, replaces `row[..kt]` by `exp(c·(row - m'))` and
-/// the padding by 0, and returns `(m', Σ exp)`. All 8 lanes at a time; the chunk that
-/// straddles `kt` is masked.
+/// the padding by 0, and returns `(m', Σ exp)`. 16 lanes (two vectors) per step, so the
+/// exponential's constants are loaded once per two vectors; vectors past `kt` are masked.
 ///
 /// # Safety
 /// AVX2 and FMA present.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_tile(row: &mut [f32], kt: usize, m_old: f32, c: f32) -> (f32, f32) {
-    assert!(row.len().is_multiple_of(8) && kt <= row.len());
-    // Lane `i` of chunk `j` is a real key when `8j + i < kt`.
+    assert!(row.len().is_multiple_of(16) && kt <= row.len());
+    // Lane `i` of the vector starting at `j` is a real key when `j + i < kt`.
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let valid = |j: usize| {
-        let left = kt.saturating_sub(8 * j).min(8) as i32;
+        let left = kt.saturating_sub(j).min(8) as i32;
         _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(left), iota))
     };
-    let full = kt / 8;
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
-    let mut vmax = ninf;
-    for (j, x) in row.chunks_exact(8).enumerate() {
-        // SAFETY: `x` holds 8 floats.
-        let x = unsafe { _mm256_loadu_ps(x.as_ptr()) };
-        let x = if j < full {
-            x
-        } else {
-            _mm256_blendv_ps(ninf, x, valid(j))
+    let (mut max0, mut max1) = (ninf, ninf);
+    for (i, x) in row.chunks_exact(16).enumerate() {
+        // SAFETY: `x` holds 16 floats.
+        let (mut x0, mut x1) = unsafe {
+            (
+                _mm256_loadu_ps(x.as_ptr()),
+                _mm256_loadu_ps(x.as_ptr().add(8)),
+            )
         };
-        vmax = _mm256_max_ps(vmax, x);
+        if 16 * i + 16 > kt {
+            x0 = _mm256_blendv_ps(ninf, x0, valid(16 * i));
+            x1 = _mm256_blendv_ps(ninf, x1, valid(16 * i + 8));
+        }
+        max0 = _mm256_max_ps(max0, x0);
+        max1 = _mm256_max_ps(max1, x1);
     }
     let mut lanes = [0.0f32; 8];
     // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vmax) };
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(max0, max1)) };
     let m_new = lanes.iter().fold(m_old, |a, &x| a.max(x));
     // exp(c·x - c·m') as one FMA per lane; the argument is <= 0.
     let (vc, shift) = (_mm256_set1_ps(c), _mm256_set1_ps(-c * m_new));
-    let mut vsum = _mm256_setzero_ps();
-    for (j, x) in row.chunks_exact_mut(8).enumerate() {
-        // SAFETY: `x` holds 8 floats; AVX2/FMA by this function's contract.
+    let (mut sum0, mut sum1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (i, x) in row.chunks_exact_mut(16).enumerate() {
+        let p = x.as_mut_ptr();
+        // SAFETY: `x` holds 16 floats; AVX2/FMA by this function's contract.
         unsafe {
-            let e = exp_nonpositive_avx2(_mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr()), vc, shift));
-            let e = if j < full {
-                e
-            } else {
-                _mm256_and_ps(e, valid(j))
-            };
-            _mm256_storeu_ps(x.as_mut_ptr(), e);
-            vsum = _mm256_add_ps(vsum, e);
+            let mut e0 = exp_nonpositive_avx2(_mm256_fmadd_ps(_mm256_loadu_ps(p), vc, shift));
+            let mut e1 =
+                exp_nonpositive_avx2(_mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), vc, shift));
+            if 16 * i + 16 > kt {
+                e0 = _mm256_and_ps(e0, valid(16 * i));
+                e1 = _mm256_and_ps(e1, valid(16 * i + 8));
+            }
+            _mm256_storeu_ps(p, e0);
+            _mm256_storeu_ps(p.add(8), e1);
+            sum0 = _mm256_add_ps(sum0, e0);
+            sum1 = _mm256_add_ps(sum1, e1);
         }
     }
     // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), vsum) };
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(sum0, sum1)) };
     (m_new, lanes.iter().sum())
 }
 

@@ -60,14 +60,39 @@ pub fn pack_cols(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [f3
 pub fn pack_rows_transposed(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [f32]) {
     let panels = rows.div_ceil(NR);
     assert!(dst.len() >= panels * cols * NR);
+    if rows == 0 {
+        return;
+    }
+    assert!(ld >= cols && src.len() >= (rows - 1) * ld + cols);
     for p in 0..panels {
         let panel = &mut dst[p * cols * NR..(p + 1) * cols * NR];
         let live = NR.min(rows - p * NR);
+        // Columns `..done` of a full panel go through 8x8 AVX2 transposes.
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if live == NR && available() {
+            done = cols / 8 * 8;
+            for c0 in (0..done).step_by(8) {
+                for j0 in [0, 8] {
+                    // SAFETY: AVX2 detected; source rows `p*NR + j0 + 0..8 < rows`, columns
+                    // `c0..c0+8 <= cols` (in `src`, asserted above); destination rows
+                    // `c0..c0+8` of the panel, lanes `j0..j0+8 <= NR`.
+                    unsafe {
+                        x86::transpose8(
+                            src.as_ptr().add((p * NR + j0) * ld + c0),
+                            ld,
+                            panel.as_mut_ptr().add(c0 * NR + j0),
+                            NR,
+                        )
+                    };
+                }
+            }
+        }
         if live < NR {
             panel.fill(0.0);
         }
-        // The panel's source rows, each `cols` long; written one output row (a column `c`
-        // of all `live` source rows) at a time, so the stores are contiguous.
+        // The rest one output row (column `c` of the `live` source rows) at a time, so the
+        // stores are contiguous.
         let src_rows: [&[f32]; NR] = std::array::from_fn(|j| {
             if j < live {
                 &src[(p * NR + j) * ld..][..cols]
@@ -75,7 +100,7 @@ pub fn pack_rows_transposed(src: &[f32], rows: usize, cols: usize, ld: usize, ds
                 &[]
             }
         });
-        for (c, out) in panel.chunks_exact_mut(NR).enumerate() {
+        for (c, out) in panel.chunks_exact_mut(NR).enumerate().skip(done) {
             for (o, row) in out.iter_mut().zip(&src_rows[..live]) {
                 *o = row[c];
             }
@@ -87,6 +112,53 @@ pub fn pack_rows_transposed(src: &[f32], rows: usize, cols: usize, ld: usize, ds
 mod x86 {
     use super::NR;
     use std::arch::x86_64::*;
+
+    /// Writes the transpose of the 8x8 block at `src` (row stride `lds`) to `dst` (row stride
+    /// `ldd`): `dst[c][r] = src[r][c]`. The classic three rounds: interleave row pairs, then
+    /// pairs of pairs within 128-bit lanes, then swap the lane halves.
+    ///
+    /// # Safety
+    /// AVX2 present; `src` readable at `r*lds + c`, `dst` writable at `c*ldd + r`, `r, c < 8`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) unsafe fn transpose8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+        // SAFETY: reads and writes in bounds by the contract above.
+        unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+            // t(2i) = rows 2i, 2i+1 interleaved: columns 0,1 | 4,5; t(2i+1): columns 2,3 | 6,7.
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            // u0 = column 0 of rows 0..4 | column 4; u1: columns 1 | 5; u2: 2 | 6; u3: 3 | 7;
+            // u4..u7 the same for rows 4..8.
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (c, v) in cols.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(c * ldd), v);
+            }
+        }
+    }
 
     /// `C[R,16] (=|+=) A[R,k] · B[k,16]`.
     ///
@@ -197,6 +269,38 @@ mod tests {
     use super::*;
     use crate::ops::matmul::{Trans, gemm_naive};
     use crate::ops::testutil::{assert_close, seeded};
+
+    #[test]
+    fn packing_matches_its_definition() {
+        // Full and partial panels, column counts around the 8-wide transpose, ld > cols.
+        for &(rows, cols, ld) in &[(16, 8, 8), (33, 64, 70), (5, 3, 3), (40, 19, 25), (1, 1, 1)] {
+            let src = seeded((rows - 1) * ld + cols, 9);
+            let panels = rows.div_ceil(NR);
+            let mut t = vec![f32::NAN; panels * cols * NR];
+            pack_rows_transposed(&src, rows, cols, ld, &mut t);
+            for p in 0..panels {
+                for c in 0..cols {
+                    for j in 0..NR {
+                        let r = p * NR + j;
+                        let want = if r < rows { src[r * ld + c] } else { 0.0 };
+                        assert_eq!(t[(p * cols + c) * NR + j], want, "transposed {rows}x{cols}");
+                    }
+                }
+            }
+            let cpanels = cols.div_ceil(NR);
+            let mut k = vec![f32::NAN; cpanels * rows * NR];
+            pack_cols(&src, rows, cols, ld, &mut k);
+            for p in 0..cpanels {
+                for r in 0..rows {
+                    for j in 0..NR {
+                        let c = p * NR + j;
+                        let want = if c < cols { src[r * ld + c] } else { 0.0 };
+                        assert_eq!(k[(p * rows + r) * NR + j], want, "cols {rows}x{cols}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn packed_products_match_naive() {

@@ -24,7 +24,7 @@
 
 use crate::ops::attention::AttnShape;
 use crate::ops::fastexp::{exp_nonpositive_avx2, fast_exp};
-use crate::ops::microgemm::{MR, NR, gemm_packed, pack_cols, pack_rows_transposed};
+use crate::ops::microgemm::{MR, NR, gemm_packed, pack_cols, pack_rows_transposed, transpose};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -289,4 +289,264 @@ pub unsafe fn forward(
                 };
             })
         });
+}
+
+/// Query rows per backward tile (a multiple of 8, for the 8x8 transposes of `P` and `dS`):
+/// the tile's `P`, `dS` and their transposes (4 x 48 x 208 floats at 196 tokens, 160 KiB)
+/// stay in L2 beside the head's packed `K` and `V`.
+pub const BWD_QUERY_TILE: usize = 48;
+
+/// One thread's reusable buffers for the backward (see [`head_backward`]).
+#[derive(Default)]
+struct BackwardScratch {
+    k_t: Vec<f32>,
+    v_t: Vec<f32>,
+    k_c: Vec<f32>,
+    q_c: Vec<f32>,
+    do_c: Vec<f32>,
+    p: Vec<f32>,
+    ds: Vec<f32>,
+    p_t: Vec<f32>,
+    ds_t: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    delta: Vec<f32>,
+}
+
+thread_local! {
+    static BWD_SCRATCH: RefCell<BackwardScratch> = RefCell::new(BackwardScratch::default());
+}
+
+/// One (batch, head) of the backward: writes this head's columns of `dq, dk, dv`.
+///
+/// Per head, once: `Kᵀ` and `Vᵀ` packed in 16-key panels (for `S = Q Kᵀ`, `dP = dO Vᵀ`), `K`
+/// in 16-column panels (for `dQ = dS K`), and `delta_i = Σ_c dO_ic O_ic`. Then per tile of
+/// up to [`BWD_QUERY_TILE`] queries, against all keys:
+///
+/// 1. `S = Q Kᵀ`, `dP = dO Vᵀ` (`[rows, N16]`, `Q` and `dO` read in place);
+/// 2. `P = exp(c·S - lse)`, `dS = c · P ⊙ (dP - delta)` with `c = 1/√D` (0 past `N`);
+/// 3. `dQ = dS K` for the tile's rows, written out;
+/// 4. `Pᵀ` and `dSᵀ` by 8x8 transposes, the tile's `Q` and `dO` packed in column panels, then
+///    `dV (=|+=) Pᵀ dO` and `dK (=|+=) dSᵀ Q` over the tile's queries.
+///
+/// `dK` and `dV` are written out after the last tile.
+///
+/// # Safety
+/// AVX2 and FMA present; `grads` point to `s`'s `[B, N, H*D]` gradients and no other task
+/// writes this head's columns.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_backward(
+    [q, k, v, o, d_o]: [&[f32]; 5],
+    row_lse: &[f32],
+    s: AttnShape,
+    b: usize,
+    h: usize,
+    grads: [SharedOut; 3],
+    sc: &mut BackwardScratch,
+) {
+    let (n, d) = (s.tokens, s.head_dim);
+    let w = s.heads * d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let base = b * n * w + h * d;
+    let (n16, d16) = (n.next_multiple_of(NR), d.next_multiple_of(NR));
+    let tile = BWD_QUERY_TILE.min(n.next_multiple_of(8));
+    let k_t = at_least(&mut sc.k_t, n16 * d);
+    pack_rows_transposed(&k[base..], n, d, w, k_t);
+    let v_t = at_least(&mut sc.v_t, n16 * d);
+    pack_rows_transposed(&v[base..], n, d, w, v_t);
+    let k_c = at_least(&mut sc.k_c, d16 * n);
+    pack_cols(&k[base..], n, d, w, k_c);
+    let delta = at_least(&mut sc.delta, n);
+    for (t, dt) in delta.iter_mut().enumerate() {
+        let (dor, or) = (&d_o[base + t * w..][..d], &o[base + t * w..][..d]);
+        *dt = dor.iter().zip(or).map(|(a, b)| a * b).sum();
+    }
+    let p = at_least(&mut sc.p, tile * n16);
+    let ds = at_least(&mut sc.ds, tile * n16);
+    let p_t = at_least(&mut sc.p_t, n16 * tile);
+    let ds_t = at_least(&mut sc.ds_t, n16 * tile);
+    let q_c = at_least(&mut sc.q_c, d16 * tile);
+    let do_c = at_least(&mut sc.do_c, d16 * tile);
+    let dq = at_least(&mut sc.dq, tile * d16);
+    let dk = at_least(&mut sc.dk, n * d16);
+    let dv = at_least(&mut sc.dv, n * d16);
+
+    for q0 in (0..n).step_by(tile) {
+        let rows = tile.min(n - q0);
+        let rows8 = rows.next_multiple_of(8);
+        // SAFETY (all micro-kernel and transpose calls): AVX2/FMA by this function's
+        // contract; slice bounds are checked inside.
+        unsafe {
+            gemm_packed(
+                rows,
+                d,
+                n16 / NR,
+                &q[base + q0 * w..],
+                w,
+                k_t,
+                d * NR,
+                p,
+                n16,
+                false,
+            );
+            gemm_packed(
+                rows,
+                d,
+                n16 / NR,
+                &d_o[base + q0 * w..],
+                w,
+                v_t,
+                d * NR,
+                ds,
+                n16,
+                false,
+            );
+        }
+        for i in 0..rows {
+            let (pr, dsr) = (&mut p[i * n16..][..n16], &mut ds[i * n16..][..n16]);
+            // SAFETY: AVX2/FMA by this function's contract.
+            unsafe { probs_and_grads(pr, dsr, n, scale, row_lse[q0 + i], delta[q0 + i]) };
+        }
+        // Rows past the tile's queries are zero, so their transposed columns add nothing.
+        p[rows * n16..rows8 * n16].fill(0.0);
+        ds[rows * n16..rows8 * n16].fill(0.0);
+        // SAFETY: as above.
+        unsafe {
+            gemm_packed(rows, n, d16 / NR, ds, n16, k_c, n * NR, dq, d16, false);
+        }
+        for i in 0..rows {
+            // SAFETY: row `q0 + i < n` of this head, in bounds; only this task writes this
+            // head's columns (this function's contract).
+            let dst = unsafe { grads[0].row(base + (q0 + i) * w, d) };
+            dst.copy_from_slice(&dq[i * d16..][..d]);
+        }
+        pack_cols(&q[base + q0 * w..], rows, d, w, q_c);
+        pack_cols(&d_o[base + q0 * w..], rows, d, w, do_c);
+        // SAFETY: as above.
+        unsafe {
+            transpose(p, rows8, n16, n16, p_t, rows8);
+            transpose(ds, rows8, n16, n16, ds_t, rows8);
+            gemm_packed(
+                n,
+                rows,
+                d16 / NR,
+                p_t,
+                rows8,
+                do_c,
+                rows * NR,
+                dv,
+                d16,
+                q0 > 0,
+            );
+            gemm_packed(
+                n,
+                rows,
+                d16 / NR,
+                ds_t,
+                rows8,
+                q_c,
+                rows * NR,
+                dk,
+                d16,
+                q0 > 0,
+            );
+        }
+    }
+    for t in 0..n {
+        for (g, src) in [(grads[1], &*dk), (grads[2], &*dv)] {
+            // SAFETY: as for `dq` above.
+            let dst = unsafe { g.row(base + t * w, d) };
+            dst.copy_from_slice(&src[t * d16..][..d]);
+        }
+    }
+}
+
+/// One query row of the backward: from raw scores `p` and `dP = dO Vᵀ` in `ds` (both padded
+/// to a multiple of 8 past `n` keys), `p = exp(c·S - lse)` and `ds = c · p ⊙ (dP - delta)`,
+/// both 0 past `n`.
+///
+/// # Safety
+/// AVX2 and FMA present.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn probs_and_grads(p: &mut [f32], ds: &mut [f32], n: usize, c: f32, lse: f32, delta: f32) {
+    assert!(p.len() == ds.len() && p.len().is_multiple_of(8) && n <= p.len());
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let (vc, vlse, vdelta) = (
+        _mm256_set1_ps(c),
+        _mm256_set1_ps(lse),
+        _mm256_set1_ps(delta),
+    );
+    for (j, (pv, dv)) in p
+        .chunks_exact_mut(8)
+        .zip(ds.chunks_exact_mut(8))
+        .enumerate()
+    {
+        // SAFETY: `pv` and `dv` hold 8 floats; AVX2/FMA by this function's contract.
+        unsafe {
+            // c·S - lse <= 0 up to rounding (lse is the log of a sum that includes exp(c·S)).
+            let mut e =
+                exp_nonpositive_avx2(_mm256_fmsub_ps(_mm256_loadu_ps(pv.as_ptr()), vc, vlse));
+            if 8 * j + 8 > n {
+                let left = n.saturating_sub(8 * j) as i32;
+                let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), iota);
+                e = _mm256_and_ps(e, _mm256_castsi256_ps(valid));
+            }
+            let g = _mm256_mul_ps(
+                _mm256_mul_ps(e, vc),
+                _mm256_sub_ps(_mm256_loadu_ps(dv.as_ptr()), vdelta),
+            );
+            _mm256_storeu_ps(pv.as_mut_ptr(), e);
+            _mm256_storeu_ps(dv.as_mut_ptr(), g);
+        }
+    }
+}
+
+/// The backward over all (batch, head) pairs, in parallel. Same contract as
+/// [`crate::ops::attention::attention_backward`] (which checks the buffer lengths).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    d_o: &[f32],
+    s: AttnShape,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let n = s.tokens;
+    let numel = s.batch * n * s.heads * s.head_dim;
+    for x in [q, k, v, o, d_o] {
+        assert!(x.len() >= numel);
+    }
+    assert!(dq.len() >= numel && dk.len() >= numel && dv.len() >= numel);
+    assert!(lse.len() >= s.batch * s.heads * n);
+    let grads = [dq, dk, dv].map(|g| SharedOut(g.as_mut_ptr()));
+    (0..s.batch * s.heads).into_par_iter().for_each(|bh| {
+        BWD_SCRATCH.with(|cell| {
+            // `head_backward` never re-enters rayon, so this thread's scratch is free here.
+            let mut scratch = cell.borrow_mut();
+            // SAFETY: AVX2/FMA by this function's contract; the gradients hold `numel`
+            // elements (asserted above) and task `bh` alone writes head `bh % H` of batch
+            // item `bh / H`: columns `h*D..h*D+D` of that item's rows, disjoint across tasks.
+            unsafe {
+                head_backward(
+                    [q, k, v, o, d_o],
+                    &lse[bh * n..(bh + 1) * n],
+                    s,
+                    bh / s.heads,
+                    bh % s.heads,
+                    grads,
+                    &mut scratch,
+                )
+            };
+        })
+    });
 }

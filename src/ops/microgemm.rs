@@ -108,6 +108,49 @@ pub fn pack_rows_transposed(src: &[f32], rows: usize, cols: usize, ld: usize, ds
     }
 }
 
+/// `dst[c][r] = src[r][c]` for `r < rows`, `c < cols` (both multiples of 8), row strides
+/// `lds` and `ldd`, through 8x8 AVX2 transposes.
+///
+/// # Safety
+/// The CPU must have AVX2 ([`available`]). (Slice bounds are checked here.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn transpose(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    lds: usize,
+    dst: &mut [f32],
+    ldd: usize,
+) {
+    assert!(
+        rows.is_multiple_of(8) && cols.is_multiple_of(8),
+        "transpose: 8x8 blocks"
+    );
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(lds >= cols && ldd >= rows, "transpose: strides");
+    assert!(
+        src.len() >= (rows - 1) * lds + cols && dst.len() >= (cols - 1) * ldd + rows,
+        "transpose: short buffer"
+    );
+    for r0 in (0..rows).step_by(8) {
+        for c0 in (0..cols).step_by(8) {
+            // SAFETY: block rows `r0..r0+8 <= rows`, columns `c0..c0+8 <= cols`, inside the
+            // slices checked above; AVX2 by this function's contract.
+            unsafe {
+                x86::transpose8(
+                    src.as_ptr().add(r0 * lds + c0),
+                    lds,
+                    dst.as_mut_ptr().add(c0 * ldd + r0),
+                    ldd,
+                )
+            };
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::NR;
@@ -298,6 +341,24 @@ mod tests {
                         assert_eq!(k[(p * rows + r) * NR + j], want, "cols {rows}x{cols}");
                     }
                 }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose_matches_its_definition() {
+        if !available() {
+            return;
+        }
+        let (rows, cols, lds, ldd) = (16, 24, 30, 19);
+        let src = seeded((rows - 1) * lds + cols, 8);
+        let mut dst = vec![f32::NAN; (cols - 1) * ldd + rows];
+        // SAFETY: AVX2 checked above.
+        unsafe { transpose(&src, rows, cols, lds, &mut dst, ldd) };
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(dst[c * ldd + r], src[r * lds + c]);
             }
         }
     }

@@ -13,7 +13,7 @@ fn kernels(c: &mut Criterion) {
     for case in cases() {
         let group_name = match case.spec {
             Spec::Gemm { .. } => "gemm",
-            Spec::Attention { .. } => "attention",
+            Spec::Attention { .. } | Spec::AttentionBackward { .. } => "attention",
             Spec::Conv { .. } => "conv",
             Spec::Nearest { .. } | Spec::ClusteredNearest { .. } => "nn",
             Spec::Backbone { .. } => continue, // benches/backbone.rs

@@ -12,11 +12,17 @@ same machine noise), the script runs `pmad --threads T bench --filter CASE --jso
 the same computation in PyTorch with `torch.set_num_threads(T)`, timed the same way: warm-up
 (untimed, >= --warmup s), then calls timed one by one until >= --min-time s and >= 3 calls
 (at most 1000), median. Throughput = work / median (GFLOP/s, or images/s for the backbone).
+With --rounds R that alternation repeats R times per case and the medians over rounds are
+reported, with the per-round ratios; --baseline BIN adds a second pmad binary (an older build)
+to each round, for an A/B of a change measured beside torch in the same run.
 
-PyTorch equivalents (all under torch.inference_mode(), float32, uniform [-1, 1) data):
+PyTorch equivalents (under torch.inference_mode() but for attention_backward; float32, uniform
+[-1, 1) data):
   gemm       torch.mm(a, b, out=c)  (pmad also writes into a preallocated C)
   attention  F.scaled_dot_product_attention on contiguous [B, H, N, D] (the reference), and
              the explicit softmax(q @ k^T / sqrt(d)) @ v. pmad uses [B, N, H*D].
+  attention_backward
+             torch.autograd.grad of SDPA's output (graph built untimed) for a fixed dO.
   conv       F.conv2d (+ bias) then in-place ReLU6 where the case has one, NCHW (the reference,
              pmad's layout) and channels_last (shown only). Symmetric TF-SAME padding goes to
              conv2d's own `padding` (inside the timed region, as pmad's own padding is); the
@@ -48,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 # Targets for pmad/torch, by case kind (from the issue's acceptance).
-TARGETS = {'gemm': 0.8, 'attention': 1.0, 'backbone': 0.7}
+TARGETS = {'gemm': 0.8, 'attention': 1.0, 'attention_backward': 1.0, 'backbone': 0.7}
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,6 +108,22 @@ def torch_attention(s):
         return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) @ v
 
     return {'sdpa': lambda: F.scaled_dot_product_attention(q, k, v), 'explicit': explicit}, 'sdpa'
+
+
+def torch_attention_backward(s):
+    """Only the backward of SDPA: the graph is built once (untimed, like pmad's forward), each
+    call is torch.autograd.grad of a fixed dO, which returns fresh dQ, dK, dV (no accumulation).
+    Runs outside inference mode (see NEEDS_GRAD)."""
+    shape = (s['batch'], s['heads'], s['tokens'], s['head_dim'])
+    q, k, v = (uniform(*shape).requires_grad_() for _ in range(3))
+    out = F.scaled_dot_product_attention(q, k, v)
+    d_o = uniform(*shape)
+    return {'sdpa_autograd': lambda: torch.autograd.grad(out, (q, k, v), d_o,
+                                                         retain_graph=True)}, 'sdpa_autograd'
+
+
+# Kinds whose torch side needs autograd, so it is timed outside torch.inference_mode().
+NEEDS_GRAD = {'attention_backward'}
 
 
 def torch_conv(s):
@@ -158,6 +180,8 @@ def torch_case(spec, args):
         return torch_gemm(spec)
     if kind == 'attention':
         return torch_attention(spec)
+    if kind == 'attention_backward':
+        return torch_attention_backward(spec)
     if kind == 'conv':
         return torch_conv(spec)
     if kind == 'nearest':
@@ -180,8 +204,8 @@ def throughput(listed, seconds):
 
 # ---------------------------------------------------------------- pmad side
 
-def pmad_cmd(args, *rest):
-    cmd = [args.pmad, '--threads', str(args.threads), 'bench', *rest]
+def pmad_cmd(args, *rest, binary=None):
+    cmd = [binary or args.pmad, '--threads', str(args.threads), 'bench', *rest]
     if args.weights:
         cmd += ['--weights', args.weights]
     return cmd
@@ -197,10 +221,10 @@ def pmad_list(args):
     return json.loads(out.stdout)
 
 
-def pmad_run(args, name):
+def pmad_run(args, name, binary=None):
     """pmad's result for one case, or None (with its stderr echoed) when it was skipped."""
     cmd = pmad_cmd(args, '--filter', name, '--json', '-',
-                   '--min-time', str(args.min_time), '--warmup', str(args.warmup))
+                   '--min-time', str(args.min_time), '--warmup', str(args.warmup), binary=binary)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     hits = [r for r in json.loads(out.stdout)['results'] if r['name'] == name]
     if not hits:
@@ -228,6 +252,8 @@ def print_table(rows, threads):
             verdict = 'ok' if r['ratio'] >= target else 'BELOW'
         others = ', '.join(f'{k} {v:.2f}' for k, v in r['torch_variants'].items()
                            if k != r['torch_ref'])
+        if r.get('baseline'):
+            others += f"; baseline pmad {r['baseline']:.2f}"
         print(f"{r['case']:<28} {r['unit']:>9} {fmt(r['pmad']):>9} {fmt(r['torch']):>9} "
               f"{r['torch_ref'] or '-':>13} {fmt(r['ratio'], '.3f'):>10} "
               f"{'>=' + str(target) if target is not None else '-':>7} {verdict:>5}  {others}")
@@ -244,6 +270,10 @@ def main():
                     help='folder holding effnet_lite0.py (default: shared/reference)')
     ap.add_argument('--min-time', type=float, default=1.0, help='timed seconds per case and side')
     ap.add_argument('--warmup', type=float, default=0.2, help='warm-up seconds per case and side')
+    ap.add_argument('--rounds', type=int, default=1,
+                    help='alternations per case (pmad, baseline, torch); medians are reported')
+    ap.add_argument('--baseline', help='a second pmad binary (e.g. an older build) timed in the '
+                    'same alternation: its median and pmad/baseline are printed')
     ap.add_argument('--out', default='bench_out/bench_vs_torch.json', help='JSON results')
     args = ap.parse_args()
 
@@ -259,42 +289,64 @@ def main():
     for listed in cases:
         name, spec = listed['name'], listed['spec']
         print(f'{name} ...', file=sys.stderr, flush=True)
-        pmad = pmad_run(args, name)
-        torch_tp = {}
-        torch_best = {}
         variants, ref = torch_case(spec, args)
         if variants is None:
             print(f'  torch side skipped: {ref}', file=sys.stderr)
             ref = None
-        else:
-            with torch.inference_mode():
-                for vname, fn in variants.items():
-                    med, best = measure(fn, args.warmup, args.min_time)
-                    torch_tp[vname] = throughput(listed, med)
-                    torch_best[vname] = throughput(listed, best)
-            del variants  # free the inputs (and models) before the next case
-            if ref is None:
-                ref = max(torch_tp, key=torch_tp.get)
-        pmad_tp = pmad['throughput'] if pmad else None
+        # Per round: pmad, then the --baseline binary (if any), then every torch variant, so
+        # all sides see the same stretch of machine noise; medians over rounds are reported.
+        pmad_runs, base_runs, torch_runs, torch_best = [], [], {}, {}
+        for _ in range(args.rounds):
+            pmad_runs.append(pmad_run(args, name))
+            if args.baseline:
+                base_runs.append(pmad_run(args, name, binary=args.baseline))
+            if variants is not None:
+                with torch.inference_mode(spec['kind'] not in NEEDS_GRAD):
+                    for vname, fn in variants.items():
+                        med, best = measure(fn, args.warmup, args.min_time)
+                        torch_runs.setdefault(vname, []).append(throughput(listed, med))
+                        torch_best[vname] = max(torch_best.get(vname, 0.0),
+                                                throughput(listed, best))
+        del variants  # free the inputs (and models) before the next case
+        torch_tp = {k: statistics.median(v) for k, v in torch_runs.items()}
+        if ref is None and torch_tp:
+            ref = max(torch_tp, key=torch_tp.get)
+        pmad_list_tp = [p['throughput'] for p in pmad_runs if p]
+        pmad_tp = statistics.median(pmad_list_tp) if pmad_list_tp else None
+        base_list_tp = [p['throughput'] for p in base_runs if p]
+        base_tp = statistics.median(base_list_tp) if base_list_tp else None
         torch_ref = torch_tp.get(ref) if ref else None
         ratio = pmad_tp / torch_ref if pmad_tp and torch_ref else None
+        # Ratio within each round (pmad and torch timed back to back).
+        round_ratios = ([p / t for p, t in zip(pmad_list_tp, torch_runs[ref])]
+                        if ref and len(pmad_list_tp) == len(torch_runs.get(ref, [])) else [])
+        last = pmad_runs[-1]
         rows.append({
             'case': name,
             'kind': spec['kind'],
             'spec': spec,
             'unit': listed['unit'],
             'pmad': pmad_tp,
-            'pmad_median_s': pmad['median_s'] if pmad else None,
-            'pmad_iters': pmad['iters'] if pmad else None,
-            'pmad_best': throughput(listed, pmad['min_s']) if pmad else None,
+            'pmad_rounds': pmad_list_tp,
+            'pmad_median_s': last['median_s'] if last else None,
+            'pmad_iters': last['iters'] if last else None,
+            'pmad_best': max((throughput(listed, p['min_s']) for p in pmad_runs if p),
+                             default=None),
+            'baseline': base_tp,
+            'baseline_rounds': base_list_tp,
             'torch': torch_ref,
             'torch_ref': ref,
+            'torch_rounds': torch_runs.get(ref, []) if ref else [],
             'torch_variants': torch_tp,
             'torch_variants_best': torch_best,
             'ratio': ratio,
+            'ratio_rounds': round_ratios,
             'target': TARGETS.get(spec['kind']),
         })
-        print(f'  pmad {fmt(pmad_tp)}  torch {fmt(torch_ref)} ({ref})  ratio {fmt(ratio, ".3f")}',
+        vs_base = f'  baseline {fmt(base_tp)} (pmad/baseline {fmt(pmad_tp / base_tp, ".3f")})' \
+            if pmad_tp and base_tp else ''
+        print(f'  pmad {fmt(pmad_tp)}  torch {fmt(torch_ref)} ({ref})  ratio {fmt(ratio, ".3f")}'
+              f'  per round {", ".join(f"{r:.2f}" for r in round_ratios)}{vs_base}',
               file=sys.stderr, flush=True)
 
     print_table(rows, args.threads)
@@ -303,6 +355,8 @@ def main():
         'threads': args.threads,
         'torch_version': torch.__version__,
         'pmad': os.path.abspath(args.pmad),
+        'baseline': os.path.abspath(args.baseline) if args.baseline else None,
+        'rounds': args.rounds,
         'timing': {'warmup_s': args.warmup, 'min_time_s': args.min_time,
                    'min_iters': 3, 'max_iters': 1000},
         'targets': TARGETS,

@@ -15,7 +15,7 @@
 use crate::error::{Error, Result};
 use crate::models::EfficientNetLite0;
 use crate::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
-use crate::ops::attention::{AttnShape, attention_forward};
+use crate::ops::attention::{AttnShape, attention_backward, attention_forward};
 use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into};
 use crate::ops::matmul::{Trans, gemm};
 use crate::ops::nn_search::{BankIndex, nearest_rows, row_sq_norms};
@@ -35,6 +35,14 @@ pub enum Spec {
     Gemm { m: usize, n: usize, k: usize },
     /// Fused multi-head attention forward, `q, k, v, o` laid out `[batch, tokens, heads*head_dim]`.
     Attention {
+        batch: usize,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+    },
+    /// The attention backward (training): `dQ, dK, dV` from `dO`, given the forward's `O` and
+    /// log-sum-exp (computed once, untimed). Same layout as [`Spec::Attention`].
+    AttentionBackward {
         batch: usize,
         tokens: usize,
         heads: usize,
@@ -92,6 +100,14 @@ impl Spec {
                 heads,
                 head_dim,
             } => 4.0 * (batch * heads * tokens * tokens * head_dim) as f64,
+            // dV = Pᵀ dO, dP = dO Vᵀ, dQ = dS K, dK = dSᵀ Q: 4 · 2·N·N·D per (batch, head).
+            // Recomputing S (pmad does, from the lse) and the softmax are not counted.
+            Spec::AttentionBackward {
+                batch,
+                tokens,
+                heads,
+                head_dim,
+            } => 8.0 * (batch * heads * tokens * tokens * head_dim) as f64,
             Spec::Conv { .. } => 2.0 * self.conv_shape().macs() as f64,
             // The cross term q·p dominates; norms and the argmin are not counted.
             Spec::Nearest { queries, bank, dim }
@@ -232,6 +248,18 @@ fn gemm_case(n: usize) -> Case {
     }
 }
 
+fn attention_backward_case(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Case {
+    Case {
+        name: format!("attention_backward_b{batch}_n{tokens}_h{heads}_d{head_dim}"),
+        spec: Spec::AttentionBackward {
+            batch,
+            tokens,
+            heads,
+            head_dim,
+        },
+    }
+}
+
 fn attention_case(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Case {
     Case {
         name: format!("attention_b{batch}_n{tokens}_h{heads}_d{head_dim}"),
@@ -295,6 +323,8 @@ pub fn cases() -> Vec<Case> {
     let mut v: Vec<Case> = [256, 512, 1024, 2048].into_iter().map(gemm_case).collect();
     v.push(attention_case(8, 196, 6, 64));
     v.push(attention_case(8, 196, 12, 64));
+    v.push(attention_backward_case(8, 196, 6, 64));
+    v.push(attention_backward_case(8, 196, 12, 64));
     // The stem: 3x3 stride 2, 3 -> 32 (the im2col path), TF-SAME pads bottom/right only.
     let stem_pad = Padding::tf_same(IMAGE_SIZE, IMAGE_SIZE, 3, 2);
     v.push(Case {
@@ -428,6 +458,34 @@ impl Case {
                 Box::new(move || {
                     attention_forward(&q, &k, &v, s, &mut o, &mut lse);
                     black_box((&mut o, &mut lse));
+                })
+            }
+            Spec::AttentionBackward {
+                batch,
+                tokens,
+                heads,
+                head_dim,
+            } => {
+                let s = AttnShape {
+                    batch,
+                    tokens,
+                    heads,
+                    head_dim,
+                };
+                let numel = batch * tokens * heads * head_dim;
+                let (q, k, v) = (random(numel, 1), random(numel, 2), random(numel, 3));
+                let d_o = random(numel, 4);
+                let mut o = vec![0.0f32; numel];
+                let mut lse = vec![0.0f32; batch * heads * tokens];
+                attention_forward(&q, &k, &v, s, &mut o, &mut lse);
+                let (mut dq, mut dk, mut dv) = (
+                    vec![0.0f32; numel],
+                    vec![0.0f32; numel],
+                    vec![0.0f32; numel],
+                );
+                Box::new(move || {
+                    attention_backward(&q, &k, &v, &o, &lse, &d_o, s, &mut dq, &mut dk, &mut dv);
+                    black_box((&mut dq, &mut dk, &mut dv));
                 })
             }
             Spec::Conv { relu6, .. } => {
@@ -639,6 +697,12 @@ mod tests {
         // Small stand-ins for each kind (the real shapes take seconds under a debug build).
         let small = [
             Spec::Attention {
+                batch: 1,
+                tokens: 5,
+                heads: 2,
+                head_dim: 4,
+            },
+            Spec::AttentionBackward {
                 batch: 1,
                 tokens: 5,
                 heads: 2,

@@ -169,9 +169,43 @@ pub fn attention_forward_portable(
 ///
 /// With `P = exp(S - lse)`: `dV = Pᵀ dO`, `dP = dO Vᵀ`,
 /// `dS = P ⊙ (dP - rowsum(dO ⊙ O))`, `dQ = dS K / √D`, `dK = dSᵀ Q / √D`.
-/// Recomputed tile by tile, like the forward, so memory stays O(N·D).
+/// Recomputed tile by tile, like the forward, so memory stays O(N·D) per head (the AVX2
+/// version keeps a query tile's probabilities against all keys: O(tile·N)). On AVX2+FMA CPUs
+/// it runs the micro-kernel version (`attention_simd`), elsewhere
+/// [`attention_backward_portable`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    do_: &[f32],
+    s: AttnShape,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    for x in [q, k, v, o, do_] {
+        assert!(x.len() >= s.numel());
+    }
+    assert!(dq.len() >= s.numel() && dk.len() >= s.numel() && dv.len() >= s.numel());
+    assert!(lse.len() >= s.batch * s.heads * s.tokens);
+    if s.numel() == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::microgemm::available() {
+        // SAFETY: AVX2 and FMA were detected just above.
+        unsafe { crate::ops::attention_simd::backward(q, k, v, o, lse, do_, s, dq, dk, dv) };
+        return;
+    }
+    attention_backward_portable(q, k, v, o, lse, do_, s, dq, dk, dv);
+}
+
+/// The backward on general GEMM calls (the `gemm` crate) and scalar code: any CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_portable(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -389,6 +423,45 @@ mod tests {
             assert_close(&o2, &want, 1e-5, 1e-4);
             // Both paths' log-sum-exp agree (the backward recomputes P from it).
             assert_close(&lse, &lse2, 1e-5, 1e-5);
+        }
+    }
+
+    #[test]
+    fn backward_paths_agree_on_ragged_shapes() {
+        // Tokens not a multiple of 8, 16 or the 48-query backward tile (100: three tiles);
+        // head dims below / not a multiple of 16.
+        for &(batch, tokens, heads, head_dim) in &[
+            (1, 1, 1, 4),
+            (2, 33, 3, 8),
+            (1, 100, 2, 64),
+            (1, 7, 2, 5),
+            (2, 49, 1, 24),
+        ] {
+            let s = AttnShape {
+                batch,
+                tokens,
+                heads,
+                head_dim,
+            };
+            let (q, k, v, g) = (
+                seeded(s.numel(), 11),
+                seeded(s.numel(), 12),
+                seeded(s.numel(), 13),
+                seeded(s.numel(), 14),
+            );
+            let q: Vec<f32> = q.iter().map(|x| x * 4.0).collect(); // peaky softmax
+            let mut o = vec![0.0; s.numel()];
+            let mut lse = vec![0.0; batch * heads * tokens];
+            attention_forward(&q, &k, &v, s, &mut o, &mut lse);
+            let mut fast = [(); 3].map(|_| vec![f32::NAN; s.numel()]);
+            let mut slow = [(); 3].map(|_| vec![f32::NAN; s.numel()]);
+            let [a, b, c] = &mut fast;
+            attention_backward(&q, &k, &v, &o, &lse, &g, s, a, b, c);
+            let [a, b, c] = &mut slow;
+            attention_backward_portable(&q, &k, &v, &o, &lse, &g, s, a, b, c);
+            for (f, w) in fast.iter().zip(&slow) {
+                assert_close(f, w, 1e-5, 1e-4);
+            }
         }
     }
 

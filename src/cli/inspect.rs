@@ -371,7 +371,23 @@ pub fn run(args: InspectArgs) -> Result<()> {
     // or any output folder is made.
     let kind = det.config.score;
     let info_path = pmad::detector::class_store::info_path(&args.model, &args.class);
+    let load_start = std::time::Instant::now();
     let model = det.class(&args.class)?;
+    if args.timings {
+        let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+        eprintln!(
+            "inspect: class {} loaded in {:.3} s: bank {} x {} ({:.1} MiB), search index {} \
+             clusters ({:.1} MiB) built in {:.3} s",
+            args.class,
+            load_start.elapsed().as_secs_f64(),
+            model.index.len(),
+            model.index.dim(),
+            mib(model.bank.len() * std::mem::size_of::<f32>()),
+            model.index.num_clusters(),
+            mib(model.index.memory_bytes()),
+            model.index.build_time().as_secs_f64(),
+        );
+    }
     let info = &model.info;
     let (threshold, threshold_source) = run_threshold(&args, info, kind, &info_path)?;
     let pixel_threshold = if args.save_mask {

@@ -110,6 +110,8 @@ pub struct BankIndex {
     max_row_sq: f32,
     /// Relative rounding slack of the expansion, `(d + 2)·ε`.
     slack: f32,
+    /// Wall time the build took (k-means, if run, + assembly), for reports.
+    build_time: std::time::Duration,
 }
 
 /// Work done by one search, for tuning and reports.
@@ -170,10 +172,11 @@ impl BankIndex {
 
     /// Index of `bank [P, d]` (`P >= 1`) built with `params`.
     pub fn build_with(bank: &[f32], d: usize, params: &IndexParams) -> BankIndex {
+        let start = std::time::Instant::now();
         let (mean, centred) = centre_bank(bank, d);
         let clusters = (centred.len() / d).div_ceil(params.cluster_size.max(1));
         let centroids = kmeans(&centred, d, clusters, params.kmeans_iters, SEED);
-        BankIndex::assemble(centred, d, mean, centroids, params.proj_dim)
+        BankIndex::assemble(centred, d, mean, centroids, params.proj_dim, start)
     }
 
     /// Rebuilds an index from centroids saved with [`BankIndex::centroids`] (any `[C, d]`
@@ -184,12 +187,13 @@ impl BankIndex {
             !centroids.is_empty() && centroids.len().is_multiple_of(d),
             "BankIndex: centroids must be a non-empty [C, {d}] array"
         );
+        let start = std::time::Instant::now();
         let (mean, centred) = centre_bank(bank, d);
         let centroids = centroids
             .chunks(d)
             .flat_map(|c| c.iter().zip(&mean).map(|(v, m)| v - m))
             .collect();
-        BankIndex::assemble(centred, d, mean, centroids, proj_dim)
+        BankIndex::assemble(centred, d, mean, centroids, proj_dim, start)
     }
 
     /// Assigns the centred rows to their nearest centroid, stores them cluster by cluster
@@ -200,6 +204,7 @@ impl BankIndex {
         mean: Vec<f32>,
         centroids: Vec<f32>,
         proj_dim: usize,
+        start: std::time::Instant,
     ) -> BankIndex {
         let np = centred.len() / d;
         let assign = nearest_rows(&centred, &centroids, &row_sq_norms(&centroids, d), d).index;
@@ -274,7 +279,31 @@ impl BankIndex {
             order,
             max_row_sq,
             slack,
+            build_time: start.elapsed(),
         }
+    }
+
+    /// How long building this index took (k-means when it ran, then the assembly).
+    pub fn build_time(&self) -> std::time::Duration {
+        self.build_time
+    }
+
+    /// Heap bytes the index holds (its own copy of the bank rows, grouped by cluster, plus
+    /// centroids, projection bounds and bookkeeping); the bank itself is held apart.
+    pub fn memory_bytes(&self) -> usize {
+        let f = std::mem::size_of::<f32>();
+        (self.mean.len()
+            + self.basis.len()
+            + self.centroids.len()
+            + self.centroid_sq.len()
+            + self.radius.len()
+            + self.rows.len()
+            + self.rows_sq.len()
+            + self.bounds.len()
+            + self.bound_sq.len())
+            * f
+            + self.offsets.len() * std::mem::size_of::<usize>()
+            + self.order.len() * std::mem::size_of::<u32>()
     }
 
     /// Row width.

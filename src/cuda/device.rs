@@ -297,12 +297,19 @@ impl CudaDevice {
     }
 
     /// The process's device, opened once: GPU 0 — or, in a build with the `cuda-emu` feature
-    /// (CI's), the emulated device. The same error is returned to every caller when it is
-    /// unavailable.
+    /// (CI's), the emulated device (unavailable when `PMAD_REQUIRE_GPU` asks for a real GPU).
+    /// The same error is returned to every caller when it is unavailable.
     pub fn shared() -> CudaResult<Arc<Self>> {
         static DEV: OnceLock<Result<Arc<CudaDevice>, String>> = OnceLock::new();
         let opened = DEV.get_or_init(|| {
             let dev = if super::launch::emulator::PRESENT {
+                if gpu_required() {
+                    // A GPU check must not pass on the emulator.
+                    return Err(format!(
+                        "{REQUIRE_GPU_VAR} is set but this is a `cuda-emu` build, whose device \
+                         is the emulator: build with `--features cuda`"
+                    ));
+                }
                 Self::emulated()
             } else {
                 Self::new(0)

@@ -56,6 +56,13 @@
 //! `bash scripts/cuda_toolchain.sh`: asking for the CUDA backend and silently getting a binary
 //! whose kernels were never compiled would move compile errors to the (scarce) GPU machine.
 //! `PMAD_ALLOW_SPILLS=1` turns the no-spill rule for attention/proto_nn into a warning.
+//!
+//! Emulated device (feature `cuda-emu`, which implies `cuda`): additionally, the same
+//! `kernels/*.cu` are compiled as host C++ against `kernels/emu/cuda_emu.h` into a static
+//! library, `libpmad_emu.a`, linked into pmad: `kernels/emu/gen_launch.py` (python3) writes the
+//! host copies and the by-name launch table, `g++ -std=c++20` (`$CXX` overrides) compiles them
+//! and `ar` archives them. It needs python3, a C++20 compiler and libstdc++, and is what CI
+//! builds to execute the CUDA backend's host code without a GPU (`src/cuda/launch.rs`).
 
 use std::env;
 use std::fmt::Write as _;
@@ -103,6 +110,65 @@ fn main() {
     if let Err(msg) = build_kernels(&manifest, &kdir, &out_dir) {
         panic!("\n\n===== pmad build.rs (feature `cuda`) =====\n{msg}\n");
     }
+    if env::var_os("CARGO_FEATURE_CUDA_EMU").is_some() {
+        println!("cargo:rerun-if-env-changed=CXX");
+        if let Err(msg) = build_emulator(&kdir, &out_dir.join("emu")) {
+            panic!("\n\n===== pmad build.rs (feature `cuda-emu`) =====\n{msg}\n");
+        }
+    }
+}
+
+/// Runs `cmd`, or returns its exit status and output as an error.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// `libpmad_emu.a` in `out`: every kernel as host C++ behind `pmad_emu_launch` (see the
+/// module doc), linked with libstdc++.
+fn build_emulator(kdir: &Path, out: &Path) -> Result<(), String> {
+    let emu = kdir.join("emu");
+    fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    run(Command::new("python3")
+        .arg(emu.join("gen_launch.py"))
+        .arg(kdir)
+        .arg(out))?;
+    let cxx = env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let obj = out.join("launch.o");
+    run(Command::new(&cxx)
+        // _FORTIFY_SOURCE off: the fibers of cuda_emu.h longjmp between stacks.
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-U_FORTIFY_SOURCE",
+            "-fPIC",
+            "-pthread",
+            "-w",
+            "-c",
+        ])
+        .arg(format!("-I{}", emu.display()))
+        .arg(format!("-I{}", out.display()))
+        .arg(out.join("launch.cpp"))
+        .arg("-o")
+        .arg(&obj))?;
+    let lib = out.join("libpmad_emu.a");
+    // A stale archive would keep removed members.
+    let _ = fs::remove_file(&lib);
+    run(Command::new("ar").arg("crs").arg(&lib).arg(&obj))?;
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=pmad_emu");
+    println!("cargo:rustc-link-lib=dylib=stdc++");
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------- driver

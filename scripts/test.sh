@@ -25,9 +25,14 @@ cargo clippy --release --all-targets -- -D warnings
 # type-check the cuda feature's Rust code and parity tests. No GPU is needed for this.
 bash scripts/cuda_toolchain.sh
 cargo clippy --release --all-targets --features cuda -- -D warnings
+# The CUDA backend executed without a GPU, on the emulated device (`cuda-emu`: the same host
+# code, the kernels compiled as host C++, cuBLAS served by the CPU GEMM; kernels/emu/README.md):
+# every kernel's parity and an end-to-end CPU-vs-CUDA inspection.
+cargo test --release --features cuda-emu --test cuda_parity --test cuda_e2e
 # Clippy does not run every rustc lint of a real build (e.g. arithmetic overflow in constants):
-# build the GPU bench binary the device kit carries.
-cargo bench --features cuda --bench cuda_kernels --no-run
+# build the GPU bench binary the device kit carries (`cuda-emu` holds all of `cuda`'s code and
+# reuses the build of the line above).
+cargo bench --features cuda-emu --bench cuda_kernels --no-run
 # The Python package: the wheel built by maturin, installed into a fresh venv, pytest on
 # `pmad synth` data (scripts/test_python.sh). Always in CI; elsewhere where python3 can make
 # a venv.

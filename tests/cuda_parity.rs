@@ -6,6 +6,10 @@
 //! sum ref^2, printing the worst index. (The references are test-local for now; the CPU ops of
 //! `src/ops/` will replace them.)
 //!
+//! With `--features cuda-emu` (CI: `scripts/test.sh`) every test runs on the emulated device:
+//! the same launchers, grids and parameter blocks, the kernels compiled as host C++ and cuBLAS
+//! as the CPU GEMM (`src/cuda/launch.rs`); a few shapes are smaller there.
+//!
 //! Without a usable GPU (no driver library, no device, a driver too old for the PTX ISA, or a
 //! GPU below compute capability 7.5) each test prints `skipped: no CUDA device (<reason>)` and
 //! passes — unless `PMAD_REQUIRE_GPU=1` (set by `scripts/device_check.sh`), which makes every
@@ -165,7 +169,7 @@ fn up(dev: &CudaDevice, v: &[f32]) -> CudaSlice<f32> {
     dev.upload(v).expect("upload")
 }
 
-fn down<T: cudarc::driver::DeviceRepr>(dev: &CudaDevice, s: &CudaSlice<T>) -> Vec<T> {
+fn down<T: pmad::cuda::DeviceElem>(dev: &CudaDevice, s: &CudaSlice<T>) -> Vec<T> {
     dev.download(s).expect("download")
 }
 
@@ -362,12 +366,14 @@ fn proto_nn_f32_f16_bf16() {
     let dev = device_or_skip!();
     let mut rng = Rng::new(0x9E0);
     // (queries, prototypes, dim): ragged everything; the last one makes blocks scan >1 tile.
-    for &(nq, np, dim) in &[
-        (300, 1000, 152),
-        (129, 257, 37),
-        (5, 3, 1),
-        (2000, 9000, 20),
-    ] {
+    // The emulated device reports one SM, so its grid has fewer bank chunks: a smaller last
+    // case already scans 4 tiles per block there (and keeps the CI run in seconds).
+    let last = if dev.is_emulated() {
+        (300, 1300, 20)
+    } else {
+        (2000, 9000, 20)
+    };
+    for &(nq, np, dim) in &[(300, 1000, 152), (129, 257, 37), (5, 3, 1), last] {
         let queries = rng.normals(nq * dim, 1.0);
         let bank = rng.normals(np * dim, 1.0);
         let qd = up(&dev, &queries);
@@ -1039,6 +1045,66 @@ fn row_selection() {
     compare("gather_rows 7 of 53", &down(&dev, &y), &want, TIGHT);
 }
 
+/// The emulated device's cuBLAS (the CPU GEMM) reads the configuration as cuBLAS does and
+/// refuses one that leaves the buffers (on a GPU: an out-of-bounds read), instead of reading
+/// past them. Emulated device only: on a GPU such a call is undefined behaviour.
+#[test]
+fn sgemm_emulated_checks_bounds() {
+    use cudarc::cublas::GemmConfig;
+    use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    use pmad::cuda::linear::{Sgemm, sgemm};
+    let dev = device_or_skip!();
+    if !dev.is_emulated() {
+        println!("skipped: emulated device only");
+        return;
+    }
+    // Column-major C [2 x 3] = A^T [2 x 4] . B [4 x 3] with padded leading dimensions.
+    let (m, n, k, lda, ldb, ldc) = (2usize, 3usize, 4usize, 5usize, 6usize, 3usize);
+    let a: Vec<f32> = (0..lda * m).map(|i| i as f32 * 0.5 - 1.0).collect();
+    let b: Vec<f32> = (0..ldb * n).map(|i| 2.0 - i as f32 * 0.25).collect();
+    let cfg = |lda: usize| GemmConfig {
+        transa: CUBLAS_OP_T,
+        transb: CUBLAS_OP_N,
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        alpha: 1.5f32,
+        lda: lda as i32,
+        ldb: ldb as i32,
+        beta: 0.0f32,
+        ldc: ldc as i32,
+    };
+    let (ad, bd) = (up(&dev, &a), up(&dev, &b));
+    let mut cd = dev.zeros::<f32>(ldc * n).unwrap();
+    // SAFETY: on the emulated device sgemm checks the configuration against the buffers.
+    unsafe { sgemm(&dev, Sgemm::One(cfg(lda)), &ad, &bd, &mut cd) }.unwrap();
+    let c = down(&dev, &cd);
+    for j in 0..n {
+        for i in 0..m {
+            let want: f64 = (0..k)
+                .map(|l| a[l + i * lda] as f64 * b[l + j * ldb] as f64)
+                .sum::<f64>()
+                * 1.5;
+            let got = c[i + j * ldc] as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "C[{i},{j}] {got} vs {want}"
+            );
+        }
+    }
+    // lda below the stored row count (k for a transposed A): cuBLAS' invalid value.
+    let err = unsafe { sgemm(&dev, Sgemm::One(cfg(3)), &ad, &bd, &mut cd) }.unwrap_err();
+    assert!(err.to_string().contains("A: ld 3 < 4 rows"), "{err}");
+    // A buffer too short for its leading dimension.
+    let short = up(&dev, &a[..lda * m - 2]);
+    let err = unsafe { sgemm(&dev, Sgemm::One(cfg(lda)), &short, &bd, &mut cd) }.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("reads 9 elements of a buffer of 8"),
+        "{err}"
+    );
+}
+
 #[test]
 fn linear_cublas() {
     let dev = device_or_skip!();
@@ -1300,7 +1366,7 @@ fn modules_load() {
     dev.load_all().unwrap();
     for m in pmad::cuda::KernelModule::ALL {
         for name in m.kernels() {
-            dev.function(m, name).unwrap();
+            dev.check_kernel(m, name).unwrap();
         }
     }
     println!("{dev:?}: all modules loaded");

@@ -1,19 +1,20 @@
 // Host emulation of the CUDA subset used by kernels/*.cu, for checking kernel logic on a machine
-// without a GPU: one OS thread per CUDA thread, std::barrier for __syncthreads/__syncwarp,
-// shuffles through a per-block slot array, blocks run one after another. See README.md.
+// without a GPU: one fiber per CUDA thread, scheduler-released barriers for __syncthreads /
+// __syncwarp, shuffles through a per-block slot array, blocks run one after another. See
+// README.md.
 #pragma once
 #include <math.h>
 #include <string.h>
 #include <stdint.h>
 #include <stddef.h>
-#include <barrier>
+#include <setjmp.h>
+#include <ucontext.h>
+#include <stdlib.h>
 #include <mutex>
-#include <thread>
+#include <algorithm>
 #include <vector>
-#include <memory>
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 struct alignas(16) float4 { float x, y, z, w; };
 
@@ -25,27 +26,54 @@ struct alignas(16) float4 { float x, y, z, w; };
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
+// One CUDA thread = one fiber (ucontext) with its own stack; the fibers of a block take turns
+// on the calling OS thread, each running until it reaches a barrier or returns. A barrier is
+// released when every live (not yet returned) thread of its block (__syncthreads) or warp
+// (__syncwarp, the two halves of a shuffle) waits on it — the semantics of the std::barrier
+// this used to be, without an OS thread and a kernel wake-up per CUDA thread.
+//
+// Switching: a fiber starts once through makecontext/setcontext on its own stack; after that
+// every switch is a _setjmp/_longjmp pair, which (unlike swapcontext) saves no signal mask and
+// so makes no system call. (Built with _FORTIFY_SOURCE off: its longjmp check refuses jumps
+// between stacks.)
+struct EmuFiber {
+    ucontext_t start;
+    jmp_buf jb;
+    bool started;
+    int state;  // EMU_RUN, EMU_AT_BLOCK, EMU_AT_WARP, EMU_DONE
+};
+enum { EMU_RUN = 0, EMU_AT_BLOCK = 1, EMU_AT_WARP = 2, EMU_DONE = 3 };
 struct EmuBlock {
-    std::unique_ptr<std::barrier<>> block;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    int n = 0;
+    std::vector<EmuFiber> fibers;
+    jmp_buf sched;
     uint64_t slots[1024];
 };
-inline thread_local EmuBlock* emu_ctx;
-inline thread_local int emu_tid;
+// One fiber runs at a time, so these are plain globals: the scheduler sets them before it
+// switches to a fiber.
+inline dim3 threadIdx, blockIdx;
+inline EmuBlock* emu_ctx;
+inline int emu_tid;
 alignas(16) inline unsigned char emu_dyn_smem[65536];
 inline std::mutex emu_atomic_mu;
 
-inline void __syncthreads() { emu_ctx->block->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu_ctx->warps[emu_tid / 32]->arrive_and_wait(); }
+inline void emu_wait(int state) {
+    EmuBlock* c = emu_ctx;
+    EmuFiber& f = c->fibers[emu_tid];
+    f.state = state;
+    if (!_setjmp(f.jb)) _longjmp(c->sched, 1);
+}
+inline void __syncthreads() { emu_wait(EMU_AT_BLOCK); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_wait(EMU_AT_WARP); }
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int o) {
-    auto& w = *emu_ctx->warps[emu_tid / 32];
     uint64_t s = 0;
     memcpy(&s, &v, sizeof(T));
-    emu_ctx->slots[emu_tid] = s;
-    w.arrive_and_wait();
-    uint64_t r = emu_ctx->slots[emu_tid ^ o];
-    w.arrive_and_wait();
+    const int t = emu_tid;
+    emu_ctx->slots[t] = s;
+    __syncwarp();
+    uint64_t r = emu_ctx->slots[t ^ o];
+    __syncwarp();
     T out;
     memcpy(&out, &r, sizeof(T));
     return out;
@@ -70,29 +98,89 @@ inline float emu_f16(unsigned short h) {
     return s ? -v : v;
 }
 
+// The kernel call of the current launch, type-erased for the fibers' entry point.
+inline void (*emu_body_fn)(void*);
+inline void* emu_body_arg;
+inline void emu_fiber_entry() {
+    emu_body_fn(emu_body_arg);
+    emu_ctx->fibers[emu_tid].state = EMU_DONE;
+    _longjmp(emu_ctx->sched, 1);  // never returns
+}
+constexpr size_t EMU_STACK = 128 * 1024;  // per fiber; kernels keep small register tiles
+
+// Runs block `c` to completion. Returns false on a deadlock: live threads wait on barriers
+// that can never be released (some of a block's or warp's threads wait elsewhere).
+inline bool emu_run_block(EmuBlock& c, dim3 b) {
+    static std::vector<void*> stacks;  // reused by every block and launch
+    while ((int)stacks.size() < c.n) stacks.push_back(malloc(EMU_STACK));
+    c.fibers.assign(c.n, EmuFiber{});
+    for (int t = 0; t < c.n; ++t) {
+        EmuFiber& f = c.fibers[t];
+        getcontext(&f.start);
+        f.start.uc_stack.ss_sp = stacks[t];
+        f.start.uc_stack.ss_size = EMU_STACK;
+        f.start.uc_link = nullptr;
+        makecontext(&f.start, emu_fiber_entry, 0);
+        f.started = false;
+        f.state = EMU_RUN;
+    }
+    int live = c.n;
+    while (live > 0) {
+        for (int t = 0; t < c.n; ++t) {
+            if (c.fibers[t].state != EMU_RUN) continue;
+            emu_tid = t;
+            threadIdx = {(unsigned)t % b.x, ((unsigned)t / b.x) % b.y, (unsigned)t / (b.x * b.y)};
+            EmuFiber& f = c.fibers[t];
+            if (!_setjmp(c.sched)) {
+                if (f.started) _longjmp(f.jb, 1);
+                f.started = true;
+                setcontext(&f.start);
+            }
+            live -= f.state == EMU_DONE;
+        }
+        // Every live thread now waits on a barrier: release the complete ones.
+        bool released = false;
+        for (int w = 0; w * 32 < c.n; ++w) {
+            const int lo = 32 * w, hi = std::min(c.n, lo + 32);
+            bool all = true, any = false;
+            for (int t = lo; t < hi; ++t) {
+                all &= c.fibers[t].state == EMU_AT_WARP || c.fibers[t].state == EMU_DONE;
+                any |= c.fibers[t].state == EMU_AT_WARP;
+            }
+            if (all && any) {
+                for (int t = lo; t < hi; ++t)
+                    if (c.fibers[t].state == EMU_AT_WARP) c.fibers[t].state = EMU_RUN;
+                released = true;
+            }
+        }
+        if (!released && live > 0) {
+            bool all = true;
+            for (auto& f : c.fibers) all &= f.state == EMU_AT_BLOCK || f.state == EMU_DONE;
+            if (!all) return false;
+            for (auto& f : c.fibers)
+                if (f.state == EMU_AT_BLOCK) f.state = EMU_RUN;
+        }
+    }
+    return true;
+}
+
+// Runs kernel `k` over grid `g` of blocks `b`, blocks one after another. 0, or 3 on a
+// barrier deadlock.
 template <class... A, class... B>
-void emu_launch(void (*k)(A...), dim3 g, dim3 b, B... args) {
+int emu_launch(void (*k)(A...), dim3 g, dim3 b, B... args) {
     gridDim = g;
     blockDim = b;
-    const int n = b.x * b.y * b.z;
+    auto body = [&] { k(args...); };
+    emu_body_fn = [](void* p) { (*static_cast<decltype(body)*>(p))(); };
+    emu_body_arg = &body;
+    EmuBlock c;
+    c.n = b.x * b.y * b.z;
+    emu_ctx = &c;
     for (unsigned bz = 0; bz < g.z; ++bz)
         for (unsigned by = 0; by < g.y; ++by)
             for (unsigned bx = 0; bx < g.x; ++bx) {
-                EmuBlock c;
-                c.block = std::make_unique<std::barrier<>>(n);
-                for (int w = 0; w < (n + 31) / 32; ++w)
-                    c.warps.push_back(std::make_unique<std::barrier<>>(std::min(32, n - 32 * w)));
-                std::vector<std::thread> ts;
-                for (int t = 0; t < n; ++t)
-                    ts.emplace_back([&, t] {
-                        emu_ctx = &c;
-                        emu_tid = t;
-                        threadIdx = {(unsigned)t % b.x, ((unsigned)t / b.x) % b.y, (unsigned)t / (b.x * b.y)};
-                        blockIdx = {bx, by, bz};
-                        k(args...);
-                        c.warps[t / 32]->arrive_and_drop();
-                        c.block->arrive_and_drop();
-                    });
-                for (auto& th : ts) th.join();
+                blockIdx = {bx, by, bz};
+                if (!emu_run_block(c, b)) return 3;
             }
+    return 0;
 }

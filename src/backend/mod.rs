@@ -14,7 +14,9 @@
 //!   nearest-prototype search (the `proto_nn` kernel over the class's bank, uploaded once per
 //!   class) and the reconstruction stage's ViT. Stages hand over on the host (the proposal
 //!   mask and the maps are CPU work); coreset selection, the flow and training stay on the
-//!   CPU. Results agree with the CPU path up to f32 rounding (`tests/cuda_parity.rs`).
+//!   CPU. Results agree with the CPU path up to f32 rounding (`tests/cuda_parity.rs`,
+//!   `tests/cuda_e2e.rs`). A `cuda-emu` build runs this backend on an emulated device
+//!   (`crate::cuda::launch`): what CI executes.
 
 #[cfg(feature = "cuda")]
 mod cuda;

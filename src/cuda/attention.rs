@@ -17,7 +17,11 @@
 //! ptxas allocates <= 96 registers without spills; for N = 196 the d64 forward runs
 //! 4 x H x B blocks.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+
+use super::CudaSlice;
+use super::launch::KernelArg::{In, Out, Params};
+use super::launch::launch;
 
 use super::params::AttentionParams;
 use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
@@ -105,14 +109,12 @@ pub fn attention_fwd(
     } else {
         ("attention_fwd_d128_f32", 32)
     };
-    let f = dev.function(KernelModule::Attention, name)?;
     let cfg = dims.grid(rows)?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(q).arg(k).arg(v).arg(&mut o).arg(&mut lse).arg(&p);
+    let args = &mut [In(q), In(k), In(v), Out(&mut o), Out(&mut lse), Params(&p)];
     // SAFETY: arguments match `(const float* q, k, v, float* o, float* lse, AttentionParams)`;
     // q/k/v/o hold B*N*H*D and lse B*H*N elements (checked above), which is all the kernel
     // indexes for this grid.
-    unsafe { b.launch(cfg) }?;
+    unsafe { launch(dev, KernelModule::Attention, name, cfg, args) }?;
     Ok((o, lse))
 }
 
@@ -130,17 +132,22 @@ pub fn attention_bwd_delta(
     if dims.is_empty() {
         return Ok(delta);
     }
-    let f = dev.function(KernelModule::Attention, "attention_bwd_delta_f32")?;
     let cfg = LaunchConfig {
         grid_dim: (blocks(dims.stat_numel(), 8)?, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(o).arg(dout).arg(&mut delta).arg(&p);
     // SAFETY: signature `(const float* o, const float* dout, float* delta, AttentionParams)`;
     // lengths checked; one warp per (b, n, h) row, guarded by the row count.
-    unsafe { b.launch(cfg) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Attention,
+            "attention_bwd_delta_f32",
+            cfg,
+            &mut [In(o), In(dout), Out(&mut delta), Params(&p)],
+        )
+    }?;
     Ok(delta)
 }
 
@@ -172,20 +179,27 @@ pub fn attention_bwd_dq(
     } else {
         ("attention_bwd_dq_d128_f32", 16)
     };
-    let f = dev.function(KernelModule::Attention, name)?;
     let cfg = dims.grid(rows)?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(q)
-        .arg(k)
-        .arg(v)
-        .arg(dout)
-        .arg(lse)
-        .arg(delta)
-        .arg(&mut dq)
-        .arg(&p);
     // SAFETY: signature `(q, k, v, dout, lse, delta, float* dq, AttentionParams)`; all lengths
     // checked against dims.
-    unsafe { b.launch(cfg) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Attention,
+            name,
+            cfg,
+            &mut [
+                In(q),
+                In(k),
+                In(v),
+                In(dout),
+                In(lse),
+                In(delta),
+                Out(&mut dq),
+                Params(&p),
+            ],
+        )
+    }?;
     Ok(dq)
 }
 
@@ -223,21 +237,28 @@ pub fn attention_bwd_dkdv(
     } else {
         ("attention_bwd_dkdv_d128_f32", 16)
     };
-    let f = dev.function(KernelModule::Attention, name)?;
     let cfg = dims.grid(rows)?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(q)
-        .arg(k)
-        .arg(v)
-        .arg(dout)
-        .arg(lse)
-        .arg(delta)
-        .arg(&mut dk)
-        .arg(&mut dv)
-        .arg(&p);
     // SAFETY: signature `(q, k, v, dout, lse, delta, float* dk, float* dv, AttentionParams)`;
     // all lengths checked against dims.
-    unsafe { b.launch(cfg) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Attention,
+            name,
+            cfg,
+            &mut [
+                In(q),
+                In(k),
+                In(v),
+                In(dout),
+                In(lse),
+                In(delta),
+                Out(&mut dk),
+                Out(&mut dv),
+                Params(&p),
+            ],
+        )
+    }?;
     Ok((dk, dv))
 }
 

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use super::CudaSlice;
 
 use super::glue::{
     DwConv2dDims, Im2colDims, avg_pool, bias_act_nchw, dwconv2d, im2col, nchw_to_rows,

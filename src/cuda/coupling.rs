@@ -2,7 +2,11 @@
 //! the soft clamp `s = (2 alpha / pi) atan(s_raw / alpha)`: `y2 = x2 exp(s) + t`,
 //! `logdet = sum_c s`, and its backward. One warp per row, 8 rows per 256-thread block.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+
+use super::CudaSlice;
+use super::launch::KernelArg::{In, Out, Params};
+use super::launch::launch;
 
 use super::params::CouplingParams;
 use super::{CudaDevice, CudaResult, KernelModule, blocks, check_len, to_i32};
@@ -54,17 +58,24 @@ pub fn coupling_fwd(
     if rows == 0 {
         return Ok((y2, logdet));
     }
-    let f = dev.function(KernelModule::Coupling, "coupling_fwd_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x2)
-        .arg(s_raw)
-        .arg(t)
-        .arg(&mut y2)
-        .arg(&mut logdet)
-        .arg(&p);
     // SAFETY: `(x2, s_raw, t, float* y2, float* logdet, CouplingParams)`; [R,C] buffers and
     // logdet [R] checked/allocated above; rows guarded in the kernel.
-    unsafe { b.launch(cfg) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Coupling,
+            "coupling_fwd_f32",
+            cfg,
+            &mut [
+                In(x2),
+                In(s_raw),
+                In(t),
+                Out(&mut y2),
+                Out(&mut logdet),
+                Params(&p),
+            ],
+        )
+    }?;
     Ok((y2, logdet))
 }
 
@@ -91,18 +102,25 @@ pub fn coupling_bwd(
     if rows == 0 || cols == 0 {
         return Ok((dx2, ds_raw, dt));
     }
-    let f = dev.function(KernelModule::Coupling, "coupling_bwd_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x2)
-        .arg(s_raw)
-        .arg(dy2)
-        .arg(dlogdet)
-        .arg(&mut dx2)
-        .arg(&mut ds_raw)
-        .arg(&mut dt)
-        .arg(&p);
     // SAFETY: `(x2, s_raw, dy2, dlogdet, float* dx2, float* ds_raw, float* dt,
     // CouplingParams)`; lengths checked/allocated above.
-    unsafe { b.launch(cfg) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Coupling,
+            "coupling_bwd_f32",
+            cfg,
+            &mut [
+                In(x2),
+                In(s_raw),
+                In(dy2),
+                In(dlogdet),
+                Out(&mut dx2),
+                Out(&mut ds_raw),
+                Out(&mut dt),
+                Params(&p),
+            ],
+        )
+    }?;
     Ok((dx2, ds_raw, dt))
 }

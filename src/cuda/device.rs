@@ -10,16 +10,20 @@
 //!
 //! A kernel file may come in several PTX variants, one per compute capability (see `build.rs`,
 //! "Variants"); [`KernelModule::ptx_for`] picks the highest one the GPU supports.
+//!
+//! The emulated device ([`CudaDevice::emulated`], the shared device of a `cuda-emu` build) has
+//! the same interface with host memory behind its buffers: the launchers run unchanged, their
+//! kernels execute as host C++ ([`super::launch`]) and cuBLAS calls as the CPU GEMM
+//! ([`super::linear`]).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUdevice_attribute, CUresult};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
+use super::buffer::{CudaSlice, DeviceElem, HostMem, Mem};
 use super::{CudaError, CudaResult, ptx};
 
 /// The kernel files of `kernels/`, one PTX module each.
@@ -165,21 +169,42 @@ pub fn gpu_required() -> bool {
     std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// One GPU with its default stream. Cheap to share (`Arc`), `Send + Sync`.
+/// One GPU with its default stream, or the emulated device. Cheap to share (`Arc`),
+/// `Send + Sync`.
 pub struct CudaDevice {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    modules: Mutex<[Option<Arc<CudaModule>>; 6]>,
-    blas: OnceLock<Result<Arc<CudaBlas>, String>>,
+    backing: Backing,
     sm_count: u32,
     name: String,
     compute_capability: (i32, i32),
 }
 
+/// What executes a [`CudaDevice`]'s work.
+pub(crate) enum Backing {
+    /// A GPU through the CUDA driver.
+    Driver(DriverDevice),
+    /// `kernels/emu` on the host (feature `cuda-emu`); buffers are host memory.
+    Emulated,
+}
+
+/// A GPU's context, stream, loaded modules and cuBLAS handle.
+pub(crate) struct DriverDevice {
+    ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    modules: Mutex<[Option<Arc<CudaModule>>; 6]>,
+    blas: OnceLock<Result<Arc<CudaBlas>, String>>,
+}
+
+/// The name the emulated device reports.
+pub const EMULATED_NAME: &str = "emulated CUDA device (kernels/emu on the host)";
+
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ordinal = match &self.backing {
+            Backing::Driver(d) => Some(d.ctx.ordinal()),
+            Backing::Emulated => None,
+        };
         f.debug_struct("CudaDevice")
-            .field("ordinal", &self.ctx.ordinal())
+            .field("ordinal", &ordinal)
             .field("name", &self.name)
             .field("compute_capability", &self.compute_capability)
             .field("sm_count", &self.sm_count)
@@ -222,22 +247,74 @@ impl CudaDevice {
             .max(1) as u32;
         let stream = ctx.default_stream();
         Ok(Arc::new(CudaDevice {
-            ctx,
-            stream,
-            modules: Mutex::new(Default::default()),
-            blas: OnceLock::new(),
+            backing: Backing::Driver(DriverDevice {
+                ctx,
+                stream,
+                modules: Mutex::new(Default::default()),
+                blas: OnceLock::new(),
+            }),
             sm_count,
             name,
             compute_capability,
         }))
     }
 
-    /// Device 0, opened once per process; the same error is returned to every caller when it
-    /// is unavailable.
+    /// The emulated device: host memory, kernels as host C++. It reports the base compute
+    /// capability and one SM (launchers size their grids from it: small grids, so that the
+    /// grid-stride loops run more than once). An error in a build without `cuda-emu`.
+    pub fn emulated() -> CudaResult<Arc<Self>> {
+        if !super::launch::emulator::PRESENT {
+            return Err(CudaError::Unavailable(
+                "this pmad was built without the emulated device (feature `cuda-emu`)".into(),
+            ));
+        }
+        let base = ptx::BASE_ARCH as i32;
+        Ok(Arc::new(CudaDevice {
+            backing: Backing::Emulated,
+            sm_count: 1,
+            name: EMULATED_NAME.into(),
+            compute_capability: (base / 10, base % 10),
+        }))
+    }
+
+    /// Whether this is the emulated device.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.backing, Backing::Emulated)
+    }
+
+    pub(crate) fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// The driver side of a GPU device; an error on the emulated one.
+    fn driver(&self) -> CudaResult<&DriverDevice> {
+        match &self.backing {
+            Backing::Driver(d) => Ok(d),
+            Backing::Emulated => Err(CudaError::Invalid(
+                "a driver-only call on the emulated device".into(),
+            )),
+        }
+    }
+
+    /// The process's device, opened once: GPU 0 — or, in a build with the `cuda-emu` feature
+    /// (CI's), the emulated device (unavailable when `PMAD_REQUIRE_GPU` asks for a real GPU).
+    /// The same error is returned to every caller when it is unavailable.
     pub fn shared() -> CudaResult<Arc<Self>> {
         static DEV: OnceLock<Result<Arc<CudaDevice>, String>> = OnceLock::new();
         let opened = DEV.get_or_init(|| {
-            Self::new(0).map_err(|e| match e {
+            let dev = if super::launch::emulator::PRESENT {
+                if gpu_required() {
+                    // A GPU check must not pass on the emulator.
+                    return Err(format!(
+                        "{REQUIRE_GPU_VAR} is set but this is a `cuda-emu` build, whose device \
+                         is the emulator: build with `--features cuda`"
+                    ));
+                }
+                Self::emulated()
+            } else {
+                Self::new(0)
+            };
+            dev.map_err(|e| match e {
                 CudaError::Unavailable(reason) => reason,
                 other => other.to_string(),
             })
@@ -246,15 +323,6 @@ impl CudaDevice {
             Ok(d) => Ok(d.clone()),
             Err(e) => Err(CudaError::Unavailable(e.clone())),
         }
-    }
-
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
-    /// The stream every launcher enqueues on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
     }
 
     pub fn name(&self) -> &str {
@@ -270,14 +338,16 @@ impl CudaDevice {
         self.sm_count
     }
 
-    /// The module of `kernels/<m>.cu`, JIT-loaded from the embedded PTX on first use.
+    /// The module of `kernels/<m>.cu`, JIT-loaded from the embedded PTX on first use (GPU
+    /// only).
     pub fn module(&self, m: KernelModule) -> CudaResult<Arc<CudaModule>> {
-        let mut slots = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let d = self.driver()?;
+        let mut slots = d.modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(module) = &slots[m.index()] {
             return Ok(module.clone());
         }
         let ptx = m.ptx_for(self.compute_capability)?;
-        let module = self
+        let module = d
             .ctx
             .load_module(Ptx::from_src(ptx))
             .map_err(|e| match e.0 {
@@ -299,28 +369,48 @@ impl CudaDevice {
         Ok(module)
     }
 
-    /// A kernel of module `m` by its `extern "C"` name.
+    /// A kernel of module `m` by its `extern "C"` name (GPU only).
     pub fn function(&self, m: KernelModule, name: &str) -> CudaResult<CudaFunction> {
         Ok(self.module(m)?.load_function(name)?)
     }
 
-    /// Loads every module now (surfaces JIT errors early, e.g. a driver too old for the PTX).
+    /// Checks that kernel `name` of module `m` can be launched here: loaded from its module
+    /// on a GPU, present in the emulator's launch table on the emulated device.
+    pub fn check_kernel(&self, m: KernelModule, name: &str) -> CudaResult<()> {
+        match &self.backing {
+            Backing::Driver(_) => self.function(m, name).map(drop),
+            Backing::Emulated => match super::launch::emulator::has_kernel(name)? {
+                true => Ok(()),
+                false => Err(CudaError::Invalid(format!(
+                    "the emulator has no kernel {name} (kernels/{}.cu)",
+                    m.name()
+                ))),
+            },
+        }
+    }
+
+    /// Loads every module now (surfaces JIT errors early, e.g. a driver too old for the PTX);
+    /// nothing to load on the emulated device.
     pub fn load_all(&self) -> CudaResult<()> {
+        if self.is_emulated() {
+            return Ok(());
+        }
         for m in KernelModule::ALL {
             self.module(m)?;
         }
         Ok(())
     }
 
-    /// The cuBLAS handle bound to [`Self::stream`], created on first use.
+    /// The cuBLAS handle bound to the stream, created on first use (GPU only).
     pub fn blas(&self) -> CudaResult<Arc<CudaBlas>> {
-        let r = self.blas.get_or_init(|| {
+        let d = self.driver()?;
+        let r = d.blas.get_or_init(|| {
             // SAFETY: only tries to dlopen libcublas.
             if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                 return Err("libcublas cannot be loaded".to_string());
             }
             // A cuBLAS lacking a symbol cudarc resolves would panic inside cudarc: contain it.
-            std::panic::catch_unwind(|| CudaBlas::new(self.stream.clone()))
+            std::panic::catch_unwind(|| CudaBlas::new(d.stream.clone()))
                 .map_err(|_| "cuBLAS panicked on init (incompatible libcublas?)".to_string())?
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
@@ -329,42 +419,58 @@ impl CudaDevice {
     }
 
     /// Host -> device copy.
-    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> CudaResult<CudaSlice<T>> {
-        if host.is_empty() {
-            return Ok(self.stream.null()?);
-        }
-        Ok(self.stream.clone_htod(host)?)
+    pub fn upload<T: DeviceElem>(&self, host: &[T]) -> CudaResult<CudaSlice<T>> {
+        let mem = match &self.backing {
+            Backing::Emulated => Mem::Host(HostMem::from_slice(host)),
+            Backing::Driver(d) if host.is_empty() => Mem::Driver(d.stream.null()?),
+            Backing::Driver(d) => Mem::Driver(d.stream.clone_htod(host)?),
+        };
+        Ok(CudaSlice { mem })
     }
 
     /// Device -> host copy (synchronises with the stream).
-    pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> CudaResult<Vec<T>> {
-        if dev.is_empty() {
-            return Ok(Vec::new());
+    pub fn download<T: DeviceElem>(&self, dev: &CudaSlice<T>) -> CudaResult<Vec<T>> {
+        match (&self.backing, &dev.mem) {
+            (_, Mem::Host(h)) => Ok(h.as_slice().to_vec()),
+            (_, Mem::Driver(s)) if s.is_empty() => Ok(Vec::new()),
+            (Backing::Driver(d), Mem::Driver(s)) => Ok(d.stream.clone_dtoh(s)?),
+            (Backing::Emulated, Mem::Driver(_)) => Err(CudaError::Invalid(
+                "download: a GPU buffer on the emulated device".into(),
+            )),
         }
-        Ok(self.stream.clone_dtoh(dev)?)
     }
 
     /// A zero-filled buffer.
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> CudaResult<CudaSlice<T>> {
-        if n == 0 {
-            return Ok(self.stream.null()?);
-        }
-        Ok(self.stream.alloc_zeros(n)?)
+    pub fn zeros<T: DeviceElem>(&self, n: usize) -> CudaResult<CudaSlice<T>> {
+        let mem = match &self.backing {
+            Backing::Emulated => Mem::Host(HostMem::zeros(n)),
+            Backing::Driver(d) if n == 0 => Mem::Driver(d.stream.null()?),
+            Backing::Driver(d) => Mem::Driver(d.stream.alloc_zeros(n)?),
+        };
+        Ok(CudaSlice { mem })
     }
 
     /// An output buffer a kernel overwrites completely before anything reads it.
-    pub(crate) fn alloc_out<T: DeviceRepr>(&self, n: usize) -> CudaResult<CudaSlice<T>> {
-        if n == 0 {
-            return Ok(self.stream.null()?);
-        }
-        // SAFETY: the memory is uninitialised, which is sound for the plain-old-data element
-        // types used here (every bit pattern is a valid f32/u32/u64); every caller launches a
-        // kernel that writes all `n` elements on this stream before the buffer is returned.
-        Ok(unsafe { self.stream.alloc(n) }?)
+    pub(crate) fn alloc_out<T: DeviceElem>(&self, n: usize) -> CudaResult<CudaSlice<T>> {
+        let mem = match &self.backing {
+            // Poisoned (NaN): an element the kernel fails to write is caught.
+            Backing::Emulated => Mem::Host(HostMem::poisoned(n)),
+            Backing::Driver(d) if n == 0 => Mem::Driver(d.stream.null()?),
+            // SAFETY: the memory is uninitialised, which is sound for the plain-old-data
+            // element types used here (every bit pattern is a valid f32/u32/u64); every caller
+            // launches a kernel that writes all `n` elements on this stream before the buffer
+            // is returned.
+            Backing::Driver(d) => Mem::Driver(unsafe { d.stream.alloc(n) }?),
+        };
+        Ok(CudaSlice { mem })
     }
 
     /// Waits for all work queued on the stream.
     pub fn synchronize(&self) -> CudaResult<()> {
-        Ok(self.stream.synchronize()?)
+        match &self.backing {
+            Backing::Driver(d) => Ok(d.stream.synchronize()?),
+            // Every emulated launch has finished when it returns.
+            Backing::Emulated => Ok(()),
+        }
     }
 }

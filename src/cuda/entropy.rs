@@ -3,7 +3,11 @@
 //! One 256-thread block per row (V up to 8192 is 32 elements per thread), single pass with
 //! online rescaling, second pass only to write probabilities.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+
+use super::CudaSlice;
+use super::launch::KernelArg::{In, Out, Params};
+use super::launch::launch;
 
 use super::params::EntropyParams;
 use super::{CudaDevice, CudaError, CudaResult, KernelModule, check_len, to_i32};
@@ -68,19 +72,26 @@ pub fn entropy_fwd(
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let f = dev.function(KernelModule::Entropy, "entropy_fwd_f32")?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(logits)
-            .arg(targets_arg)
-            .arg(&mut probs)
-            .arg(&mut lse)
-            .arg(&mut entropy)
-            .arg(&mut ce)
-            .arg(&p);
         // SAFETY: `(const float* logits, const int* targets, float* probs, float* lse,
         // float* entropy, float* ce, EntropyParams)`; logits [R,V], lse/entropy [R]; targets
         // and ce are [R] when has_targets, probs [R,V] when write_probs, otherwise unused.
-        unsafe { b.launch(cfg) }?;
+        unsafe {
+            launch(
+                dev,
+                KernelModule::Entropy,
+                "entropy_fwd_f32",
+                cfg,
+                &mut [
+                    In(logits),
+                    In(targets_arg),
+                    Out(&mut probs),
+                    Out(&mut lse),
+                    Out(&mut entropy),
+                    Out(&mut ce),
+                    Params(&p),
+                ],
+            )
+        }?;
     }
     Ok(EntropyOut {
         lse,

@@ -5,7 +5,11 @@
 //! pooling, NCHW maps into feature rows). Row ops use one warp per row (8 rows per
 //! 256-thread block); elementwise ops a grid-stride loop over at most `32 * SMs` blocks.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+
+use super::CudaSlice;
+use super::launch::KernelArg::{In, Out, Params};
+use super::launch::launch;
 
 use super::params::{BiasActParams, Im2colParams, PoolParams, ToRowsParams};
 use super::params::{
@@ -59,18 +63,25 @@ pub fn layernorm_fwd(
         cols: to_i32(cols, "cols")?,
         eps,
     };
-    let f = dev.function(KernelModule::Glue, "layernorm_fwd_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x)
-        .arg(gamma)
-        .arg(beta)
-        .arg(&mut y)
-        .arg(&mut mean)
-        .arg(&mut rstd)
-        .arg(&p);
     // SAFETY: `(x, gamma, beta, float* y, float* mean, float* rstd, LayerNormParams)`;
     // lengths checked/allocated above.
-    unsafe { b.launch(per_row(rows)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "layernorm_fwd_f32",
+            per_row(rows)?,
+            &mut [
+                In(x),
+                In(gamma),
+                In(beta),
+                Out(&mut y),
+                Out(&mut mean),
+                Out(&mut rstd),
+                Params(&p),
+            ],
+        )
+    }?;
     Ok((y, mean, rstd))
 }
 
@@ -84,11 +95,16 @@ pub fn gelu_fwd(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<f3
     if n == 0 {
         return Ok(y);
     }
-    let f = dev.function(KernelModule::Glue, "gelu_fwd_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(&mut y).arg(&p);
     // SAFETY: `(const float* x, float* y, GeluParams)`, both n elements.
-    unsafe { b.launch(elementwise(dev, n)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "gelu_fwd_f32",
+            elementwise(dev, n)?,
+            &mut [In(x), Out(&mut y), Params(&p)],
+        )
+    }?;
     Ok(y)
 }
 
@@ -116,17 +132,24 @@ pub fn bias_residual_add(
         cols: to_i32(cols, "cols")?,
         has_residual: residual.is_some() as i32,
     };
-    let f = dev.function(KernelModule::Glue, "bias_residual_add_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
     // Without a residual, `x` stands in for the unused pointer (never read: has_residual = 0).
-    b.arg(x)
-        .arg(bias)
-        .arg(residual.unwrap_or(x))
-        .arg(&mut y)
-        .arg(&p);
     // SAFETY: `(x, bias, residual, float* y, BiasResidualParams)`; x/residual/y rows*cols and
     // bias cols elements, checked above.
-    unsafe { b.launch(elementwise(dev, rows * cols)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "bias_residual_add_f32",
+            elementwise(dev, rows * cols)?,
+            &mut [
+                In(x),
+                In(bias),
+                In(residual.unwrap_or(x)),
+                Out(&mut y),
+                Params(&p),
+            ],
+        )
+    }?;
     Ok(y)
 }
 
@@ -210,12 +233,17 @@ pub fn dwconv2d(
         pad_right: to_i32(r, "pad_right")?,
         relu6: relu6 as i32,
     };
-    let f = dev.function(KernelModule::Glue, "dwconv2d_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(weight).arg(bias).arg(&mut y).arg(&p);
     // SAFETY: `(x, w, bias, float* y, DwConv2dParams)`; all lengths checked; taps outside the
     // input are skipped in the kernel.
-    unsafe { b.launch(elementwise(dev, n_out)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "dwconv2d_f32",
+            elementwise(dev, n_out)?,
+            &mut [In(x), In(weight), In(bias), Out(&mut y), Params(&p)],
+        )
+    }?;
     Ok(y)
 }
 
@@ -250,12 +278,17 @@ pub fn resize_bilinear(
         scale_h: in_h as f32 / out_h as f32,
         scale_w: in_w as f32 / out_w as f32,
     };
-    let f = dev.function(KernelModule::Glue, "resize_bilinear_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(&mut y).arg(&p);
     // SAFETY: `(const float* x, float* y, ResizeBilinearParams)`; sizes checked; source
     // indices are clamped to the input in the kernel.
-    unsafe { b.launch(elementwise(dev, n_out)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "resize_bilinear_f32",
+            elementwise(dev, n_out)?,
+            &mut [In(x), Out(&mut y), Params(&p)],
+        )
+    }?;
     Ok(y)
 }
 
@@ -301,12 +334,17 @@ fn blur_pass(
         w: to_i32(w, "w")?,
         radius: to_i32(taps.len() / 2, "radius")?,
     };
-    let f = dev.function(KernelModule::Glue, name)?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(taps).arg(&mut y).arg(&p);
     // SAFETY: `(const float* x, const float* taps, float* y, BlurParams)`; x/y planes*h*w,
     // taps 2*radius+1 elements; reflected indices stay inside each row/column.
-    unsafe { b.launch(elementwise(dev, planes * h * w)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            name,
+            elementwise(dev, planes * h * w)?,
+            &mut [In(x), In(taps), Out(&mut y), Params(&p)],
+        )
+    }?;
     Ok(y)
 }
 
@@ -371,12 +409,17 @@ pub fn mask_rows(
         cols: to_i32(cols, "cols")?,
         src_rows: to_i32(rows, "rows")?,
     };
-    let f = dev.function(KernelModule::Glue, "mask_rows_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(mask).arg(token).arg(&mut y).arg(&p);
     // SAFETY: `(const float* x, const int* mask, const float* token, float* y,
     // RowSelectParams)`; x/y rows*cols, mask rows, token cols elements, checked above.
-    unsafe { b.launch(elementwise(dev, rows * cols)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "mask_rows_f32",
+            elementwise(dev, rows * cols)?,
+            &mut [In(x), In(mask), In(token), Out(&mut y), Params(&p)],
+        )
+    }?;
     Ok(y)
 }
 
@@ -402,12 +445,17 @@ pub fn gather_rows(
         cols: to_i32(cols, "cols")?,
         src_rows: to_i32(src_rows, "src_rows")?,
     };
-    let f = dev.function(KernelModule::Glue, "gather_rows_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(idx).arg(&mut y).arg(&p);
     // SAFETY: `(const float* x, const int* idx, float* y, RowSelectParams)`; x holds
     // src_rows*cols, idx rows and y rows*cols elements; out-of-range indices are not read.
-    unsafe { b.launch(elementwise(dev, rows * cols)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "gather_rows_f32",
+            elementwise(dev, rows * cols)?,
+            &mut [In(x), In(idx), Out(&mut y), Params(&p)],
+        )
+    }?;
     Ok(y)
 }
 
@@ -463,12 +511,17 @@ pub fn im2col(dev: &CudaDevice, x: &CudaSlice<f32>, d: Im2colDims) -> CudaResult
         pad_top: to_i32(d.pad_top, "pad_top")?,
         pad_left: to_i32(d.pad_left, "pad_left")?,
     };
-    let f = dev.function(KernelModule::Glue, "im2col_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(&mut col).arg(&p);
     // SAFETY: `(const float* x, float* col, Im2colParams)`; x holds B*C*H*W and col
     // B*C*KH*KW*OH*OW elements (checked); reads are bounds-checked against in_h/in_w.
-    unsafe { b.launch(elementwise(dev, n)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "im2col_f32",
+            elementwise(dev, n)?,
+            &mut [In(x), Out(&mut col), Params(&p)],
+        )
+    }?;
     Ok(col)
 }
 
@@ -502,17 +555,24 @@ pub fn bias_act_nchw(
         relu6: relu6 as i32,
         has_residual: residual.is_some() as i32,
     };
-    let f = dev.function(KernelModule::Glue, "bias_act_nchw_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
     // Without a residual, `x` stands in for the unused pointer (never read).
-    b.arg(x)
-        .arg(bias)
-        .arg(residual.unwrap_or(x))
-        .arg(&mut y)
-        .arg(&p);
     // SAFETY: `(x, bias, residual, float* y, BiasActParams)`; x/residual/y B*C*plane and bias
     // C elements, checked above.
-    unsafe { b.launch(elementwise(dev, n)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "bias_act_nchw_f32",
+            elementwise(dev, n)?,
+            &mut [
+                In(x),
+                In(bias),
+                In(residual.unwrap_or(x)),
+                Out(&mut y),
+                Params(&p),
+            ],
+        )
+    }?;
     Ok(y)
 }
 
@@ -543,12 +603,17 @@ pub fn avg_pool(
         w: to_i32(w, "w")?,
         k: to_i32(k, "k")?,
     };
-    let f = dev.function(KernelModule::Glue, "avg_pool_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(&mut y).arg(&p);
     // SAFETY: `(const float* x, float* y, PoolParams)`, both planes*h*w elements; the window
     // is clipped to the plane.
-    unsafe { b.launch(elementwise(dev, planes * h * w)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "avg_pool_f32",
+            elementwise(dev, planes * h * w)?,
+            &mut [In(x), Out(&mut y), Params(&p)],
+        )
+    }?;
     Ok(y)
 }
 
@@ -590,12 +655,17 @@ pub fn nchw_to_rows(
         row_width: to_i32(row_width, "row_width")?,
         col_offset: to_i32(col_offset, "col_offset")?,
     };
-    let f = dev.function(KernelModule::Glue, "nchw_to_rows_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(x).arg(rows).arg(&p);
     // SAFETY: `(const float* x, float* y, ToRowsParams)`; x holds B*C*plane and y
     // B*plane*row_width elements (checked), and col_offset + C <= row_width, so every write
     // index is in bounds.
-    unsafe { b.launch(elementwise(dev, n)?) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "nchw_to_rows_f32",
+            elementwise(dev, n)?,
+            &mut [In(x), Out(rows), Params(&p)],
+        )
+    }?;
     Ok(())
 }

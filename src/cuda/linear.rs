@@ -8,11 +8,12 @@
 //! `lda = K`), `Xᵀ` as stored (`ldb = K`) and `ldc = N`.
 
 use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::CudaSlice;
+use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
 
+use super::buffer::Mem;
+use super::device::Backing;
 use super::glue::bias_residual_add;
-use super::{CudaDevice, CudaResult, check_len, to_i32};
+use super::{CudaDevice, CudaError, CudaResult, CudaSlice, check_len, to_i32};
 
 /// `x [rows, inp] · w [out, inp]ᵀ + bias [out] (+ residual [rows, out])`.
 #[allow(clippy::too_many_arguments)]
@@ -68,11 +69,10 @@ pub fn matmul_wt(
         beta: 0.0f32,
         ldc: m,
     };
-    let blas = dev.blas()?;
     // SAFETY: with the column-major reading above, A = w is K x N (lda K, N*K elements), B = x
     // is K x M (ldb K, M*K elements), C = y is N x M (ldc N, M*N elements): the lengths were
     // checked, and beta = 0 means y is written, never read.
-    unsafe { blas.gemm(cfg, w, x, &mut y) }?;
+    unsafe { sgemm(dev, Sgemm::One(cfg), w, x, &mut y) }?;
     Ok(y)
 }
 
@@ -92,7 +92,6 @@ pub fn pointwise_conv(
     c_out: usize,
     plane: usize,
 ) -> CudaResult<CudaSlice<f32>> {
-    use cudarc::cublas::StridedBatchedConfig;
     check_len("pointwise_conv", "x", x.len(), batch * c_in * plane)?;
     check_len("pointwise_conv", "w", w.len(), c_out * c_in)?;
     let n_out = batch * c_out * plane;
@@ -128,10 +127,220 @@ pub fn pointwise_conv(
         stride_b: 0,
         stride_c: (c_out * plane) as i64,
     };
-    let blas = dev.blas()?;
     // SAFETY: per batch entry b, A = x + b*C_in*HW spans HW*C_in elements, B = w (shared)
     // C_in*C_out, C = y + b*C_out*HW spans HW*C_out: all inside the checked lengths; beta = 0
     // means y is only written.
-    unsafe { blas.gemm_strided_batched(cfg, x, w, &mut y) }?;
+    unsafe { sgemm(dev, Sgemm::StridedBatched(cfg), x, w, &mut y) }?;
     Ok(y)
+}
+
+/// A cuBLAS SGEMM call: one product, or a strided batch of them.
+#[derive(Clone, Copy, Debug)]
+pub enum Sgemm {
+    One(GemmConfig<f32>),
+    StridedBatched(StridedBatchedConfig<f32>),
+}
+
+/// `C = alpha op(A) op(B) + beta C` (column-major, cuBLAS' conventions) on `dev`: cuBLAS on a
+/// GPU; on the emulated device the CPU GEMM (the `gemm` crate, as `src/ops/matmul.rs`) reading
+/// the same configuration — transposes, leading dimensions, batch strides — after checking
+/// that every element it names lies inside the buffers (a wrong `ld*` or stride in a launcher
+/// is an error there, where on a GPU it would read out of bounds).
+///
+/// # Safety
+/// On a GPU, as cuBLAS: the configuration must stay inside the three buffers.
+pub unsafe fn sgemm(
+    dev: &CudaDevice,
+    call: Sgemm,
+    a: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    c: &mut CudaSlice<f32>,
+) -> CudaResult<()> {
+    match (dev.backing(), &a.mem, &b.mem, &mut c.mem) {
+        (Backing::Driver(_), Mem::Driver(a), Mem::Driver(b), Mem::Driver(c)) => {
+            let blas = dev.blas()?;
+            // SAFETY: the caller's contract.
+            match call {
+                Sgemm::One(cfg) => unsafe { blas.gemm(cfg, a, b, c) }?,
+                Sgemm::StridedBatched(cfg) => unsafe { blas.gemm_strided_batched(cfg, a, b, c) }?,
+            }
+            Ok(())
+        }
+        (Backing::Emulated, Mem::Host(a), Mem::Host(b), Mem::Host(c)) => {
+            let (cfg, batch) = match call {
+                Sgemm::One(cfg) => (
+                    cfg,
+                    Batch {
+                        count: 1,
+                        stride_a: 0,
+                        stride_b: 0,
+                        stride_c: 0,
+                    },
+                ),
+                Sgemm::StridedBatched(s) => (
+                    s.gemm,
+                    Batch {
+                        count: s.batch_size,
+                        stride_a: s.stride_a,
+                        stride_b: s.stride_b,
+                        stride_c: s.stride_c,
+                    },
+                ),
+            };
+            host_sgemm(&cfg, batch, a.as_slice(), b.as_slice(), c.as_mut_slice())
+        }
+        _ => Err(CudaError::Invalid(
+            "sgemm: buffers of another device kind (GPU vs emulated)".into(),
+        )),
+    }
+}
+
+/// The batch of a strided-batched call (`count` 1 and strides 0 for a single product).
+#[derive(Clone, Copy, Debug)]
+struct Batch {
+    count: i32,
+    stride_a: i64,
+    stride_b: i64,
+    stride_c: i64,
+}
+
+/// An operand as cuBLAS reads it: `rows x cols` of `op(X)`, stored column-major with leading
+/// dimension `ld` (transposed: the stored matrix is `cols x rows`).
+struct Operand {
+    name: &'static str,
+    rows: usize,
+    cols: usize,
+    trans: bool,
+    ld: usize,
+    stride: i64,
+}
+
+impl Operand {
+    /// `(row stride, column stride)` of `op(X)` in elements.
+    fn strides(&self) -> (isize, isize) {
+        if self.trans {
+            (self.ld as isize, 1)
+        } else {
+            (1, self.ld as isize)
+        }
+    }
+
+    /// Checks `ld` (cuBLAS' rule: at least the stored row count) and that `count` batch entries
+    /// fit in `len` elements.
+    fn check(&self, count: usize, len: usize) -> CudaResult<()> {
+        let (stored_rows, stored_cols) = if self.trans {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        };
+        let bad =
+            |why: String| CudaError::Invalid(format!("sgemm (emulated): {}: {why}", self.name));
+        if self.ld < stored_rows.max(1) {
+            return Err(bad(format!("ld {} < {stored_rows} rows", self.ld)));
+        }
+        if self.stride < 0 {
+            return Err(bad(format!("negative batch stride {}", self.stride)));
+        }
+        if stored_rows * stored_cols == 0 || count == 0 {
+            return Ok(());
+        }
+        let span = (count - 1) * self.stride as usize + (stored_cols - 1) * self.ld + stored_rows;
+        if span > len {
+            return Err(bad(format!("reads {span} elements of a buffer of {len}")));
+        }
+        Ok(())
+    }
+}
+
+/// cuBLAS SGEMM semantics on the CPU (see [`sgemm`]).
+fn host_sgemm(
+    cfg: &GemmConfig<f32>,
+    batch: Batch,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) -> CudaResult<()> {
+    let dim = |v: i32, what: &str| {
+        usize::try_from(v)
+            .map_err(|_| CudaError::Invalid(format!("sgemm (emulated): {what} = {v}")))
+    };
+    let (m, n, k) = (dim(cfg.m, "m")?, dim(cfg.n, "n")?, dim(cfg.k, "k")?);
+    let count = dim(batch.count, "batch")?;
+    let is_t = |op: cublasOperation_t| op == cublasOperation_t::CUBLAS_OP_T;
+    let op_a = Operand {
+        name: "A",
+        rows: m,
+        cols: k,
+        trans: is_t(cfg.transa),
+        ld: dim(cfg.lda, "lda")?,
+        stride: batch.stride_a,
+    };
+    let op_b = Operand {
+        name: "B",
+        rows: k,
+        cols: n,
+        trans: is_t(cfg.transb),
+        ld: dim(cfg.ldb, "ldb")?,
+        stride: batch.stride_b,
+    };
+    let op_c = Operand {
+        name: "C",
+        rows: m,
+        cols: n,
+        trans: false,
+        ld: dim(cfg.ldc, "ldc")?,
+        stride: batch.stride_c,
+    };
+    for (op, len) in [(&op_a, a.len()), (&op_b, b.len()), (&op_c, c.len())] {
+        op.check(count, len)?;
+    }
+    if m * n == 0 {
+        return Ok(());
+    }
+    let ((a_rs, a_cs), (b_rs, b_cs), (c_rs, c_cs)) =
+        (op_a.strides(), op_b.strides(), op_c.strides());
+    for i in 0..count {
+        let c_i = &mut c[i * batch.stride_c as usize..];
+        if k == 0 {
+            // An empty sum: C = beta C.
+            for j in 0..n {
+                for r in 0..m {
+                    c_i[r + j * op_c.ld] *= cfg.beta;
+                }
+            }
+            continue;
+        }
+        let (a_i, b_i) = (
+            &a[i * batch.stride_a as usize..],
+            &b[i * batch.stride_b as usize..],
+        );
+        // SAFETY: `Operand::check` proved every element `gemm` reads (A, B) or writes (C) of
+        // this batch entry lies inside `a_i`, `b_i`, `c_i`; `c` is borrowed mutably, so it
+        // aliases neither input. (The `gemm` crate computes dst = alpha dst + beta lhs rhs:
+        // its alpha is cuBLAS' beta and its beta cuBLAS' alpha.)
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c_i.as_mut_ptr(),
+                c_cs,
+                c_rs,
+                cfg.beta != 0.0,
+                a_i.as_ptr(),
+                a_cs,
+                a_rs,
+                b_i.as_ptr(),
+                b_cs,
+                b_rs,
+                cfg.beta,
+                cfg.alpha,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    Ok(())
 }

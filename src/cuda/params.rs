@@ -3,7 +3,18 @@
 //! as the last kernel argument; device pointers travel as separate arguments. Sizes are
 //! asserted on both sides.
 
-use cudarc::driver::DeviceRepr;
+use std::ffi::c_void;
+
+use cudarc::driver::{DeviceRepr, LaunchArgs, PushKernelArg};
+
+/// A parameter block as a kernel argument ([`super::launch::KernelArg::Params`]), on a GPU
+/// (copied into the launch by the driver) or on the emulated device (read through its address).
+pub trait KernelParams {
+    /// Adds the block to a GPU launch.
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>);
+    /// The block's address, for the emulator's `void**` arguments.
+    fn as_ptr(&self) -> *const c_void;
+}
 
 macro_rules! device_repr {
     ($($t:ty = $size:expr),* $(,)?) => {$(
@@ -12,6 +23,14 @@ macro_rules! device_repr {
         // kernels/params.cuh; the size is asserted here and by a static_assert there.
         unsafe impl DeviceRepr for $t {}
         const _: () = assert!(std::mem::size_of::<$t>() == $size);
+        impl KernelParams for $t {
+            fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+                b.arg(self);
+            }
+            fn as_ptr(&self) -> *const c_void {
+                (self as *const $t).cast()
+            }
+        }
     )*};
 }
 

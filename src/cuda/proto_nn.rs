@@ -10,7 +10,11 @@
 //! `tiles_per_block` consecutive tiles of 128 prototypes. Ties go to the lowest index, the
 //! result does not depend on the launch order (integer min of unique keys).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+
+use super::CudaSlice;
+use super::launch::KernelArg::{In, Out, Params};
+use super::launch::{BufferArg, launch};
 
 use super::params::ProtoNnParams;
 use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
@@ -83,12 +87,17 @@ pub fn proto_nn(
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
-    let init = dev.function(KernelModule::ProtoNn, "proto_nn_init_u64")?;
-    let mut b = dev.stream().launch_builder(&init);
-    b.arg(&mut best).arg(&p);
     // SAFETY: `(unsigned long long* best, ProtoNnParams)`; best has num_queries elements and
     // the kernel writes indices < num_queries.
-    unsafe { b.launch(small) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::ProtoNn,
+            "proto_nn_init_u64",
+            small,
+            &mut [Out(&mut best), Params(&p)],
+        )
+    }?;
 
     if num_protos > 0 {
         let cfg = LaunchConfig {
@@ -101,25 +110,27 @@ pub fn proto_nn(
             ProtoBank::F16(_) => "proto_nn_f16",
             ProtoBank::Bf16(_) => "proto_nn_bf16",
         };
-        let f = dev.function(KernelModule::ProtoNn, name)?;
-        let mut b = dev.stream().launch_builder(&f);
-        b.arg(queries);
-        match bank {
-            ProtoBank::F32(s) => b.arg(s),
-            ProtoBank::F16(s) | ProtoBank::Bf16(s) => b.arg(s),
+        let bank_arg: &dyn BufferArg = match bank {
+            ProtoBank::F32(s) => s,
+            ProtoBank::F16(s) | ProtoBank::Bf16(s) => s,
         };
-        b.arg(&mut best).arg(&p);
+        let args = &mut [In(queries), In(bank_arg), Out(&mut best), Params(&p)];
         // SAFETY: `(const float* queries, const T* bank, unsigned long long* best,
         // ProtoNnParams)` with T = float / unsigned short matching the variant; queries holds
         // Q*D, bank P*D, best Q elements (checked); the kernel bounds-checks rows and dims.
-        unsafe { b.launch(cfg) }?;
+        unsafe { launch(dev, KernelModule::ProtoNn, name, cfg, args) }?;
     }
 
-    let fin = dev.function(KernelModule::ProtoNn, "proto_nn_finalize_u64")?;
-    let mut b = dev.stream().launch_builder(&fin);
-    b.arg(&best).arg(&mut idx).arg(&mut dist).arg(&p);
     // SAFETY: `(const unsigned long long* best, unsigned* idx, float* dist, ProtoNnParams)`,
     // all three of num_queries elements.
-    unsafe { b.launch(small) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::ProtoNn,
+            "proto_nn_finalize_u64",
+            small,
+            &mut [In(&best), Out(&mut idx), Out(&mut dist), Params(&p)],
+        )
+    }?;
     Ok((idx, dist))
 }

@@ -2,7 +2,11 @@
 //! `k` highest (ties to the lower index; NaN ranks last). One 256-thread block per row, the
 //! row's `n` 64-bit sort keys in dynamic shared memory (`8 n` bytes, hence `n <= 6144`).
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
+
+use super::CudaSlice;
+use super::launch::KernelArg::{In, Out, Params};
+use super::launch::launch;
 
 use super::params::TopkMaskParams;
 use super::{CudaDevice, CudaError, CudaResult, KernelModule, check_len, to_i32};
@@ -57,11 +61,16 @@ pub fn topk_mask(
         block_dim: (256, 1, 1),
         shared_mem_bytes: (n * 8) as u32,
     };
-    let f = dev.function(KernelModule::TopkMask, "topk_mask_f32")?;
-    let mut b = dev.stream().launch_builder(&f);
-    b.arg(scores).arg(&mut mask).arg(&p);
     // SAFETY: `(const float* scores, float* mask, TopkMaskParams)`, both rows*n elements;
     // dynamic shared memory holds the n keys the kernel indexes.
-    unsafe { b.launch(cfg) }?;
+    unsafe {
+        launch(
+            dev,
+            KernelModule::TopkMask,
+            "topk_mask_f32",
+            cfg,
+            &mut [In(scores), Out(&mut mask), Params(&p)],
+        )
+    }?;
     Ok(mask)
 }

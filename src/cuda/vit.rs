@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use super::CudaSlice;
 
 use super::attention::{AttentionDims, attention_fwd};
 use super::entropy::entropy_fwd;

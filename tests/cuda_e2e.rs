@@ -1,0 +1,198 @@
+//! End to end through the CUDA backend: a small `Detector` (synthetic class, default features,
+//! a ViT, the product score) inspects the same images with `Device::Cpu` and `Device::Cuda`;
+//! scores, maps and verdicts must agree.
+//!
+//! In CI this runs on the emulated device (`cargo test --features cuda-emu`): the CUDA
+//! backend's host code — uploads, launch grids, parameter blocks, the stage order, cuBLAS
+//! configurations — runs for real, its kernels as host C++ and cuBLAS as the CPU GEMM (see
+//! `src/cuda/launch.rs`). On a GPU machine (`--features cuda`, `scripts/device_check.sh`) the
+//! same test runs on the GPU. Without a device it skips, unless `PMAD_REQUIRE_GPU=1`.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use pmad::cuda::{CudaDevice, CudaError};
+use pmad::detector::Detector;
+use pmad::detector::device::Device;
+use pmad::detector::model_dir::{ModelConfig, ReconConfig, ScoreKind};
+use pmad::detector::pipeline::list_images;
+use pmad::recon::vit::{Vit, VitConfig};
+
+/// Whether a CUDA device (a GPU, or the emulated one in a `cuda-emu` build) is usable; prints
+/// why not and returns false otherwise (a failure with `PMAD_REQUIRE_GPU=1`).
+fn have_device() -> bool {
+    match CudaDevice::shared() {
+        Ok(d) => {
+            println!("device: {d:?}");
+            true
+        }
+        Err(CudaError::Unavailable(reason)) => {
+            assert!(
+                !pmad::cuda::gpu_required(),
+                "PMAD_REQUIRE_GPU is set but there is no usable CUDA device: {reason}"
+            );
+            println!("skipped: no CUDA device ({reason})");
+            false
+        }
+        Err(e) => panic!("opening the CUDA device failed: {e}"),
+    }
+}
+
+/// `|a - b| <= atol + rtol |b|` for every element; prints and returns the largest error.
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite() == w.is_finite(), "{what}[{i}]: {g} vs {w}");
+        let err = (g - w).abs();
+        assert!(
+            err <= atol + rtol * w.abs(),
+            "{what}[{i}]: cuda {g} vs cpu {w} (|err| {err:e} > {atol:e} + {rtol:e}|cpu|)"
+        );
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    worst.0
+}
+
+#[test]
+fn inspect_cpu_vs_cuda() {
+    let Some(weights) = common::need_backbone() else {
+        return;
+    };
+    if !have_device() {
+        return;
+    }
+    // Data: one synthetic class, 96 px images.
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda-e2e");
+    let _ = std::fs::remove_dir_all(&base);
+    let data = base.join("mv");
+    let cfg = pmad::data::SynthConfig {
+        classes: 1,
+        seed: 11,
+        train: 8,
+        test_good: 2,
+        test_bad: 4,
+        size: 96,
+        force: false,
+    };
+    pmad::data::synth::generate(&data, &cfg).unwrap();
+    let class = common::SYNTH_CLASS;
+    let class_dir = data.join(class);
+
+    // Model: default features (Lite0, 224 input, 28x28 grid), the product score, and a small
+    // ViT (pixels in, 14x14 patches of 16 px) with random weights. Wide weights (std 0.15, not
+    // the init's 0.02) make every layer change the entropy, so a wrong stage shows.
+    let model = base.join("model");
+    let config = ModelConfig {
+        score: ScoreKind::Product,
+        ..ModelConfig::default()
+    };
+    Detector::create(&model, &config).unwrap();
+    let mut det = Detector::open(&model, Some(&weights)).unwrap();
+    let vit_cfg = VitConfig {
+        image_size: config.features.input_size,
+        patch: 16,
+        width: 64,
+        depth: 2,
+        decoder_depth: 1,
+        heads: 2,
+        mlp: 96,
+        vocab: 97,
+        input_dim: 0,
+    };
+    let mut vit = Vit::new(vit_cfg.clone(), 5).unwrap();
+    let mut rng = pmad::rng::Rng::new(0xE2E);
+    let ids: Vec<_> = vit.params().ids().collect();
+    for id in ids {
+        for v in vit.params_mut().values_mut(id) {
+            *v = rng.normal() * 0.15;
+        }
+    }
+    det.set_vit(
+        vit,
+        ReconConfig {
+            preset: "e2e".into(),
+            vit: vit_cfg,
+            vocab: 97,
+            mask_ratio: 0.3,
+            tokens: "external".into(),
+            trained_on: Vec::new(),
+        },
+    )
+    .unwrap();
+    det.register(class, &list_images(&class_dir.join("train/good")).unwrap())
+        .unwrap();
+
+    // The test images (good and defective), decoded once.
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(class_dir.join("test"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    let paths: Vec<PathBuf> = dirs.iter().flat_map(|d| list_images(d).unwrap()).collect();
+    assert_eq!(paths.len(), 6, "synthetic test images: {paths:?}");
+    let images: Vec<_> = paths
+        .iter()
+        .map(|p| pmad::data::image::load_rgb(p).unwrap())
+        .collect();
+
+    let mut cpu = Detector::open(&model, Some(&weights)).unwrap();
+    let mut gpu = Detector::open(&model, Some(&weights)).unwrap();
+    gpu.set_device(Device::Cuda).unwrap();
+    assert_eq!(gpu.device(), Device::Cuda);
+
+    // The distance score (backbone + search) and the product (+ proposal mask, ViT, entropy)
+    // on the same images. Both sides compute in f32 with different summation orders (cuBLAS or
+    // the emulated GEMM vs the CPU's blocking, tree vs serial reductions) through ~25 layers.
+    for (kind, atol, rtol) in [
+        (ScoreKind::Distance, 2e-4, 2e-4),
+        (ScoreKind::Product, 1e-3, 1e-3),
+    ] {
+        cpu.config.score = kind;
+        gpu.config.score = kind;
+        let want = cpu.inspect_batch(class, &images).unwrap();
+        let got = gpu.inspect_batch(class, &images).unwrap();
+        assert_eq!(got.len(), want.len());
+        let mut worst_map = 0.0f32;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let name = format!("{kind:?} {}", paths[i].display());
+            assert_eq!(g.map.size, w.map.size, "{name}: map size");
+            worst_map = worst_map.max(assert_close(
+                &format!("{name} map"),
+                &g.map.values,
+                &w.map.values,
+                atol,
+                rtol,
+            ));
+            assert_close(
+                &format!("{name} score"),
+                &[g.map.score],
+                &[w.map.score],
+                atol,
+                rtol,
+            );
+            assert_eq!(g.threshold, w.threshold, "{name}: threshold");
+            // The verdict must agree unless the score sits within the tolerance of the
+            // threshold (then either side of it is right).
+            let margin = (w.map.score - w.threshold).abs();
+            if margin > atol + rtol * w.threshold.abs() {
+                assert_eq!(g.anomalous, w.anomalous, "{name}: verdict");
+            }
+            println!(
+                "{name}: score cuda {} cpu {} threshold {} anomalous {}",
+                g.map.score, w.map.score, w.threshold, w.anomalous
+            );
+        }
+        // Not a vacuous comparison: the maps carry signal, and the images get different scores.
+        let scores: Vec<f32> = want.iter().map(|w| w.map.score).collect();
+        assert!(
+            scores.iter().any(|&s| s != scores[0]) && scores.iter().all(|&s| s > 0.0),
+            "{kind:?}: degenerate scores {scores:?}"
+        );
+        println!("{kind:?}: largest map |cuda - cpu| {worst_map:e}");
+    }
+}

@@ -78,14 +78,17 @@ impl FeatureSpec {
     /// (channels, stride, projected dimension) of one `taps` entry.
     fn tap_geometry(&self, tap: &str) -> Result<(usize, usize, Option<usize>)> {
         let (point, proj) = split_tap(tap)?;
-        let (c, stride) = self.backbone.tap_channels_and_stride(point).ok_or_else(|| {
-            Error::invalid(format!(
-                "unknown {} tap '{point}' (stem, blocks.N, blocks.N.expand or blocks.N.dw with \
+        let (c, stride) = self
+            .backbone
+            .tap_channels_and_stride(point)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown {} tap '{point}' (stem, blocks.N, blocks.N.expand or blocks.N.dw with \
                  N in 0..{}; .expand only where the block expands)",
-                self.backbone,
-                self.backbone.num_blocks()
-            ))
-        })?;
+                    self.backbone,
+                    self.backbone.num_blocks()
+                ))
+            })?;
         if let Some(p) = proj
             && p >= c
         {
@@ -240,7 +243,17 @@ impl FeatureExtractor {
                         }
                     }
                     let mut projected = vec![0.0f32; g * g * d];
-                    gemm(g * g, d, c, &rows, Trans::N, proj, Trans::N, &mut projected, 0.0);
+                    gemm(
+                        g * g,
+                        d,
+                        c,
+                        &rows,
+                        Trans::N,
+                        proj,
+                        Trans::N,
+                        &mut projected,
+                        0.0,
+                    );
                     for p in 0..g * g {
                         o[p * dim + c_off..p * dim + c_off + d]
                             .copy_from_slice(&projected[p * d..(p + 1) * d]);
@@ -265,13 +278,20 @@ mod tests {
 
     #[test]
     fn projected_and_inner_taps_set_the_dimension() {
-        assert_eq!(spec(&["blocks.4", "blocks.10"]).geometry().unwrap(), (28, 152));
         assert_eq!(
-            spec(&["blocks.4", "blocks.10", "blocks.10.dw:128"]).geometry().unwrap(),
+            spec(&["blocks.4", "blocks.10"]).geometry().unwrap(),
+            (28, 152)
+        );
+        assert_eq!(
+            spec(&["blocks.4", "blocks.10", "blocks.10.dw:128"])
+                .geometry()
+                .unwrap(),
             (28, 280)
         );
         assert_eq!(
-            spec(&["blocks.4.dw:64", "blocks.10.dw"]).geometry().unwrap(),
+            spec(&["blocks.4.dw:64", "blocks.10.dw"])
+                .geometry()
+                .unwrap(),
             (28, 64 + 672)
         );
         // Projection must reduce; the syntax is NAME[:DIM>0]; inner names are checked.
@@ -290,8 +310,8 @@ mod tests {
     /// A projected tap is the unprojected tap's features times its fixed Gaussian matrix.
     #[test]
     fn a_projected_tap_is_the_plain_tap_times_its_matrix() {
-        let w = crate::models::efficientnet::default_weights_dir()
-            .join(Backbone::Lite0.weights_file());
+        let w =
+            crate::models::efficientnet::default_weights_dir().join(Backbone::Lite0.weights_file());
         if !w.is_file() {
             eprintln!("skipped: no {}", w.display());
             return;
@@ -301,7 +321,8 @@ mod tests {
             input_size: 64,
             ..spec(taps)
         };
-        let plain = FeatureExtractor::new(net.clone(), small(&["blocks.4", "blocks.4.dw"])).unwrap();
+        let plain =
+            FeatureExtractor::new(net.clone(), small(&["blocks.4", "blocks.4.dw"])).unwrap();
         let proj =
             FeatureExtractor::new(net.clone(), small(&["blocks.4", "blocks.4.dw:16"])).unwrap();
         assert_eq!((plain.dim(), proj.dim()), (280, 56));
@@ -321,7 +342,10 @@ mod tests {
             for j in 0..16 {
                 let want: f32 = (0..240).map(|i| row[40 + i] * m[i * 16 + j]).sum();
                 let got = bv[p * 56 + 40 + j];
-                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{got} vs {want}");
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{got} vs {want}"
+                );
             }
         }
         // The matrix is fixed by the spec: a second extractor gives the same features.

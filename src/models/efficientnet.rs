@@ -610,7 +610,11 @@ impl EfficientNetLite {
                 Some(e) => {
                     let (v, eh, ew) = e.run(&cur, batch, h, w);
                     expanded = v;
-                    tap(&format!("blocks.{i}.expand"), &expanded, [batch, e.c_out, eh, ew]);
+                    tap(
+                        &format!("blocks.{i}.expand"),
+                        &expanded,
+                        [batch, e.c_out, eh, ew],
+                    );
                     (&expanded[..], eh, ew)
                 }
                 None => (&cur[..], h, w),
@@ -776,8 +780,16 @@ mod tests {
         let want_out = Tensor::new(y, &[1, 40, dh, dww]).unwrap();
         assert_eq!(taps[3].1.max_abs_diff(&want_out).unwrap(), 0.0);
         // Block 0 has no expand conv (ratio 1); unknown inner names are errors.
-        assert_eq!(Backbone::Lite0.tap_channels_and_stride("blocks.0.expand"), None);
-        for bad in ["blocks.0.expand", "blocks.4.foo", "blocks.16.dw", "blocks.x.dw"] {
+        assert_eq!(
+            Backbone::Lite0.tap_channels_and_stride("blocks.0.expand"),
+            None
+        );
+        for bad in [
+            "blocks.0.expand",
+            "blocks.4.foo",
+            "blocks.16.dw",
+            "blocks.x.dw",
+        ] {
             let e = net.forward_taps(&x, &[bad]).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }

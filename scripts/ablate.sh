@@ -32,6 +32,7 @@ variants=(
     "lite1-240=--backbone lite1 --input-size 240"
     "lite2-260=--backbone lite2 --input-size 260"
     "pool5=--pool 5"
+    "per-image=--input-norm per-image"
 )
 [ $# -gt 0 ] && variants=("$@")
 mapfile -t classes < <(for d in "$root"/*/; do [ -d "$d/train/good" ] && basename "$d"; done)

@@ -142,6 +142,7 @@ fn a_model_is_trained_from_a_config_file_alone() {
         toml::Value::Array(vec!["blocks.4".into(), "blocks.10.dw:32".into()]),
     );
     t.insert("pool".into(), 1.into());
+    t.insert("input-norm".into(), "per-image".into());
     std::fs::write(&file, toml::to_string(&t).unwrap()).unwrap();
     stdout(&pmad(&["train", "--config", s(&file)]));
     // model.json records what was used.
@@ -153,6 +154,7 @@ fn a_model_is_trained_from_a_config_file_alone() {
     assert_eq!(cfg["trained_on"][0].as_str(), Some("synth_fabric"));
     assert_eq!(cfg["features"]["taps"][1].as_str(), Some("blocks.10.dw:32"));
     assert_eq!(cfg["features"]["pool"].as_u64(), Some(1));
+    assert_eq!(cfg["features"]["input_norm"].as_str(), Some("per-image"));
     // The bank has the spec's dimension: 40 (blocks.4) + 32 (the projected tap).
     let bank = std::fs::read_dir(model.join("classes/synth_fabric"))
         .unwrap()

@@ -70,6 +70,10 @@ pub struct TrainArgs {
     /// Side of the local averaging window of the features (odd; 1: none).
     #[arg(long, default_value_t = 3)]
     pub pool: usize,
+    /// Input normalisation: imagenet (the backbone's own) | per-image (then each image's
+    /// channels standardised, so global brightness and contrast do not move the features).
+    #[arg(long, default_value = "imagenet")]
+    pub input_norm: pmad::detector::features::InputNorm,
     /// Flow training epochs over the seen classes' out-of-bank residuals (0: no flow).
     #[arg(long, default_value_t = 6)]
     pub flow_epochs: usize,
@@ -144,6 +148,7 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> pmad::Result<()> {
     }
     features.input_size = args.input_size;
     features.pool = args.pool;
+    features.input_norm = args.input_norm;
     let mut config = ModelConfig {
         score: args.score,
         features,

@@ -91,6 +91,13 @@ impl CudaFeatures {
     /// Uploads the backbone layers that `features` needs (up to its deepest tap).
     pub fn upload(dev: Arc<CudaDevice>, features: &FeatureExtractor) -> CudaResult<CudaFeatures> {
         let spec = features.spec();
+        if spec.input_norm != crate::detector::features::InputNorm::Imagenet {
+            return Err(CudaError::Invalid(
+                "GPU features: input normalisation 'per-image' is not supported on the GPU; use \
+                 --device cpu"
+                    .into(),
+            ));
+        }
         let taps = spec
             .taps
             .iter()

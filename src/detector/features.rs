@@ -36,6 +36,50 @@ pub struct FeatureSpec {
     pub input_size: usize,
     /// Side of the local averaging window (odd; 1 = none).
     pub pool: usize,
+    /// How the network input is normalised (absent in older model.json: `imagenet`).
+    #[serde(default)]
+    pub input_norm: InputNorm,
+}
+
+/// How an image is normalised before the backbone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputNorm {
+    /// ImageNet's channel mean and std, as the backbone was trained.
+    #[default]
+    Imagenet,
+    /// Then each image's channels standardised to mean 0 and std 1 over the image: a global
+    /// change of brightness or contrast (lighting, exposure) no longer moves the features.
+    PerImage,
+}
+
+impl std::str::FromStr for InputNorm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "imagenet" => Ok(InputNorm::Imagenet),
+            "per-image" => Ok(InputNorm::PerImage),
+            _ => Err(format!(
+                "unknown input normalisation '{s}' (imagenet | per-image)"
+            )),
+        }
+    }
+}
+
+/// Standardises each `[S, S]` channel plane of `x` (`[B, 3, S, S]`) to mean 0, std 1.
+fn standardise_planes(x: &Tensor) -> Tensor {
+    let plane = x.dim(2) * x.dim(3);
+    let mut v = x.f32s().to_vec();
+    v.par_chunks_mut(plane).for_each(|ch| {
+        let n = plane as f64;
+        let mean = ch.iter().map(|&a| a as f64).sum::<f64>() / n;
+        let var = ch.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n;
+        // A flat plane (a blank image) stays flat rather than dividing by ~0.
+        let inv = 1.0 / var.sqrt().max(1e-3);
+        ch.iter_mut()
+            .for_each(|a| *a = ((*a as f64 - mean) * inv) as f32);
+    });
+    Tensor::from_parts(v, x.shape().to_vec())
 }
 
 impl Default for FeatureSpec {
@@ -53,6 +97,7 @@ impl FeatureSpec {
             taps: backbone.default_taps(),
             input_size: 224,
             pool: 3,
+            input_norm: InputNorm::Imagenet,
         }
     }
 
@@ -190,6 +235,14 @@ impl FeatureExtractor {
             .iter()
             .map(|t| split_tap(t).map(|(point, _)| point))
             .collect::<Result<_>>()?;
+        let standardised;
+        let x = match self.spec.input_norm {
+            InputNorm::Imagenet => x,
+            InputNorm::PerImage => {
+                standardised = standardise_planes(x);
+                &standardised
+            }
+        };
         let maps = self.net.forward_taps(x, &taps)?;
         let (b, g, dim) = (x.dim(0), self.grid, self.dim);
         let mut out = vec![0.0f32; b * g * g * dim];
@@ -305,6 +358,27 @@ mod tests {
             let e = spec(bad).geometry().unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn per_image_standardisation_removes_brightness_and_contrast() {
+        let mut r = crate::rng::Rng::new(2);
+        let x: Vec<f32> = (0..2 * 3 * 8 * 8).map(|_| r.range(-1.0, 1.0)).collect();
+        // The same image, brighter and with more contrast: 2x + 0.7.
+        let y: Vec<f32> = x.iter().map(|a| 2.0 * a + 0.7).collect();
+        let a = standardise_planes(&Tensor::new(x, &[2, 3, 8, 8]).unwrap());
+        let b = standardise_planes(&Tensor::new(y, &[2, 3, 8, 8]).unwrap());
+        assert!(a.max_abs_diff(&b).unwrap() < 1e-5);
+        for ch in a.f32s().chunks(64) {
+            let m = ch.iter().sum::<f32>() / 64.0;
+            let v = ch.iter().map(|c| (c - m) * (c - m)).sum::<f32>() / 64.0;
+            assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-4, "{m} {v}");
+        }
+        // A flat plane stays finite.
+        let flat = standardise_planes(&Tensor::new(vec![0.3; 3 * 8 * 8], &[1, 3, 8, 8]).unwrap());
+        assert!(flat.f32s().iter().all(|v| *v == 0.0));
+        assert_eq!("per-image".parse::<InputNorm>(), Ok(InputNorm::PerImage));
+        assert!("none".parse::<InputNorm>().is_err());
     }
 
     /// A projected tap is the unprojected tap's features times its fixed Gaussian matrix.

@@ -27,6 +27,12 @@ variants=(
     "coreset-25%=--coreset-ratio 0.25"
     "reweighted=--patch-score reweighted"
     "augment=--augment all"
+    "inner-dw10=--taps blocks.4,blocks.10,blocks.10.dw:128"
+    "inner-only=--taps blocks.4.dw:128,blocks.10.dw:128"
+    "lite1-240=--backbone lite1 --input-size 240"
+    "lite2-260=--backbone lite2 --input-size 260"
+    "pool5=--pool 5"
+    "per-image=--input-norm per-image"
 )
 [ $# -gt 0 ] && variants=("$@")
 mapfile -t classes < <(for d in "$root"/*/; do [ -d "$d/train/good" ] && basename "$d"; done)

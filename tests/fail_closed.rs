@@ -346,6 +346,16 @@ fn out_of_range_model_json_numbers_are_clear_errors_without_panics() {
             serde_json::json!(["blocks.99"]),
             "blocks.99",
         ),
+        (
+            "/features/taps",
+            serde_json::json!(["blocks.4", "blocks.10.dw:999"]),
+            "blocks.10.dw:999",
+        ),
+        (
+            "/features/taps",
+            serde_json::json!(["blocks.4.depthwise"]),
+            "blocks.4.depthwise",
+        ),
         ("/format_version", "1".into(), "format_version"),
     ];
     for (ptr, value, needle) in cases {

@@ -136,6 +136,13 @@ fn a_model_is_trained_from_a_config_file_alone() {
     );
     t.insert("coreset-ratio".into(), 0.25.into());
     t.insert("image-score".into(), "top:0.05".into());
+    // The feature spec: an inner expanded tap, projected, and a smaller pooling window.
+    t.insert(
+        "taps".into(),
+        toml::Value::Array(vec!["blocks.4".into(), "blocks.10.dw:32".into()]),
+    );
+    t.insert("pool".into(), 1.into());
+    t.insert("input-norm".into(), "per-image".into());
     std::fs::write(&file, toml::to_string(&t).unwrap()).unwrap();
     stdout(&pmad(&["train", "--config", s(&file)]));
     // model.json records what was used.
@@ -145,4 +152,44 @@ fn a_model_is_trained_from_a_config_file_alone() {
     let q = cfg["map"]["image_score"]["top-mean"]["q"].as_f64().unwrap();
     assert!((q - 0.05).abs() < 1e-6, "{cfg}");
     assert_eq!(cfg["trained_on"][0].as_str(), Some("synth_fabric"));
+    assert_eq!(cfg["features"]["taps"][1].as_str(), Some("blocks.10.dw:32"));
+    assert_eq!(cfg["features"]["pool"].as_u64(), Some(1));
+    assert_eq!(cfg["features"]["input_norm"].as_str(), Some("per-image"));
+    // The bank has the spec's dimension: 40 (blocks.4) + 32 (the projected tap).
+    let bank = std::fs::read_dir(model.join("classes/synth_fabric"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("prototypes.safetensors"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let st = pmad::weights::SafeTensors::open(&bank).unwrap();
+    let name = &st.names()[0];
+    assert_eq!(st.info(name).unwrap().shape[1], 72);
+
+    // A bad spec is refused before any work, naming the field; nothing is written.
+    let refused = dir.join("refused");
+    for (taps, says) in [
+        ("blocks.4:40", "does not reduce"),
+        ("blocks.0.expand", "unknown lite0 tap"),
+    ] {
+        let out = pmad(&[
+            "train",
+            "--data",
+            s(&data),
+            "--classes",
+            "synth_fabric",
+            "--out",
+            s(&refused),
+            "--skip",
+            "flow,tokenizer,vit",
+            "--taps",
+            taps,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{taps}: {err}");
+        assert!(
+            err.contains("features") && err.contains(says),
+            "{taps}: {err}"
+        );
+        assert!(!refused.exists(), "{taps}");
+    }
 }

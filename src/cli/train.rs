@@ -58,6 +58,22 @@ pub struct TrainArgs {
     /// Needs `pmad fetch-weights --backbone X`.
     #[arg(long, default_value = "lite0")]
     pub backbone: pmad::models::Backbone,
+    /// Feature taps, comma-separated (default: the backbone's two, above): `stem`, `blocks.N`
+    /// (a block's output), `blocks.N.expand` / `blocks.N.dw` (the wide activations after a
+    /// block's expand / depthwise conv), each optionally projected to DIM dimensions by a
+    /// fixed random Gaussian matrix, `NAME:DIM` (e.g. `blocks.4,blocks.10.dw:128`).
+    #[arg(long, value_delimiter = ',')]
+    pub taps: Vec<String>,
+    /// Side the images are resized to before the backbone (default 224).
+    #[arg(long, default_value_t = 224)]
+    pub input_size: usize,
+    /// Side of the local averaging window of the features (odd; 1: none).
+    #[arg(long, default_value_t = 3)]
+    pub pool: usize,
+    /// Input normalisation: imagenet (the backbone's own) | per-image (then each image's
+    /// channels standardised, so global brightness and contrast do not move the features).
+    #[arg(long, default_value = "imagenet")]
+    pub input_norm: pmad::detector::features::InputNorm,
     /// Flow training epochs over the seen classes' out-of-bank residuals (0: no flow).
     #[arg(long, default_value_t = 6)]
     pub flow_epochs: usize,
@@ -126,11 +142,21 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> pmad::Result<()> {
         return Ok(());
     }
     let datasets: Vec<ClassData> = args.layout.open_all(&args.data, &args.classes, false)?;
+    let mut features = pmad::detector::features::FeatureSpec::for_backbone(args.backbone);
+    if !args.taps.is_empty() {
+        features.taps = args.taps.clone();
+    }
+    features.input_size = args.input_size;
+    features.pool = args.pool;
+    features.input_norm = args.input_norm;
     let mut config = ModelConfig {
         score: args.score,
-        features: pmad::detector::features::FeatureSpec::for_backbone(args.backbone),
+        features,
         ..ModelConfig::default()
     };
+    // The same checks as a model.json read back, before any work (an error names the flag's
+    // field, e.g. `features.input_size`).
+    config.check(std::path::Path::new("--taps/--input-size/--pool"))?;
     config.coreset.ratio = args.coreset_ratio;
     config.threshold_quantile = args.threshold_quantile;
     config.threshold_robust_z = args.threshold_robust_z;

@@ -22,7 +22,7 @@ use super::glue::{
 use super::linear::pointwise_conv;
 use super::{CudaDevice, CudaError, CudaResult};
 use crate::detector::features::FeatureExtractor;
-use crate::models::efficientnet::{ConvBn, EfficientNetLite};
+use crate::models::efficientnet::{ConvBn, EfficientNetLite, TapPoint};
 use crate::ops::conv::{Activation, Padding};
 
 /// One folded conv layer on the device.
@@ -91,20 +91,25 @@ impl CudaFeatures {
     /// Uploads the backbone layers that `features` needs (up to its deepest tap).
     pub fn upload(dev: Arc<CudaDevice>, features: &FeatureExtractor) -> CudaResult<CudaFeatures> {
         let spec = features.spec();
+        if spec.input_norm != crate::detector::features::InputNorm::Imagenet {
+            return Err(CudaError::Invalid(
+                "GPU features: input normalisation 'per-image' is not supported on the GPU; use \
+                 --device cpu"
+                    .into(),
+            ));
+        }
         let taps = spec
             .taps
             .iter()
-            .map(|t| match t.as_str() {
-                "stem" => Ok(None),
-                _ => t
-                    .strip_prefix("blocks.")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .map(Some)
-                    .ok_or_else(|| {
-                        CudaError::Invalid(format!(
-                            "GPU features: unknown tap '{t}' (stem or blocks.N)"
-                        ))
-                    }),
+            // Block outputs and the stem only: inner taps (`blocks.N.dw`) and projected taps
+            // (`NAME:DIM`) run on the CPU backend for now.
+            .map(|t| match TapPoint::parse(t) {
+                Some(TapPoint::Stem) => Ok(None),
+                Some(TapPoint::Block(n)) => Ok(Some(n)),
+                _ => Err(CudaError::Invalid(format!(
+                    "GPU features: tap '{t}' is not supported on the GPU (stem or blocks.N, \
+                     unprojected); use --device cpu"
+                ))),
             })
             .collect::<CudaResult<Vec<Option<usize>>>>()?;
         let net: &EfficientNetLite = features.net();

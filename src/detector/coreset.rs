@@ -40,11 +40,17 @@ impl Default for CoresetConfig {
     }
 }
 
-/// Seeded Gaussian random projection of `[n, d]` rows to `[n, p]` (scaled by 1/√p).
-pub fn random_projection(x: &[f32], d: usize, p: usize, seed: u64) -> Vec<f32> {
+/// The seeded Gaussian matrix `[d, p]` (row-major, entries N(0, 1/p)) of
+/// [`random_projection`]: squared distances are kept in expectation.
+pub fn random_projection_matrix(d: usize, p: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     let scale = 1.0 / (p as f32).sqrt();
-    let proj: Vec<f32> = (0..d * p).map(|_| rng.normal() * scale).collect();
+    (0..d * p).map(|_| rng.normal() * scale).collect()
+}
+
+/// Seeded Gaussian random projection of `[n, d]` rows to `[n, p]` (scaled by 1/√p).
+pub fn random_projection(x: &[f32], d: usize, p: usize, seed: u64) -> Vec<f32> {
+    let proj = random_projection_matrix(d, p, seed);
     let n = x.len() / d;
     let mut out = vec![0.0; n * p];
     gemm(n, p, d, x, Trans::N, &proj, Trans::N, &mut out, 0.0);

@@ -6,9 +6,17 @@
 //! and `blocks.10` (112 ch, stride 16) at 224 input give a 28x28 grid of 152-d features.
 //! Output is patch-major `[B, grid*grid, dim]`: one row per patch, as the prototype search
 //! and the flow consume it.
+//!
+//! A tap may be projected: `NAME:DIM` maps its `C` channels to `DIM` with a fixed seeded
+//! Gaussian matrix (scaled by 1/√DIM, so distances are kept in expectation —
+//! Johnson–Lindenstrauss). This bounds the bank dimension, and so the search cost, of the
+//! wide inner taps (`blocks.N.dw` has 6x the channels of `blocks.N`). The matrix depends only
+//! on the tap's position in the spec and its shape, never on data: the same for every class.
 
+use crate::detector::coreset::random_projection_matrix;
 use crate::error::{Error, Result};
 use crate::models::{Backbone, EfficientNetLite};
+use crate::ops::matmul::{Trans, gemm};
 use crate::ops::pool::avg_pool_plane;
 use crate::ops::resize::bilinear_plane;
 use crate::tensor::Tensor;
@@ -22,10 +30,56 @@ pub struct FeatureSpec {
     /// Which EfficientNet-Lite the features come from (absent in older model.json: lite0).
     #[serde(default)]
     pub backbone: Backbone,
+    /// Tap points (`stem`, `blocks.N`, `blocks.N.expand`, `blocks.N.dw`), each optionally
+    /// projected to fewer dimensions (`blocks.10.dw:128`). The first sets the grid.
     pub taps: Vec<String>,
     pub input_size: usize,
     /// Side of the local averaging window (odd; 1 = none).
     pub pool: usize,
+    /// How the network input is normalised (absent in older model.json: `imagenet`).
+    #[serde(default)]
+    pub input_norm: InputNorm,
+}
+
+/// How an image is normalised before the backbone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputNorm {
+    /// ImageNet's channel mean and std, as the backbone was trained.
+    #[default]
+    Imagenet,
+    /// Then each image's channels standardised to mean 0 and std 1 over the image: a global
+    /// change of brightness or contrast (lighting, exposure) no longer moves the features.
+    PerImage,
+}
+
+impl std::str::FromStr for InputNorm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "imagenet" => Ok(InputNorm::Imagenet),
+            "per-image" => Ok(InputNorm::PerImage),
+            _ => Err(format!(
+                "unknown input normalisation '{s}' (imagenet | per-image)"
+            )),
+        }
+    }
+}
+
+/// Standardises each `[S, S]` channel plane of `x` (`[B, 3, S, S]`) to mean 0, std 1.
+fn standardise_planes(x: &Tensor) -> Tensor {
+    let plane = x.dim(2) * x.dim(3);
+    let mut v = x.f32s().to_vec();
+    v.par_chunks_mut(plane).for_each(|ch| {
+        let n = plane as f64;
+        let mean = ch.iter().map(|&a| a as f64).sum::<f64>() / n;
+        let var = ch.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n;
+        // A flat plane (a blank image) stays flat rather than dividing by ~0.
+        let inv = 1.0 / var.sqrt().max(1e-3);
+        ch.iter_mut()
+            .for_each(|a| *a = ((*a as f64 - mean) * inv) as f32);
+    });
+    Tensor::from_parts(v, x.shape().to_vec())
 }
 
 impl Default for FeatureSpec {
@@ -43,6 +97,7 @@ impl FeatureSpec {
             taps: backbone.default_taps(),
             input_size: 224,
             pool: 3,
+            input_norm: InputNorm::Imagenet,
         }
     }
 
@@ -51,14 +106,8 @@ impl FeatureSpec {
         let mut dim = 0;
         let mut grid = None;
         for t in &self.taps {
-            let (c, stride) = self.backbone.tap_channels_and_stride(t).ok_or_else(|| {
-                Error::invalid(format!(
-                    "unknown {} tap '{t}' (stem or blocks.0..blocks.{})",
-                    self.backbone,
-                    self.backbone.num_blocks() - 1
-                ))
-            })?;
-            dim += c;
+            let (c, stride, proj) = self.tap_geometry(t)?;
+            dim += proj.unwrap_or(c);
             grid.get_or_insert(self.input_size.div_ceil(stride));
         }
         let grid = grid.ok_or_else(|| Error::invalid("no backbone taps configured"))?;
@@ -70,6 +119,49 @@ impl FeatureSpec {
         }
         Ok((grid, dim))
     }
+
+    /// (channels, stride, projected dimension) of one `taps` entry.
+    fn tap_geometry(&self, tap: &str) -> Result<(usize, usize, Option<usize>)> {
+        let (point, proj) = split_tap(tap)?;
+        let (c, stride) = self
+            .backbone
+            .tap_channels_and_stride(point)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown {} tap '{point}' (stem, blocks.N, blocks.N.expand or blocks.N.dw with \
+                 N in 0..{}; .expand only where the block expands)",
+                    self.backbone,
+                    self.backbone.num_blocks()
+                ))
+            })?;
+        if let Some(p) = proj
+            && p >= c
+        {
+            return Err(Error::invalid(format!(
+                "tap '{tap}': projecting {c} channels to {p} does not reduce them (use fewer, or \
+                 no ':{p}')"
+            )));
+        }
+        Ok((c, stride, proj))
+    }
+}
+
+/// `NAME` or `NAME:DIM` -> (tap point, projected dimension).
+pub fn split_tap(tap: &str) -> Result<(&str, Option<usize>)> {
+    match tap.split_once(':') {
+        None => Ok((tap, None)),
+        Some((point, d)) => match d.parse::<usize>() {
+            Ok(d) if d > 0 => Ok((point, Some(d))),
+            _ => Err(Error::invalid(format!(
+                "tap '{tap}': the projection after ':' must be a positive dimension"
+            ))),
+        },
+    }
+}
+
+/// Seed of the projection matrix of the `index`-th tap (fixed: part of what a spec means).
+fn projection_seed(index: usize) -> u64 {
+    0x7A95_u64 << 16 | index as u64
 }
 
 /// The backbone plus the aggregation that turns images into patch features.
@@ -79,6 +171,8 @@ pub struct FeatureExtractor {
     spec: FeatureSpec,
     grid: usize,
     dim: usize,
+    /// Per tap: its projection `[C, DIM]` (row-major), when it has one.
+    projections: Arc<Vec<Option<Vec<f32>>>>,
 }
 
 impl FeatureExtractor {
@@ -91,11 +185,21 @@ impl FeatureExtractor {
                 net.backbone()
             )));
         }
+        let projections = spec
+            .taps
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (c, _, proj) = spec.tap_geometry(t)?;
+                Ok(proj.map(|p| random_projection_matrix(c, p, projection_seed(i))))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(FeatureExtractor {
             net,
             spec,
             grid,
             dim,
+            projections: Arc::new(projections),
         })
     }
 
@@ -125,12 +229,25 @@ impl FeatureExtractor {
                 x.shape()
             )));
         }
-        let taps: Vec<&str> = self.spec.taps.iter().map(|t| t.as_str()).collect();
+        let taps: Vec<&str> = self
+            .spec
+            .taps
+            .iter()
+            .map(|t| split_tap(t).map(|(point, _)| point))
+            .collect::<Result<_>>()?;
+        let standardised;
+        let x = match self.spec.input_norm {
+            InputNorm::Imagenet => x,
+            InputNorm::PerImage => {
+                standardised = standardise_planes(x);
+                &standardised
+            }
+        };
         let maps = self.net.forward_taps(x, &taps)?;
         let (b, g, dim) = (x.dim(0), self.grid, self.dim);
         let mut out = vec![0.0f32; b * g * g * dim];
         let mut c_off = 0;
-        for (_, m) in &maps {
+        for ((_, m), proj) in maps.iter().zip(self.projections.iter()) {
             let (c, h, w) = (m.dim(1), m.dim(2), m.dim(3));
             let mv = m.f32s();
             // Per (image, channel) plane: resize to the grid, pool, then scatter channels-last.
@@ -152,18 +269,161 @@ impl FeatureExtractor {
                     pooled
                 })
                 .collect();
+            let Some(proj) = proj else {
+                out.par_chunks_mut(g * g * dim)
+                    .enumerate()
+                    .for_each(|(img, o)| {
+                        for ch in 0..c {
+                            let plane = &planes[img * c + ch];
+                            for p in 0..g * g {
+                                o[p * dim + c_off + ch] = plane[p];
+                            }
+                        }
+                    });
+                c_off += c;
+                continue;
+            };
+            // Projected tap: rows [g², C] of each image times the matrix [C, DIM].
+            let d = proj.len() / c;
             out.par_chunks_mut(g * g * dim)
                 .enumerate()
                 .for_each(|(img, o)| {
+                    let mut rows = vec![0.0f32; g * g * c];
                     for ch in 0..c {
                         let plane = &planes[img * c + ch];
                         for p in 0..g * g {
-                            o[p * dim + c_off + ch] = plane[p];
+                            rows[p * c + ch] = plane[p];
                         }
                     }
+                    let mut projected = vec![0.0f32; g * g * d];
+                    gemm(
+                        g * g,
+                        d,
+                        c,
+                        &rows,
+                        Trans::N,
+                        proj,
+                        Trans::N,
+                        &mut projected,
+                        0.0,
+                    );
+                    for p in 0..g * g {
+                        o[p * dim + c_off..p * dim + c_off + d]
+                            .copy_from_slice(&projected[p * d..(p + 1) * d]);
+                    }
                 });
-            c_off += c;
+            c_off += d;
         }
         Ok(Tensor::from_parts(out, vec![b, g * g, dim]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(taps: &[&str]) -> FeatureSpec {
+        FeatureSpec {
+            taps: taps.iter().map(|t| t.to_string()).collect(),
+            ..FeatureSpec::default()
+        }
+    }
+
+    #[test]
+    fn projected_and_inner_taps_set_the_dimension() {
+        assert_eq!(
+            spec(&["blocks.4", "blocks.10"]).geometry().unwrap(),
+            (28, 152)
+        );
+        assert_eq!(
+            spec(&["blocks.4", "blocks.10", "blocks.10.dw:128"])
+                .geometry()
+                .unwrap(),
+            (28, 280)
+        );
+        assert_eq!(
+            spec(&["blocks.4.dw:64", "blocks.10.dw"])
+                .geometry()
+                .unwrap(),
+            (28, 64 + 672)
+        );
+        // Projection must reduce; the syntax is NAME[:DIM>0]; inner names are checked.
+        for (bad, says) in [
+            (&["blocks.4:40"][..], "does not reduce"),
+            (&["blocks.4:0"][..], "positive dimension"),
+            (&["blocks.4:x"][..], "positive dimension"),
+            (&["blocks.4.dw2"][..], "unknown"),
+            (&["blocks.0.expand"][..], "unknown"),
+        ] {
+            let e = spec(bad).geometry().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn per_image_standardisation_removes_brightness_and_contrast() {
+        let mut r = crate::rng::Rng::new(2);
+        let x: Vec<f32> = (0..2 * 3 * 8 * 8).map(|_| r.range(-1.0, 1.0)).collect();
+        // The same image, brighter and with more contrast: 2x + 0.7.
+        let y: Vec<f32> = x.iter().map(|a| 2.0 * a + 0.7).collect();
+        let a = standardise_planes(&Tensor::new(x, &[2, 3, 8, 8]).unwrap());
+        let b = standardise_planes(&Tensor::new(y, &[2, 3, 8, 8]).unwrap());
+        assert!(a.max_abs_diff(&b).unwrap() < 1e-5);
+        for ch in a.f32s().chunks(64) {
+            let m = ch.iter().sum::<f32>() / 64.0;
+            let v = ch.iter().map(|c| (c - m) * (c - m)).sum::<f32>() / 64.0;
+            assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-4, "{m} {v}");
+        }
+        // A flat plane stays finite.
+        let flat = standardise_planes(&Tensor::new(vec![0.3; 3 * 8 * 8], &[1, 3, 8, 8]).unwrap());
+        assert!(flat.f32s().iter().all(|v| *v == 0.0));
+        assert_eq!("per-image".parse::<InputNorm>(), Ok(InputNorm::PerImage));
+        assert!("none".parse::<InputNorm>().is_err());
+    }
+
+    /// A projected tap is the unprojected tap's features times its fixed Gaussian matrix.
+    #[test]
+    fn a_projected_tap_is_the_plain_tap_times_its_matrix() {
+        let w =
+            crate::models::efficientnet::default_weights_dir().join(Backbone::Lite0.weights_file());
+        if !w.is_file() {
+            eprintln!("skipped: no {}", w.display());
+            return;
+        }
+        let net = Arc::new(EfficientNetLite::load(&w).unwrap());
+        let small = |taps: &[&str]| FeatureSpec {
+            input_size: 64,
+            ..spec(taps)
+        };
+        let plain =
+            FeatureExtractor::new(net.clone(), small(&["blocks.4", "blocks.4.dw"])).unwrap();
+        let proj =
+            FeatureExtractor::new(net.clone(), small(&["blocks.4", "blocks.4.dw:16"])).unwrap();
+        assert_eq!((plain.dim(), proj.dim()), (280, 56));
+        let mut r = crate::rng::Rng::new(1);
+        let x = Tensor::new(
+            (0..3 * 64 * 64).map(|_| r.range(-1.0, 1.0)).collect(),
+            &[1, 3, 64, 64],
+        )
+        .unwrap();
+        let (a, b) = (plain.extract(&x).unwrap(), proj.extract(&x).unwrap());
+        let m = random_projection_matrix(240, 16, projection_seed(1));
+        let (av, bv) = (a.f32s(), b.f32s());
+        for p in 0..64 {
+            let row = &av[p * 280..(p + 1) * 280];
+            // The unprojected tap's columns are kept as they are.
+            assert_eq!(&bv[p * 56..p * 56 + 40], &row[..40]);
+            for j in 0..16 {
+                let want: f32 = (0..240).map(|i| row[40 + i] * m[i * 16 + j]).sum();
+                let got = bv[p * 56 + 40 + j];
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{got} vs {want}"
+                );
+            }
+        }
+        // The matrix is fixed by the spec: a second extractor gives the same features.
+        let again = FeatureExtractor::new(net, small(&["blocks.4", "blocks.4.dw:16"])).unwrap();
+        assert_eq!(again.extract(&x).unwrap().max_abs_diff(&b).unwrap(), 0.0);
     }
 }

@@ -450,16 +450,13 @@ impl ModelConfig {
             INPUT_SIZE.0,
             INPUT_SIZE.1,
         )?;
+        // TF-SAME padding takes any size; a multiple of 4 admits every Lite's native size
+        // (224, 240, 260) and keeps odd sizes out.
         require(
             path,
             "features.input_size",
-            f.input_size.is_multiple_of(32),
-            || {
-                format!(
-                    "{} is not a multiple of 32 (the backbone's stride)",
-                    f.input_size
-                )
-            },
+            f.input_size.is_multiple_of(4),
+            || format!("{} is not a multiple of 4", f.input_size),
         )?;
         in_range(path, "features.pool", f.pool, 1, POOL_MAX)?;
         require(path, "features.pool", !f.pool.is_multiple_of(2), || {

@@ -111,14 +111,65 @@ impl Backbone {
 
     /// Output channels of each tap, and its stride relative to the input.
     pub fn tap_channels_and_stride(self, tap: &str) -> Option<(usize, usize)> {
-        if tap == "stem" {
-            return Some((STEM_CHANNELS, 2));
-        }
-        let n: usize = tap.strip_prefix("blocks.")?.parse().ok()?;
         let specs = block_specs(self);
-        let spec = specs.get(n).copied()?;
-        let stride: usize = 2 * specs[..=n].iter().map(|b| b.stride).product::<usize>();
-        Some((spec.c_out, stride))
+        // Stride of block n's output (the stem halves the input).
+        let stride_after = |n: usize| 2 * specs[..=n].iter().map(|b| b.stride).product::<usize>();
+        match TapPoint::parse(tap)? {
+            TapPoint::Stem => Some((STEM_CHANNELS, 2)),
+            TapPoint::Block(n) => Some((specs.get(n)?.c_out, stride_after(n))),
+            // The expand conv is 1x1/1: it runs at the block's input resolution.
+            TapPoint::Expand(n) => {
+                let b = specs.get(n)?;
+                let stride_in = if n == 0 { 2 } else { stride_after(n - 1) };
+                (b.expand != 1).then_some((b.c_in * b.expand, stride_in))
+            }
+            TapPoint::Depthwise(n) => {
+                let b = specs.get(n)?;
+                Some((b.c_in * b.expand, stride_after(n)))
+            }
+        }
+    }
+}
+
+/// Where a tap reads inside the network. Block outputs (`blocks.N`) are the narrow linear
+/// bottlenecks; the two inner points of an inverted-residual block are its wide expanded
+/// activations (ReLU6, `expand` x the block's input channels): `blocks.N.expand` after the 1x1
+/// expand conv (at the block's input resolution; absent in blocks with expand ratio 1) and
+/// `blocks.N.dw` after the depthwise conv (at its output resolution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapPoint {
+    Stem,
+    Block(usize),
+    Expand(usize),
+    Depthwise(usize),
+}
+
+impl TapPoint {
+    /// `stem`, `blocks.N`, `blocks.N.expand` or `blocks.N.dw` (the block index unchecked).
+    pub fn parse(tap: &str) -> Option<TapPoint> {
+        if tap == "stem" {
+            return Some(TapPoint::Stem);
+        }
+        let rest = tap.strip_prefix("blocks.")?;
+        let (n, inner) = match rest.split_once('.') {
+            Some((n, inner)) => (n, Some(inner)),
+            None => (rest, None),
+        };
+        let n: usize = n.parse().ok()?;
+        match inner {
+            None => Some(TapPoint::Block(n)),
+            Some("expand") => Some(TapPoint::Expand(n)),
+            Some("dw") => Some(TapPoint::Depthwise(n)),
+            Some(_) => None,
+        }
+    }
+
+    /// The block this point lies in (`None`: the stem).
+    pub fn block(self) -> Option<usize> {
+        match self {
+            TapPoint::Stem => None,
+            TapPoint::Block(n) | TapPoint::Expand(n) | TapPoint::Depthwise(n) => Some(n),
+        }
     }
 }
 
@@ -485,20 +536,23 @@ impl EfficientNetLite {
         let n_blocks = self.blocks.len();
         let mut depth = None::<usize>; // deepest block needed
         for t in taps {
-            match *t {
-                "stem" => {}
-                _ => match t
-                    .strip_prefix("blocks.")
-                    .and_then(|n| n.parse::<usize>().ok())
-                {
-                    Some(n) if n < n_blocks => depth = Some(depth.map_or(n, |d: usize| d.max(n))),
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "unknown tap '{t}' (use stem or blocks.0..blocks.{})",
-                            n_blocks - 1
-                        )));
+            let point = TapPoint::parse(t).filter(|p| {
+                let n = p.block();
+                n.is_none_or(|n| n < n_blocks)
+                    && !matches!(p, TapPoint::Expand(n) if self.blocks[*n].expand.is_none())
+            });
+            match point {
+                Some(p) => {
+                    if let Some(n) = p.block() {
+                        depth = Some(depth.map_or(n, |d: usize| d.max(n)));
                     }
-                },
+                }
+                None => {
+                    return Err(Error::invalid(format!(
+                        "unknown tap '{t}' (use stem, blocks.N, blocks.N.expand or blocks.N.dw \
+                         with N in 0..{n_blocks}; blocks.N.expand only where the block expands)"
+                    )));
+                }
             }
         }
         let mut out: Vec<Option<Tensor>> = vec![None; taps.len()];
@@ -544,7 +598,8 @@ impl EfficientNetLite {
     }
 
     /// The pass itself. Stops after block `stop_after` when given (returning no logits);
-    /// calls `tap(name, values, [B, C, h, w])` after the stem and after every block.
+    /// calls `tap(name, values, [B, C, h, w])` after the stem, after every block and at the
+    /// two inner points of every block ([`TapPoint`]).
     fn run(&self, x: &Tensor, stop_after: Option<usize>, tap: TapFn<'_>) -> Result<Option<Tensor>> {
         let batch = x.dim(0);
         let (mut cur, mut h, mut w) = self.stem.run(&x.f32s(), batch, x.dim(2), x.dim(3));
@@ -555,11 +610,18 @@ impl EfficientNetLite {
                 Some(e) => {
                     let (v, eh, ew) = e.run(&cur, batch, h, w);
                     expanded = v;
+                    tap(
+                        &format!("blocks.{i}.expand"),
+                        &expanded,
+                        [batch, e.c_out, eh, ew],
+                    );
                     (&expanded[..], eh, ew)
                 }
                 None => (&cur[..], h, w),
             };
             let (dw, dh, dww) = b.depthwise.run(input, batch, eh, ew);
+            let c_mid = b.depthwise.c_out;
+            tap(&format!("blocks.{i}.dw"), &dw, [batch, c_mid, dh, dww]);
             let (mut y, ph, pw) = b.project.run(&dw, batch, dh, dww);
             if b.skip {
                 y.iter_mut().zip(&cur).for_each(|(a, r)| *a += r);
@@ -661,6 +723,76 @@ mod tests {
             p("/home/u/.cache/pmad/weights")
         );
         assert_eq!(weights_dir_from(None, gone, None, None), p("weights"));
+    }
+
+    /// Lite0 with random weights (BN near identity), for tests of the pass's plumbing.
+    fn random_lite0() -> EfficientNetLite {
+        EfficientNetLite::from_source(|name, shape| {
+            let n: usize = shape.iter().product();
+            let mut r = crate::rng::Rng::new(n as u64 ^ name.len() as u64);
+            let v = if name.ends_with("running_var") {
+                vec![1.0; n]
+            } else if name.ends_with("running_mean") || name.ends_with("bn0.bias") {
+                vec![0.0; n]
+            } else {
+                (0..n).map(|_| r.range(-0.3, 0.3)).collect()
+            };
+            Tensor::new(v, shape)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn inner_taps_are_the_blocks_expanded_activations() {
+        let net = random_lite0();
+        let mut r = crate::rng::Rng::new(5);
+        let x = Tensor::new(
+            (0..3 * 64 * 64).map(|_| r.range(-1.0, 1.0)).collect(),
+            &[1, 3, 64, 64],
+        )
+        .unwrap();
+        let names = ["blocks.3", "blocks.4.expand", "blocks.4.dw", "blocks.4"];
+        let taps = net.forward_taps(&x, &names).unwrap();
+        // Shapes as the spec reports them (stride relative to the 64 px input).
+        for (name, t) in &taps {
+            let (c, stride) = Backbone::Lite0.tap_channels_and_stride(name).unwrap();
+            assert_eq!(t.shape(), &[1, c, 64 / stride, 64 / stride], "{name}");
+        }
+        assert_eq!(
+            Backbone::Lite0.tap_channels_and_stride("blocks.4.dw"),
+            Some((240, 8))
+        );
+        assert_eq!(
+            Backbone::Lite0.tap_channels_and_stride("blocks.3.expand"),
+            Some((144, 4))
+        );
+        // The math: blocks.4.dw = depthwise(blocks.4.expand); blocks.4 = project(dw) + blocks.3.
+        let b = &net.blocks[4];
+        let (h, w) = (taps[1].1.dim(2), taps[1].1.dim(3));
+        let (dw, dh, dww) = b.depthwise.run(&taps[1].1.f32s(), 1, h, w);
+        let want_dw = Tensor::new(dw.clone(), &[1, 240, dh, dww]).unwrap();
+        assert_eq!(taps[2].1.max_abs_diff(&want_dw).unwrap(), 0.0);
+        let (mut y, _, _) = b.project.run(&dw, 1, dh, dww);
+        assert!(b.skip);
+        y.iter_mut()
+            .zip(taps[0].1.f32s().iter())
+            .for_each(|(a, r)| *a += r);
+        let want_out = Tensor::new(y, &[1, 40, dh, dww]).unwrap();
+        assert_eq!(taps[3].1.max_abs_diff(&want_out).unwrap(), 0.0);
+        // Block 0 has no expand conv (ratio 1); unknown inner names are errors.
+        assert_eq!(
+            Backbone::Lite0.tap_channels_and_stride("blocks.0.expand"),
+            None
+        );
+        for bad in [
+            "blocks.0.expand",
+            "blocks.4.foo",
+            "blocks.16.dw",
+            "blocks.x.dw",
+        ] {
+            let e = net.forward_taps(&x, &[bad]).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
     }
 
     /// The derived block lists, against the shapes read from the released checkpoints.

@@ -90,7 +90,7 @@ pub enum Error {
     /// A model directory (its `model.json`) of a format version this pmad cannot read.
     #[error(
         "{}: field 'format_version': model format version {found} is not supported by this \
-         pmad (expects {supported}); retrain or use a matching pmad",
+         pmad (it reads versions 1 to {supported}); retrain or use a matching pmad",
         path.display()
     )]
     ModelVersion {
@@ -98,7 +98,7 @@ pub enum Error {
         path: PathBuf,
         /// The version found (`missing`, a number, or the wrong JSON value).
         found: String,
-        /// The version this pmad reads.
+        /// The newest version this pmad reads (it reads every version from 1 up to it).
         supported: u32,
     },
     /// An image that cannot be used: a file that does not decode, a buffer shorter than its

@@ -155,6 +155,19 @@ fn a_model_is_trained_from_a_config_file_alone() {
     assert_eq!(cfg["features"]["taps"][1].as_str(), Some("blocks.10.dw:32"));
     assert_eq!(cfg["features"]["pool"].as_u64(), Some(1));
     assert_eq!(cfg["features"]["input_norm"].as_str(), Some("per-image"));
+    // Per-image normalisation and an inner projected tap need format 2: an older pmad
+    // (which reads 1 only) refuses the model instead of ignoring `input_norm`.
+    assert_eq!(cfg["format_version"].as_u64(), Some(2));
+    // Stamped 1 over these features, the file is refused, naming the field.
+    let mut v1 = cfg.clone();
+    v1["format_version"] = 1.into();
+    let e = pmad::detector::model_dir::parse_config(v1.to_string().as_bytes(), "m.json".as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("format_version") && e.contains("need version 2"),
+        "{e}"
+    );
     // The bank has the spec's dimension: 40 (blocks.4) + 32 (the projected tap).
     let bank = std::fs::read_dir(model.join("classes/synth_fabric"))
         .unwrap()

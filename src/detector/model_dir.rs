@@ -23,8 +23,16 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Bumped whenever the directory layout or a file's meaning changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest `model.json` format this pmad reads and writes; bumped whenever the directory
+/// layout or a file's meaning changes. Version 2 adds what a version-1 reader would misread
+/// or silently ignore: per-image input normalisation, inner (`blocks.N.expand`/`.dw`) and
+/// projected (`NAME:DIM`) taps.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this pmad still reads. A model is written with the lowest version that
+/// can hold it ([`ModelConfig::required_format_version`]), so a model that uses nothing of
+/// version 2 stays readable by an older pmad, and one that does is refused by it with a
+/// version message instead of being scored wrongly.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 pub const CONFIG_FILE: &str = "model.json";
 pub const FLOW_FILE: &str = "flow.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.safetensors";
@@ -336,7 +344,11 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelConfig> {
         .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
     let v = match raw.get("format_version") {
         None => "missing".to_string(),
-        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(FORMAT_VERSION as u64) => {
+        Some(serde_json::Value::Number(n))
+            if n.as_u64().is_some_and(|v| {
+                (MIN_FORMAT_VERSION as u64..=FORMAT_VERSION as u64).contains(&v)
+            }) =>
+        {
             String::new()
         }
         Some(serde_json::Value::Number(n)) => n.to_string(),
@@ -353,6 +365,14 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelConfig> {
         .map_err(|e| Error::format(path, format!("invalid model config: {e}")))?;
     config.check(path)?;
     Ok(config)
+}
+
+/// Writes `config` as the `model.json` at `path` (atomically), stamped with the lowest
+/// format version that holds it.
+pub fn write_config(path: &Path, config: &ModelConfig) -> Result<()> {
+    let mut stamped = config.clone();
+    stamped.format_version = config.required_format_version();
+    write_json(path, &stamped)
 }
 
 /// Parses and checks the bytes of a `class.json` (`path` names it in errors).
@@ -431,6 +451,22 @@ pub mod limits {
 }
 
 impl ModelConfig {
+    /// The lowest `model.json` format version that can hold this config: 2 when it uses
+    /// per-image input normalisation or an inner or projected tap (a version-1 reader would
+    /// ignore the first and refuse the others by their names), else 1.
+    pub fn required_format_version(&self) -> u32 {
+        let f = &self.features;
+        let new_taps = f
+            .taps
+            .iter()
+            .any(|t| t.contains(':') || t.ends_with(".expand") || t.ends_with(".dw"));
+        if f.input_norm != crate::detector::features::InputNorm::Imagenet || new_taps {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Range-checks every number (the message names `path` and the field). Allocation sizes
     /// derived from the config are bounded by [`limits`].
     pub fn check(&self, path: &Path) -> Result<()> {
@@ -550,6 +586,19 @@ impl ModelConfig {
                     format!("{} where recon.vit.vocab is {}", r.vocab, r.vit.vocab),
                 ));
             }
+        }
+        // Last, so that a field's own range error is named first.
+        let need = self.required_format_version();
+        if self.format_version < need {
+            return Err(field_error(
+                path,
+                "format_version",
+                format!(
+                    "{} cannot hold this model's features (per-image input normalisation or \
+                     inner/projected taps need version {need})",
+                    self.format_version
+                ),
+            ));
         }
         Ok(())
     }
@@ -702,5 +751,35 @@ pub fn check_class_name(class: &str) -> Result<()> {
         Err(Error::invalid(format!(
             "invalid class name '{class}' (letters, digits, _ and - only)"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::features::InputNorm;
+
+    /// A model that uses nothing of format 2 is written as format 1 (older pmad reads it);
+    /// one that does is written as 2, and both read back.
+    #[test]
+    fn models_are_stamped_with_the_lowest_version_that_holds_them() {
+        let dir = std::env::temp_dir().join(format!("pmad-format-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(CONFIG_FILE);
+        let plain = ModelConfig::default();
+        assert_eq!(plain.required_format_version(), 1);
+        let mut per_image = ModelConfig::default();
+        per_image.features.input_norm = InputNorm::PerImage;
+        let mut inner = ModelConfig::default();
+        inner.features.taps = vec!["blocks.4".into(), "blocks.10.dw:64".into()];
+        for (config, want) in [(plain, 1), (per_image, 2), (inner, 2)] {
+            write_config(&path, &config).unwrap();
+            let raw: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(raw["format_version"].as_u64(), Some(want));
+            let back = read_config(&dir).unwrap();
+            assert_eq!(back.features.input_norm, config.features.input_norm);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -163,7 +163,7 @@ impl Detector {
         }
         config.check(&dir.join(md::CONFIG_FILE))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        md::write_json(&dir.join(md::CONFIG_FILE), config)
+        md::write_config(&dir.join(md::CONFIG_FILE), config)
     }
 
     /// Opens a model directory. `backbone` defaults to the fetched weights of the model's
@@ -302,7 +302,7 @@ impl Detector {
         crate::fault::point("train.flow-saved");
         self.config.flow =
             Some(serde_json::to_value(&flow.config).map_err(|e| Error::invalid(e.to_string()))?);
-        md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
+        md::write_config(&self.dir.join(md::CONFIG_FILE), &self.config)?;
         self.cond = positional_encoding(self.features.grid(), flow.config.cond_dim);
         self.flow = Some(flow);
         Ok(())
@@ -323,7 +323,7 @@ impl Detector {
             None
         };
         self.config.recon = Some(recon);
-        md::write_json(&self.dir.join(md::CONFIG_FILE), &self.config)?;
+        md::write_config(&self.dir.join(md::CONFIG_FILE), &self.config)?;
         self.vit = Some(vit);
         Ok(())
     }

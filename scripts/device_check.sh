@@ -2,7 +2,8 @@
 # The GPU check, run on the GPU machine from the binaries of scripts/device_kit.sh (no cargo,
 # no network), in well under 8 minutes. Writes ONE results file, $OUT/device_results.md
 # (./device-results/ when $OUT is unset), plus the raw logs beside it:
-#   1. every CUDA parity test (kernels vs CPU references, ViT end to end vs the CPU model);
+#   1. every CUDA parity test (kernels vs CPU references, ViT end to end vs the CPU model) and
+#      the Detector end to end, CPU vs CUDA (bin/cuda_e2e);
 #   2. kernel timings (criterion: bin/cuda_kernels);
 #   3. `pmad inspect` images/s at batch 1 and 64, --device cuda and cpu;
 #   4. the same operations in PyTorch on that machine (SDPA attention, cdist + argmin, the
@@ -54,6 +55,12 @@ timeout 180 "$KIT/bin/cuda_parity" --test-threads 1 --nocapture > "$OUTDIR/parit
 rc=$?; [ "$rc" = 0 ] || failed=1
 echo "exit status $rc in $(( $(date +%s) - t0 )) s" >> "$RES"
 grep -E "^(test |ok |skipped|.*: n=|.*FAILED|.*panicked|test result)" "$OUTDIR/parity.log" >> "$RES"
+# The whole Detector, CPU vs CUDA (scores, maps, verdicts): what CI runs on the emulator.
+t0=$(date +%s)
+PMAD_TEST_TMPDIR="$OUTDIR/e2e-tmp" timeout 120 "$KIT/bin/cuda_e2e" --test-threads 1 --nocapture > "$OUTDIR/e2e.log" 2>&1
+rc=$?; [ "$rc" = 0 ] || failed=1
+echo "cuda_e2e: exit status $rc in $(( $(date +%s) - t0 )) s" >> "$RES"
+grep -E "^(test |device:|skipped|.*largest|.*max|.*FAILED|.*panicked|test result)" "$OUTDIR/e2e.log" >> "$RES"
 endsection
 
 # 2. Kernel timings.

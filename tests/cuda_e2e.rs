@@ -67,7 +67,11 @@ fn inspect_cpu_vs_cuda() {
         return;
     }
     // Data: one synthetic class, 96 px images.
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda-e2e");
+    // PMAD_TEST_TMPDIR: the device kit runs this binary on a machine without the build tree.
+    let tmp = std::env::var_os("PMAD_TEST_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+    let base = tmp.join("cuda-e2e");
     let _ = std::fs::remove_dir_all(&base);
     let data = base.join("mv");
     let cfg = pmad::data::SynthConfig {

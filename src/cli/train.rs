@@ -71,7 +71,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     pub pool: usize,
     /// Input normalisation: imagenet (the backbone's own) | per-image (then each image's
-    /// channels standardised, so global brightness and contrast do not move the features).
+    /// channels standardised, so global brightness and contrast do not move the features) |
+    /// both (the two views' features side by side: twice the dimension and backbone work).
     #[arg(long, default_value = "imagenet")]
     pub input_norm: pmad::detector::features::InputNorm,
     /// Flow training epochs over the seen classes' out-of-bank residuals (0: no flow).

@@ -93,8 +93,8 @@ impl CudaFeatures {
         let spec = features.spec();
         if spec.input_norm != crate::detector::features::InputNorm::Imagenet {
             return Err(CudaError::Invalid(
-                "GPU features: input normalisation 'per-image' is not supported on the GPU; use \
-                 --device cpu"
+                "GPU features: only the 'imagenet' input normalisation runs on the GPU \
+                 ('per-image' and 'both' do not); use --device cpu"
                     .into(),
             ));
         }

@@ -51,6 +51,19 @@ pub enum InputNorm {
     /// Then each image's channels standardised to mean 0 and std 1 over the image: a global
     /// change of brightness or contrast (lighting, exposure) no longer moves the features.
     PerImage,
+    /// Both views side by side: each patch's feature is its ImageNet-normalised feature
+    /// followed by its per-image-standardised one (twice the dimension and backbone work).
+    Both,
+}
+
+impl InputNorm {
+    /// Backbone passes (views) per image.
+    pub fn views(self) -> usize {
+        match self {
+            InputNorm::Both => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl std::str::FromStr for InputNorm {
@@ -59,8 +72,9 @@ impl std::str::FromStr for InputNorm {
         match s {
             "imagenet" => Ok(InputNorm::Imagenet),
             "per-image" => Ok(InputNorm::PerImage),
+            "both" => Ok(InputNorm::Both),
             _ => Err(format!(
-                "unknown input normalisation '{s}' (imagenet | per-image)"
+                "unknown input normalisation '{s}' (imagenet | per-image | both)"
             )),
         }
     }
@@ -111,6 +125,7 @@ impl FeatureSpec {
             grid.get_or_insert(self.input_size.div_ceil(stride));
         }
         let grid = grid.ok_or_else(|| Error::invalid("no backbone taps configured"))?;
+        let dim = dim * self.input_norm.views();
         if self.pool.is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "pool window must be odd, got {}",
@@ -235,16 +250,32 @@ impl FeatureExtractor {
             .iter()
             .map(|t| split_tap(t).map(|(point, _)| point))
             .collect::<Result<_>>()?;
-        let standardised;
-        let x = match self.spec.input_norm {
-            InputNorm::Imagenet => x,
-            InputNorm::PerImage => {
-                standardised = standardise_planes(x);
-                &standardised
+        match self.spec.input_norm {
+            InputNorm::Imagenet => self.extract_view(x, &taps),
+            InputNorm::PerImage => self.extract_view(&standardise_planes(x), &taps),
+            InputNorm::Both => {
+                let a = self.extract_view(x, &taps)?.into_f32_vec();
+                let b = self
+                    .extract_view(&standardise_planes(x), &taps)?
+                    .into_f32_vec();
+                let (half, rows) = (self.dim / 2, x.dim(0) * self.grid * self.grid);
+                let mut out = Vec::with_capacity(rows * self.dim);
+                for (ra, rb) in a.chunks_exact(half).zip(b.chunks_exact(half)) {
+                    out.extend_from_slice(ra);
+                    out.extend_from_slice(rb);
+                }
+                Ok(Tensor::from_parts(
+                    out,
+                    vec![x.dim(0), self.grid * self.grid, self.dim],
+                ))
             }
-        };
-        let maps = self.net.forward_taps(x, &taps)?;
-        let (b, g, dim) = (x.dim(0), self.grid, self.dim);
+        }
+    }
+
+    /// One view's features `[B, grid², dim / views]` of the (normalised) input `x`.
+    fn extract_view(&self, x: &Tensor, taps: &[&str]) -> Result<Tensor> {
+        let maps = self.net.forward_taps(x, taps)?;
+        let (b, g, dim) = (x.dim(0), self.grid, self.dim / self.spec.input_norm.views());
         let mut out = vec![0.0f32; b * g * g * dim];
         let mut c_off = 0;
         for ((_, m), proj) in maps.iter().zip(self.projections.iter()) {
@@ -425,5 +456,49 @@ mod tests {
         // The matrix is fixed by the spec: a second extractor gives the same features.
         let again = FeatureExtractor::new(net, small(&["blocks.4", "blocks.4.dw:16"])).unwrap();
         assert_eq!(again.extract(&x).unwrap().max_abs_diff(&b).unwrap(), 0.0);
+    }
+
+    /// `both`: each patch row is the `imagenet` row followed by the `per-image` row.
+    #[test]
+    fn both_views_are_the_two_single_views_side_by_side() {
+        let w =
+            crate::models::efficientnet::default_weights_dir().join(Backbone::Lite0.weights_file());
+        if !w.is_file() {
+            eprintln!("skipped: no {}", w.display());
+            return;
+        }
+        let net = Arc::new(EfficientNetLite::load(&w).unwrap());
+        let with = |norm| FeatureSpec {
+            input_size: 64,
+            input_norm: norm,
+            ..spec(&["blocks.4", "blocks.10"])
+        };
+        let ex = |norm| FeatureExtractor::new(net.clone(), with(norm)).unwrap();
+        let (a, b, both) = (
+            ex(InputNorm::Imagenet),
+            ex(InputNorm::PerImage),
+            ex(InputNorm::Both),
+        );
+        assert_eq!((a.dim(), b.dim(), both.dim()), (152, 152, 304));
+        assert_eq!(with(InputNorm::Both).geometry().unwrap(), (8, 304));
+        let mut r = crate::rng::Rng::new(3);
+        let x = Tensor::new(
+            (0..2 * 3 * 64 * 64).map(|_| r.range(-2.0, 0.5)).collect(),
+            &[2, 3, 64, 64],
+        )
+        .unwrap();
+        let (fa, fb, f2) = (
+            a.extract(&x).unwrap(),
+            b.extract(&x).unwrap(),
+            both.extract(&x).unwrap(),
+        );
+        assert_eq!(f2.shape(), &[2, 64, 304]);
+        for p in 0..2 * 64 {
+            let row = &f2.f32s()[p * 304..(p + 1) * 304];
+            assert_eq!(&row[..152], &fa.f32s()[p * 152..(p + 1) * 152]);
+            assert_eq!(&row[152..], &fb.f32s()[p * 152..(p + 1) * 152]);
+        }
+        assert_ne!(fa.f32s(), fb.f32s());
+        assert_eq!("both".parse::<InputNorm>(), Ok(InputNorm::Both));
     }
 }

@@ -26,10 +26,11 @@ mod cuda;
 
 pub use cuda::{CudaBackend, DeviceBank};
 
+use crate::detector::pipeline::ClassModel;
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
 use crate::error::Result;
-use crate::ops::nn_search::{BankIndex, Nearest};
+use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;
 use crate::tensor::Tensor;
 
@@ -76,19 +77,12 @@ impl Backend {
     }
 
     /// Exact nearest prototype of every row of `feats` in a class's bank (`[P, dim]`): the
-    /// CPU searches through the bank's index, the GPU scans its device copy (`on_device`,
-    /// owned by the class model and uploaded on first use).
-    pub fn nearest(
-        &self,
-        bank: &[f32],
-        index: &BankIndex,
-        on_device: &DeviceBank,
-        feats: &[f32],
-        dim: usize,
-    ) -> Result<Nearest> {
+    /// CPU searches through the bank's index (built on its first search), the GPU scans its
+    /// device copy (owned by the class model and uploaded on first use).
+    pub fn nearest(&self, class: &ClassModel, feats: &[f32], dim: usize) -> Result<Nearest> {
         match self {
-            Backend::Cpu => Ok(index.nearest(feats)),
-            Backend::Cuda(gpu) => gpu.nearest(bank, on_device, feats, dim),
+            Backend::Cpu => Ok(class.search_index(dim).nearest(feats)),
+            Backend::Cuda(gpu) => gpu.nearest(&class.bank, &class.on_device, feats, dim),
         }
     }
 

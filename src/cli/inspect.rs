@@ -375,17 +375,13 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let model = det.class(&args.class)?;
     if args.timings {
         let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+        let dim = det.features().dim();
         eprintln!(
-            "inspect: class {} loaded in {:.3} s: bank {} x {} ({:.1} MiB), search index {} \
-             clusters ({:.1} MiB) built in {:.3} s",
+            "inspect: class {} loaded in {:.3} s: bank {} x {dim} ({:.1} MiB)",
             args.class,
             load_start.elapsed().as_secs_f64(),
-            model.index.len(),
-            model.index.dim(),
+            model.bank.len() / dim,
             mib(model.bank.len() * std::mem::size_of::<f32>()),
-            model.index.num_clusters(),
-            mib(model.index.memory_bytes()),
-            model.index.build_time().as_secs_f64(),
         );
     }
     let info = &model.info;
@@ -463,6 +459,17 @@ pub fn run(args: InspectArgs) -> Result<()> {
             args.device.name(),
             paths.len() as f64 / secs
         );
+        let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+        match model.built_index() {
+            Some(ix) => eprintln!(
+                "inspect: search index {} clusters ({:.1} MiB), built in {:.3} s on the first \
+                 CPU search",
+                ix.num_clusters(),
+                mib(ix.memory_bytes()),
+                ix.build_time().as_secs_f64(),
+            ),
+            None => eprintln!("inspect: no search index built (the GPU scans the bank)"),
+        }
     }
     if failed > 0 {
         return Err(Error::invalid(format!(

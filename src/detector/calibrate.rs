@@ -30,7 +30,6 @@
 //! The same out-of-fold maps give the pixel thresholds of the defect masks: a high quantile
 //! ([`PIXEL_THRESHOLD_QUANTILE`]) of a deterministic sample of their pixels.
 
-use crate::backend::DeviceBank;
 use crate::detector::coreset::{CoresetConfig, select_coreset, select_coreset_of_size};
 use crate::detector::model_dir::ClassInfo;
 use crate::detector::normal_images::{NormalImage, load_inputs, name_image};
@@ -214,16 +213,11 @@ impl Detector {
         let mut scores = Vec::new();
         for fold in 0..scored {
             let (bank, index) = self.fold_bank(Some(full), feats, &folds, fold);
-            let model = ClassModel {
-                info: ClassInfo {
-                    name: class.to_string(),
-                    ..ClassInfo::default()
-                },
-                bank,
-                index,
-                source_image: None,
-                on_device: DeviceBank::default(),
+            let info = ClassInfo {
+                name: class.to_string(),
+                ..ClassInfo::default()
             };
+            let model = ClassModel::new(info, bank, index, None);
             let f = rows_of(feats, row, &folds, fold, true);
             scores.extend(self.distance_image_scores(&model, &f)?);
         }
@@ -262,17 +256,11 @@ impl Detector {
         let mut done = 0;
         for fold in 0..scored {
             let (bank, index) = self.fold_bank(full, feats, &folds, fold);
-            let model = ClassModel {
-                info: info.clone(),
-                bank,
-                index,
-                source_image: None,
-                on_device: DeviceBank::default(),
-            };
+            let model = ClassModel::new(info.clone(), bank, index, None);
             let members: Vec<usize> = (0..n).filter(|&i| folds[i] == fold).collect();
             let fold_feats = rows_of(feats, row, &folds, fold, true);
             if fold == 0 {
-                residuals = self.residuals_to(&model.bank, &model.index, &fold_feats);
+                residuals = self.residuals_to(&model.bank, model.search_index(dim), &fold_feats);
             }
             for (ci, chunk) in members.chunks(BATCH).enumerate() {
                 let chunk_images: Vec<NormalImage> = chunk.iter().map(|&i| images[i]).collect();

@@ -10,7 +10,7 @@ use crate::detector::model_dir::{self as md, ClassInfo};
 use crate::detector::pipeline::Detector;
 use crate::error::Result;
 use crate::ops::nn_search::{BankIndex, IndexParams};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, OnceLock, PoisonError};
 
 /// A registered class, loaded.
 #[derive(Clone)]
@@ -19,15 +19,63 @@ pub struct ClassModel {
     pub info: ClassInfo,
     /// Prototype bank `[P, D]`.
     pub bank: Vec<f32>,
-    /// The bank prepared for exact nearest-prototype search (built at registration; its
-    /// k-means centroids are saved beside the bank so loading skips k-means).
-    pub index: BankIndex,
+    /// The bank prepared for exact nearest-prototype search on the CPU (built at
+    /// registration; its k-means centroids are saved beside the bank so loading skips
+    /// k-means). A loaded class builds it on its first CPU search: a GPU backend scans the
+    /// bank itself and never pays for it.
+    index: LazyIndex,
     /// The normal image (in registration order) each prototype was taken from (stored beside
     /// the bank; `None` for classes registered by an older pmad): a recalibration (after
     /// `train` installed a flow or ViT) builds its fold banks from it, as `register` did.
     pub source_image: Option<Vec<u32>>,
     /// The bank's copy on the scoring device (uploaded on first use; empty on the CPU).
     pub(crate) on_device: DeviceBank,
+}
+
+/// A [`BankIndex`] built on first use from the bank and its stored centroids.
+#[derive(Clone)]
+struct LazyIndex {
+    built: OnceLock<BankIndex>,
+    /// The k-means centroids stored with the bank (`None`: older pmad; k-means runs).
+    centroids: Option<Vec<f32>>,
+}
+
+impl ClassModel {
+    /// A class whose search index is already built (registration, calibration folds).
+    pub(crate) fn new(
+        info: ClassInfo,
+        bank: Vec<f32>,
+        index: BankIndex,
+        source_image: Option<Vec<u32>>,
+    ) -> ClassModel {
+        ClassModel {
+            info,
+            bank,
+            index: LazyIndex {
+                built: OnceLock::from(index),
+                centroids: None,
+            },
+            source_image,
+            on_device: DeviceBank::default(),
+        }
+    }
+
+    /// The bank's exact-search index, built now if this is its first use (see the field).
+    pub fn search_index(&self, dim: usize) -> &BankIndex {
+        self.index
+            .built
+            .get_or_init(|| match &self.index.centroids {
+                Some(c) => {
+                    BankIndex::with_centroids(&self.bank, dim, c, IndexParams::default().proj_dim)
+                }
+                None => BankIndex::build(&self.bank, dim),
+            })
+    }
+
+    /// The index if it has been built (a GPU-only class never builds one).
+    pub fn built_index(&self) -> Option<&BankIndex> {
+        self.index.built.get()
+    }
 }
 
 impl Detector {
@@ -53,20 +101,16 @@ impl Detector {
         let mut map = self.classes.write().unwrap_or_else(PoisonError::into_inner);
         Ok(map.entry(class.to_string()).or_insert(model).clone())
     }
-    /// Reads a stored class and prepares its search index.
+    /// Reads a stored class; its search index is built on the first CPU search.
     fn load_class(&self, class: &str) -> Result<ClassModel> {
-        let dim = self.features.dim();
-        let stored = class_store::load(&self.dir, class, dim)?;
-        let index = match &stored.centroids {
-            Some(c) => {
-                BankIndex::with_centroids(&stored.bank, dim, c, IndexParams::default().proj_dim)
-            }
-            None => BankIndex::build(&stored.bank, dim),
-        };
+        let stored = class_store::load(&self.dir, class, self.features.dim())?;
         Ok(ClassModel {
             info: stored.info,
             bank: stored.bank,
-            index,
+            index: LazyIndex {
+                built: OnceLock::new(),
+                centroids: stored.centroids,
+            },
             source_image: stored.source_image,
             on_device: DeviceBank::default(),
         })

@@ -35,8 +35,7 @@ impl Detector {
     /// Exact nearest prototype of each feature row, on the scoring device.
     fn nearest(&self, model: &ClassModel, feats: &[f32]) -> Result<Nearest> {
         let dim = self.features.dim();
-        self.backend
-            .nearest(&model.bank, &model.index, &model.on_device, feats, dim)
+        self.backend.nearest(model, feats, dim)
     }
     /// Per-patch abnormality of the features `[n * grid², dim]` of `n` whole images (one
     /// search for all of them: the index amortises better over many queries).

@@ -6,7 +6,6 @@
 
 #![warn(missing_docs)]
 
-use crate::backend::DeviceBank;
 use crate::data::image::RgbImage;
 use crate::data::view::ImageView;
 use crate::detector::augment::Augment;
@@ -239,8 +238,8 @@ impl Detector {
             let a = self.augmented_bank(class, &images, &pool, candidates)?;
             (a.bank, a.index, a.source_image, a.trials)
         };
-        let mut model = ClassModel {
-            info: ClassInfo {
+        let mut model = ClassModel::new(
+            ClassInfo {
                 name: class.to_string(),
                 n_train_images: images.len(),
                 n_prototypes: bank.len() / dim,
@@ -255,9 +254,8 @@ impl Detector {
             },
             bank,
             index,
-            source_image: Some(source_image),
-            on_device: DeviceBank::default(),
-        };
+            Some(source_image),
+        );
         // Fold banks are the full bank's prototypes of the other folds' images.
         let full = FullBank {
             bank: &model.bank,
@@ -280,7 +278,7 @@ impl Detector {
             &self.dir,
             &model.info,
             &model.bank,
-            &model.index.centroids(),
+            &model.search_index(self.features.dim()).centroids(),
             model.source_image.as_deref(),
             self.features.dim(),
             None,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pmad::backend::CudaOps;
 use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
@@ -23,9 +24,9 @@ use pmad::cuda::glue::{
 use pmad::cuda::linear::{linear, pointwise_conv};
 use pmad::cuda::proto_nn::{ProtoBank, proto_nn};
 use pmad::cuda::topk_mask::topk_mask;
-use pmad::cuda::vit::CudaVit;
 use pmad::cuda::{CudaDevice, CudaSlice};
 use pmad::recon::vit::{Vit, VitConfig};
+use pmad::recon::vit_infer::InferVit;
 use pmad::rng::Rng;
 
 fn randn(dev: &CudaDevice, n: usize, rng: &mut Rng) -> CudaSlice<f32> {
@@ -421,7 +422,7 @@ fn cuda_kernels(c: &mut Criterion) {
     for preset in ["small", "base"] {
         let cfg = VitConfig::preset(preset, 8192).expect("preset");
         let vit = Vit::new(cfg.clone(), 1).expect("vit");
-        let gv = CudaVit::upload(dev.clone(), &vit).expect("upload vit");
+        let gv = InferVit::new(CudaOps::new(dev.clone()), &vit).expect("upload vit");
         let batch = 64;
         let images: Vec<f32> = (0..batch * cfg.image_len()).map(|_| rng.normal()).collect();
         let mask: Vec<bool> = (0..batch * cfg.patches()).map(|i| i % 10 < 3).collect();

@@ -29,7 +29,6 @@ use pmad::cuda::glue::{
 use pmad::cuda::linear::{linear, pointwise_conv};
 use pmad::cuda::proto_nn::{ProtoBank, proto_nn};
 use pmad::cuda::topk_mask::{topk_count, topk_mask};
-use pmad::cuda::vit::CudaVit;
 use pmad::cuda::{CudaDevice, CudaError, CudaSlice};
 
 // ------------------------------------------------------------------------------ harness
@@ -1145,7 +1144,9 @@ fn linear_cublas() {
 /// model, with a ragged batch and masks of different sizes per image.
 #[test]
 fn vit_token_uncertainty() {
+    use pmad::backend::CudaOps;
     use pmad::recon::vit::{Vit, VitConfig};
+    use pmad::recon::vit_infer::InferVit;
     let dev = device_or_skip!();
     let mut rng = Rng::new(0x717);
     for (decoder_depth, vocab, batch) in [(0, 97, 3), (2, 1000, 5)] {
@@ -1178,7 +1179,7 @@ fn vit_token_uncertainty() {
         let (e_cpu, c_cpu) = vit
             .token_uncertainty(&images, &mask, Some(&tokens))
             .unwrap();
-        let gpu = CudaVit::upload(dev.clone(), &vit).unwrap();
+        let gpu = InferVit::new(CudaOps::new(dev.clone()), &vit).unwrap();
         let (e_gpu, c_gpu) = gpu
             .token_uncertainty(&images, &mask, Some(&tokens))
             .unwrap();

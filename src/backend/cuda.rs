@@ -5,19 +5,21 @@ use std::sync::{Arc, OnceLock};
 
 use crate::cuda::backbone::CudaFeatures;
 use crate::cuda::proto_nn::{ProtoBank, proto_nn};
-use crate::cuda::vit::CudaVit;
 use crate::cuda::{CudaDevice, CudaSlice};
 use crate::detector::features::FeatureExtractor;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;
+use crate::recon::vit_infer::InferVit;
 use crate::tensor::Tensor;
+
+use super::{CudaOps, Uncertainty};
 
 /// The detector's state on the GPU: the device, the backbone's and the ViT's weights.
 pub struct CudaBackend {
     dev: Arc<CudaDevice>,
     features: CudaFeatures,
-    vit: Option<CudaVit>,
+    vit: Option<InferVit<CudaOps>>,
 }
 
 /// A class bank's copy on the device, uploaded on first use. Its `ClassModel` owns it, so a
@@ -42,7 +44,17 @@ impl CudaBackend {
     /// Uploads (or drops) the ViT.
     pub(crate) fn set_vit(&mut self, vit: Option<&Vit>) -> Result<()> {
         self.vit = match vit {
-            Some(v) => Some(CudaVit::upload(self.dev.clone(), v)?),
+            Some(v) => {
+                let c = v.config();
+                // The attention kernels hold one head's row in registers: at most 128 wide.
+                if c.width / c.heads > 128 {
+                    return Err(Error::invalid(format!(
+                        "GPU ViT: head size {} / {} is over the attention kernels' 128",
+                        c.width, c.heads
+                    )));
+                }
+                Some(InferVit::new(CudaOps::new(self.dev.clone()), v)?)
+            }
             None => None,
         };
         Ok(())
@@ -54,8 +66,19 @@ impl CudaBackend {
         Ok(self.dev.download(&rows)?)
     }
 
-    pub(crate) fn vit(&self) -> Option<&CudaVit> {
-        self.vit.as_ref()
+    /// The ViT's per-patch uncertainty on the device copy; on `vit` itself (the CPU) when
+    /// there is none (the model had no ViT when the device opened).
+    pub(crate) fn token_uncertainty(
+        &self,
+        vit: &Vit,
+        input: &[f32],
+        masks: &[bool],
+        tokens: Option<&[u32]>,
+    ) -> Result<Uncertainty> {
+        match &self.vit {
+            Some(gv) => gv.token_uncertainty(input, masks, tokens),
+            None => vit.token_uncertainty(input, masks, tokens),
+        }
     }
 
     /// Exact nearest prototype of every row of `feats` in a class's `bank` (`[P, dim]`,

@@ -15,9 +15,6 @@ pub enum CudaBackend {}
 #[derive(Clone, Default)]
 pub struct DeviceBank(());
 
-/// Stands in for the device ViT ([`crate::recon::vit::Vit`]'s CUDA copy); also uninhabited.
-pub enum CudaVit {}
-
 impl CudaBackend {
     /// Always an error: this pmad was built without the CUDA backend.
     pub fn open(_features: &FeatureExtractor, _vit: Option<&Vit>) -> Result<CudaBackend> {
@@ -35,7 +32,13 @@ impl CudaBackend {
         match *self {}
     }
 
-    pub(crate) fn vit(&self) -> Option<&CudaVit> {
+    pub(crate) fn token_uncertainty(
+        &self,
+        _vit: &Vit,
+        _input: &[f32],
+        _masks: &[bool],
+        _tokens: Option<&[u32]>,
+    ) -> Result<super::Uncertainty> {
         match *self {}
     }
 
@@ -46,17 +49,6 @@ impl CudaBackend {
         _feats: &[f32],
         _dim: usize,
     ) -> Result<Nearest> {
-        match *self {}
-    }
-}
-
-impl CudaVit {
-    pub(crate) fn token_uncertainty(
-        &self,
-        _images: &[f32],
-        _mask: &[bool],
-        _tokens: Option<&[u32]>,
-    ) -> Result<super::Uncertainty> {
         match *self {}
     }
 }

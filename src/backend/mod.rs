@@ -8,23 +8,37 @@
 //! compile, cost nothing, and no `#[cfg(feature = "cuda")]` is needed outside this module and
 //! `src/cuda/`.
 //!
+//! Models are written once, over the op set [`InferOps`] (`ops.rs`): a forward generic over
+//! it runs on the CPU ([`CpuOps`], `cpu_ops.rs`: the `src/ops` kernels) and on the GPU
+//! (`CudaOps`, `cuda_ops.rs`: the `src/cuda` launchers), so the two backends cannot drift
+//! apart in the math. Training stays on the CPU's autograd tape.
+//!
 //! What runs where today (issue 11 moves more behind this seam):
 //! - CPU: everything, through `src/ops` (the reference).
-//! - CUDA: the backbone's feature extraction (`crate::cuda::backbone`), the
-//!   nearest-prototype search (the `proto_nn` kernel over the class's bank, uploaded once per
-//!   class) and the reconstruction stage's ViT. Stages hand over on the host (the proposal
-//!   mask and the maps are CPU work); coreset selection, the flow and training stay on the
-//!   CPU. Results agree with the CPU path up to f32 rounding (`tests/cuda_parity.rs`,
-//!   `tests/cuda_e2e.rs`). A `cuda-emu` build runs this backend on an emulated device
-//!   (`crate::cuda::launch`): what CI executes.
+//! - CUDA: the backbone's feature extraction (`crate::cuda::backbone`, still a device copy
+//!   of `crate::models`), the nearest-prototype search (the `proto_nn` kernel over the
+//!   class's bank, uploaded once per class) and the reconstruction stage's ViT — the one
+//!   inference forward ([`crate::recon::vit_infer`]) on `CudaOps`, weights uploaded once.
+//!   Stages hand over on the host (the proposal mask and the maps are CPU work); coreset
+//!   selection, the flow and training stay on the CPU. Results agree with the CPU path up
+//!   to f32 rounding (`tests/cuda_parity.rs`, `tests/cuda_e2e.rs`). A `cuda-emu` build runs
+//!   this backend on an emulated device (`crate::cuda::launch`): what CI executes.
 
+mod cpu_ops;
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "dummy_cuda.rs"]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_ops;
+mod ops;
 
+pub use cpu_ops::{CpuOps, CpuWeight};
 pub use cuda::{CudaBackend, DeviceBank};
+#[cfg(feature = "cuda")]
+pub use cuda_ops::CudaOps;
+pub use ops::{InferOps, Linear, Norm, RowEntropy};
 
 use crate::detector::pipeline::ClassModel;
 use crate::detector::device::Device;
@@ -86,7 +100,9 @@ impl Backend {
         }
     }
 
-    /// The ViT's per-patch uncertainty of masked inputs ([`Vit::token_uncertainty`]).
+    /// The ViT's per-patch uncertainty of masked inputs ([`Vit::token_uncertainty`]): the one
+    /// inference forward ([`crate::recon::vit_infer`]) on either backend (on the CPU when the
+    /// device holds no ViT).
     pub fn token_uncertainty(
         &self,
         vit: &Vit,
@@ -96,11 +112,7 @@ impl Backend {
     ) -> Result<Uncertainty> {
         match self {
             Backend::Cpu => vit.token_uncertainty(input, masks, tokens),
-            Backend::Cuda(gpu) => match gpu.vit() {
-                Some(gv) => gv.token_uncertainty(input, masks, tokens),
-                // No device copy (the model had no ViT when the device opened): the CPU one.
-                None => vit.token_uncertainty(input, masks, tokens),
-            },
+            Backend::Cuda(gpu) => gpu.token_uncertainty(vit, input, masks, tokens),
         }
     }
 

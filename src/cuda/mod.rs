@@ -10,7 +10,6 @@
 //! - [`params`]: `#[repr(C)]` kernel parameter blocks, mirrored by `kernels/params.cuh`;
 //! - [`attention`], [`proto_nn`], [`topk_mask`], [`coupling`], [`entropy`], [`glue`]: one
 //!   launcher per kernel, taking and returning [`CudaSlice`]s; [`linear`]: cuBLAS GEMM + bias;
-//! - [`vit`]: the masked-token ViT's inference forward, resident on the device;
 //! - [`backbone`]: the backbone's feature extraction (EfficientNet-Lite0 + PaDiM pooling).
 //!
 //! The PTX comes from `build.rs`, which compiles every `kernels/*.cu` for `compute_75` (a file
@@ -38,7 +37,6 @@ pub mod linear;
 pub mod params;
 pub mod proto_nn;
 pub mod topk_mask;
-pub mod vit;
 
 pub use buffer::{CudaSlice, DeviceElem};
 pub use device::{CudaDevice, KernelModule, REQUIRE_GPU_VAR, gpu_required};

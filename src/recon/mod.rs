@@ -6,12 +6,14 @@
 //! - [`tokenizer`]: a k-means codebook over backbone patch features on the ViT grid (or
 //!   token ids made elsewhere);
 //! - [`vit`]: the ViT (patch embedding, `[M]` token, pre-norm encoder/decoder, token head);
+//! - [`vit_infer`]: its inference forward, written once over the backends' op set;
 //! - [`trainer`]: masked-token training with checkpoints and exact resume.
 
 pub mod masking;
 pub mod tokenizer;
 pub mod trainer;
 pub mod vit;
+pub mod vit_infer;
 
 /// Patches per side of the ViT grid (16x16 patches of a 224x224 input).
 pub const GRID: usize = 14;

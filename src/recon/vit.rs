@@ -24,8 +24,9 @@
 //! token and the position embeddings (BEiT's `no_weight_decay`), on for every matrix.
 
 use crate::autograd::{ParamStore, Tape, Var};
+use crate::backend::CpuOps;
 use crate::error::{Error, Result};
-use crate::ops::softmax::{entropy_rows, logsumexp};
+use crate::recon::vit_infer::InferVit;
 use crate::rng::Rng;
 use crate::weights::{SafeTensors, write_safetensors};
 use rayon::prelude::*;
@@ -41,8 +42,6 @@ pub const PRESETS: [&str; 3] = ["tiny", "small", "base"];
 const META_FORMAT: &str = "format";
 const META_CONFIG: &str = "vit_config";
 const FORMAT_NAME: &str = "pmad-vit";
-/// Inference runs over at most this many images per tape (bounds activation memory).
-const INFER_CHUNK: usize = 32;
 /// Tensors whose names start with these may share a file with the model (a training
 /// checkpoint also holds optimizer and trainer state); [`Vit::load`] skips them.
 pub(crate) const NON_MODEL_PREFIXES: [&str; 2] = ["adamw.", "train."];
@@ -184,6 +183,26 @@ impl VitConfig {
         } else {
             3 * self.image_size * self.image_size
         }
+    }
+
+    /// Number of images in `images` after checking it and `mask` against the config.
+    pub(crate) fn batch_of(&self, images: &[f32], mask: &[bool]) -> Result<usize> {
+        let (len, n) = (self.image_len(), self.patches());
+        if images.is_empty() || !images.len().is_multiple_of(len) {
+            return Err(Error::shape(format!(
+                "ViT input: {} values are not a whole number of [3, {s}, {s}] images",
+                images.len(),
+                s = self.image_size
+            )));
+        }
+        let batch = images.len() / len;
+        if mask.len() != batch * n {
+            return Err(Error::shape(format!(
+                "ViT input: {} mask flags for {batch} images of {n} patches",
+                mask.len()
+            )));
+        }
+        Ok(batch)
     }
 
     /// Total blocks (encoder + decoder).
@@ -408,26 +427,6 @@ impl Vit {
             .collect()
     }
 
-    /// Number of images in `images` after checking it and `mask` against the config.
-    fn batch_of(&self, images: &[f32], mask: &[bool]) -> Result<usize> {
-        let (len, n) = (self.config.image_len(), self.config.patches());
-        if images.is_empty() || !images.len().is_multiple_of(len) {
-            return Err(Error::shape(format!(
-                "ViT input: {} values are not a whole number of [3, {s}, {s}] images",
-                images.len(),
-                s = self.config.image_size
-            )));
-        }
-        let batch = images.len() / len;
-        if mask.len() != batch * n {
-            return Err(Error::shape(format!(
-                "ViT input: {} mask flags for {batch} images of {n} patches",
-                mask.len()
-            )));
-        }
-        Ok(batch)
-    }
-
     /// [`Vit::forward_with`] on this model's own parameters.
     pub fn forward(&self, tape: &Tape, images: &[f32], mask: &[bool]) -> Result<VitOutput> {
         let w = self.bind(tape);
@@ -445,7 +444,7 @@ impl Vit {
         mask: &[bool],
     ) -> Result<VitOutput> {
         let c = &self.config;
-        let batch = self.batch_of(images, mask)?;
+        let batch = c.batch_of(images, mask)?;
         let (n, d) = (c.patches(), c.width);
         let mut w = Weights { w, next: 0 };
         // Patch embedding: a stride-p conv = unfold + linear.
@@ -553,55 +552,16 @@ impl Vit {
             .expect("asked for"))
     }
 
-    /// Both §7 maps from ONE forward pass (no-grad, `INFER_CHUNK` images per tape): the
-    /// entropy, and with `tokens` also the cross-entropy of each patch's own token. Layout
-    /// `[B·N]`, 0 where unmasked.
+    /// Both §7 maps from ONE forward pass: the entropy, and with `tokens` also the
+    /// cross-entropy of each patch's own token. Layout `[B·N]`, 0 where unmasked. Runs the
+    /// tape-free inference forward ([`InferVit`]) on the CPU.
     pub fn token_uncertainty(
         &self,
         images: &[f32],
         mask: &[bool],
         tokens: Option<&[u32]>,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        if let Some(tokens) = tokens
-            && tokens.len() != mask.len()
-        {
-            return Err(Error::shape(format!(
-                "token cross-entropy: {} token ids for {} patches",
-                tokens.len(),
-                mask.len()
-            )));
-        }
-        let batch = self.batch_of(images, mask)?;
-        let (len, n, v) = (
-            self.config.image_len(),
-            self.config.patches(),
-            self.config.vocab,
-        );
-        let mut entropy = vec![0.0; batch * n];
-        let mut cross = tokens.map(|_| vec![0.0; batch * n]);
-        for start in (0..batch).step_by(INFER_CHUNK) {
-            let end = (start + INFER_CHUNK).min(batch);
-            let m = &mask[start * n..end * n];
-            let t = Tape::no_grad();
-            let o = self.forward(&t, &images[start * len..end * len], m)?;
-            let rows: Vec<usize> = o.rows.iter().map(|r| r + start * n).collect();
-            let logits = t.value(o.logits);
-            for (&r, e) in rows.iter().zip(entropy_rows(&logits, v)) {
-                entropy[r] = e;
-            }
-            if let (Some(tokens), Some(cross)) = (tokens, cross.as_mut()) {
-                let targets = self.targets(&rows, tokens)?;
-                let ce: Vec<f32> = logits
-                    .par_chunks(v)
-                    .zip(targets.par_iter())
-                    .map(|(row, &k)| logsumexp(row) - row[k])
-                    .collect();
-                for (&r, c) in rows.iter().zip(ce) {
-                    cross[r] = c;
-                }
-            }
-        }
-        Ok((entropy, cross))
+        InferVit::new(CpuOps, self)?.token_uncertainty(images, mask, tokens)
     }
 
     /// Writes the model to `path` as safetensors (atomically: temp file + rename), the

@@ -40,9 +40,9 @@ pub use cuda::{CudaBackend, DeviceBank};
 pub use cuda_ops::CudaOps;
 pub use ops::{InferOps, Linear, Norm, RowEntropy};
 
-use crate::detector::pipeline::ClassModel;
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
+use crate::detector::pipeline::ClassModel;
 use crate::error::Result;
 use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;

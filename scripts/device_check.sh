@@ -55,6 +55,11 @@ timeout 180 "$KIT/bin/cuda_parity" --test-threads 1 --nocapture > "$OUTDIR/parit
 rc=$?; [ "$rc" = 0 ] || failed=1
 echo "exit status $rc in $(( $(date +%s) - t0 )) s" >> "$RES"
 grep -E "^(test |ok |skipped|.*: n=|.*FAILED|.*panicked|test result)" "$OUTDIR/parity.log" >> "$RES"
+# Every op of the backend seam, CudaOps vs CpuOps.
+timeout 60 "$KIT/bin/seam_parity" --test-threads 1 --nocapture > "$OUTDIR/seam.log" 2>&1
+rc=$?; [ "$rc" = 0 ] || failed=1
+echo "seam_parity: exit status $rc" >> "$RES"
+grep -E "^(test |skipped|.*: n=|.*FAILED|.*panicked|test result)" "$OUTDIR/seam.log" >> "$RES"
 # The whole Detector, CPU vs CUDA (scores, maps, verdicts): what CI runs on the emulator.
 t0=$(date +%s)
 PMAD_TEST_TMPDIR="$OUTDIR/e2e-tmp" timeout 120 "$KIT/bin/cuda_e2e" --test-threads 1 --nocapture > "$OUTDIR/e2e.log" 2>&1

@@ -5,7 +5,8 @@
 #     bash scripts/device_check.sh            # writes $OUT/device_results.md (or ./device-results/)
 #
 # Contents: bin/pmad (built with --features cuda, stripped), bin/cuda_parity (the parity test
-# binary), bin/cuda_e2e (Detector CPU vs CUDA end to end), bin/cuda_kernels (the criterion bench binary), weights/ (the backbone), model/ (a
+# binary), bin/cuda_e2e (Detector CPU vs CUDA end to end), bin/seam_parity (every
+# backend-seam op, CudaOps vs CpuOps), bin/cuda_kernels (the criterion bench binary), weights/ (the backbone), model/ (a
 # `small`-preset model, 1 ViT epoch on synthetic classes, synth_wood registered: timing, not
 # accuracy), and the seed of its synthetic data (regenerated there byte for byte by `pmad synth`).
 # About 45 MiB; a few minutes on 2 cores.
@@ -31,9 +32,11 @@ cargo build --release --features cuda
 cp target/release/pmad "$KIT/bin/pmad"
 parity=$(cargo test --release --features cuda --test cuda_parity --no-run --message-format=json-render-diagnostics | executable cuda_parity)
 e2e=$(cargo test --release --features cuda --test cuda_e2e --no-run --message-format=json-render-diagnostics | executable cuda_e2e)
+seam=$(cargo test --release --features cuda --test seam_parity --no-run --message-format=json-render-diagnostics | executable seam_parity)
 bench=$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json-render-diagnostics | executable cuda_kernels)
 cp "$parity" "$KIT/bin/cuda_parity"
 cp "$e2e" "$KIT/bin/cuda_e2e"
+cp "$seam" "$KIT/bin/seam_parity"
 cp "$bench" "$KIT/bin/cuda_kernels"
 strip "$KIT"/bin/*
 cp weights/efficientnet_lite0.safetensors "$KIT/weights/"

@@ -27,8 +27,9 @@ bash scripts/cuda_toolchain.sh
 cargo clippy --release --all-targets --features cuda -- -D warnings
 # The CUDA backend executed without a GPU, on the emulated device (`cuda-emu`: the same host
 # code, the kernels compiled as host C++, cuBLAS served by the CPU GEMM; kernels/emu/README.md):
-# every kernel's parity and an end-to-end CPU-vs-CUDA inspection.
-cargo test --release --features cuda-emu --test cuda_parity --test cuda_e2e
+# every kernel's parity, every op of the backend seam (CudaOps vs CpuOps) and an end-to-end
+# CPU-vs-CUDA inspection.
+cargo test --release --features cuda-emu --test cuda_parity --test seam_parity --test cuda_e2e
 # Clippy does not run every rustc lint of a real build (e.g. arithmetic overflow in constants):
 # build the GPU bench binary the device kit carries (`cuda-emu` holds all of `cuda`'s code and
 # reuses the build of the line above).

@@ -1,0 +1,310 @@
+//! Parity through the backend seam: every op of [`InferOps`] on the CUDA backend (`CudaOps`)
+//! against the same op on the CPU backend (`CpuOps`, the `src/ops` reference), on the same
+//! seeded inputs of ragged shapes (sizes that are not multiples of a warp, a tile or a
+//! vector). Pass: `|cuda - cpu| <= atol + rtol |cpu|` element-wise and NMSE below a bound.
+//!
+//! In CI this runs on the emulated device (`cargo test --features cuda-emu`); on a GPU
+//! machine on the GPU. Without a device it skips, unless `PMAD_REQUIRE_GPU=1`.
+#![cfg(feature = "cuda")]
+
+use std::sync::Arc;
+
+use pmad::backend::{CpuOps, CudaOps, InferOps, Linear, Norm};
+use pmad::cuda::{CudaDevice, CudaError};
+use pmad::ops::attention::AttnShape;
+use pmad::rng::Rng;
+
+/// The device, or `None` (printing why) when there is none and none is required.
+fn device() -> Option<Arc<CudaDevice>> {
+    match CudaDevice::shared() {
+        Ok(d) => Some(d),
+        Err(CudaError::Unavailable(reason)) => {
+            assert!(
+                !pmad::cuda::gpu_required(),
+                "PMAD_REQUIRE_GPU is set but there is no usable CUDA device: {reason}"
+            );
+            println!("skipped: no CUDA device ({reason})");
+            None
+        }
+        Err(e) => panic!("opening the CUDA device failed: {e}"),
+    }
+}
+
+/// Both backends' op sets on one device.
+struct Pair {
+    dev: Arc<CudaDevice>,
+    gpu: CudaOps,
+}
+
+impl Pair {
+    fn new() -> Option<Pair> {
+        let dev = device()?;
+        Some(Pair {
+            gpu: CudaOps::new(dev.clone()),
+            dev,
+        })
+    }
+    fn down(&self, a: &<CudaOps as InferOps>::Act) -> Vec<f32> {
+        self.dev.download(a).unwrap()
+    }
+}
+
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.range(-scale, scale)).collect()
+}
+
+/// A weight on each backend from the same host values.
+fn weights<O: InferOps>(o: &O, v: &[f32]) -> O::Weight {
+    let buf = Arc::new(v.to_vec());
+    o.weight(&buf, 0..v.len()).unwrap()
+}
+
+/// Element-wise `|g - w| <= atol + rtol |w|` and NMSE `Σ(g-w)² / Σw² <= nmse`.
+fn compare(name: &str, got: &[f32], want: &[f32], atol: f64, rtol: f64, nmse: f64) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let (mut num, mut den, mut worst, mut fails) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    for (&g, &w) in got.iter().zip(want) {
+        let (g, w) = (g as f64, w as f64);
+        assert!(
+            g.is_finite() && w.is_finite(),
+            "{name}: non-finite {g} vs {w}"
+        );
+        let err = (g - w).abs();
+        if err > atol + rtol * w.abs() {
+            fails += 1;
+        }
+        worst = worst.max(err);
+        num += err * err;
+        den += w * w;
+    }
+    let e = if den > 0.0 { num / den } else { num };
+    println!("{name}: n={} max|err|={worst:.2e} nmse={e:.2e}", got.len());
+    assert_eq!(
+        fails, 0,
+        "{name}: {fails} elements outside atol {atol} rtol {rtol}"
+    );
+    assert!(e <= nmse, "{name}: nmse {e:.2e} > {nmse:.0e}");
+}
+
+#[test]
+fn linear_with_and_without_residual() {
+    let Some(p) = Pair::new() else { return };
+    for (i, &(rows, inp, out)) in [(1, 5, 3), (7, 13, 33), (65, 64, 97), (130, 100, 48)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 10 + i as u64;
+        let (x, w, b, r) = (
+            values(rows * inp, seed, 1.0),
+            values(out * inp, seed + 1, 0.5),
+            values(out, seed + 2, 0.5),
+            values(rows * out, seed + 3, 1.0),
+        );
+        for residual in [false, true] {
+            let cpu = {
+                let l = Linear {
+                    w: weights(&CpuOps, &w),
+                    b: weights(&CpuOps, &b),
+                    inp,
+                    out,
+                };
+                let res = CpuOps.input(r.clone()).unwrap();
+                let x = CpuOps.input(x.clone()).unwrap();
+                CpuOps
+                    .linear(&x, &l, residual.then_some(&res), rows)
+                    .unwrap()
+            };
+            let gpu = {
+                let l = Linear {
+                    w: weights(&p.gpu, &w),
+                    b: weights(&p.gpu, &b),
+                    inp,
+                    out,
+                };
+                let res = p.gpu.input(r.clone()).unwrap();
+                let x = p.gpu.input(x.clone()).unwrap();
+                p.down(
+                    &p.gpu
+                        .linear(&x, &l, residual.then_some(&res), rows)
+                        .unwrap(),
+                )
+            };
+            let name = format!("linear {rows}x{inp}->{out} residual {residual}");
+            compare(&name, &gpu, &cpu, 1e-4, 1e-4, 1e-10);
+        }
+    }
+}
+
+#[test]
+fn layernorm_gelu_and_bias() {
+    let Some(p) = Pair::new() else { return };
+    for (i, &(rows, cols)) in [(1, 3), (7, 17), (33, 64), (130, 100)].iter().enumerate() {
+        let seed = 20 + i as u64;
+        let (x, g, b) = (
+            values(rows * cols, seed, 3.0),
+            values(cols, seed + 1, 1.5),
+            values(cols, seed + 2, 0.5),
+        );
+        let cpu_n = Norm {
+            gamma: weights(&CpuOps, &g),
+            beta: weights(&CpuOps, &b),
+        };
+        let gpu_n = Norm {
+            gamma: weights(&p.gpu, &g),
+            beta: weights(&p.gpu, &b),
+        };
+        let xc = CpuOps.input(x.clone()).unwrap();
+        let xg = p.gpu.input(x.clone()).unwrap();
+        let ln_c = CpuOps.layernorm(&xc, &cpu_n, rows, cols, 1e-6).unwrap();
+        let ln_g = p.gpu.layernorm(&xg, &gpu_n, rows, cols, 1e-6).unwrap();
+        compare(
+            &format!("layernorm {rows}x{cols}"),
+            &p.down(&ln_g),
+            &ln_c,
+            1e-5,
+            1e-5,
+            1e-10,
+        );
+
+        let gelu_c = CpuOps.gelu(xc.clone()).unwrap();
+        let gelu_g = p.gpu.gelu(p.gpu.input(x.clone()).unwrap()).unwrap();
+        compare(
+            &format!("gelu {rows}x{cols}"),
+            &p.down(&gelu_g),
+            &gelu_c,
+            1e-6,
+            1e-5,
+            1e-10,
+        );
+
+        let bias_c = CpuOps.add_bias(xc, &cpu_n.beta, rows, cols).unwrap();
+        let bias_g = p.gpu.add_bias(xg, &gpu_n.beta, rows, cols).unwrap();
+        compare(
+            &format!("add_bias {rows}x{cols}"),
+            &p.down(&bias_g),
+            &bias_c,
+            0.0,
+            0.0,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn mask_and_gather_rows_are_exact() {
+    let Some(p) = Pair::new() else { return };
+    for (i, &(rows, cols)) in [(1, 4), (9, 17), (197, 64)].iter().enumerate() {
+        let seed = 30 + i as u64;
+        let (x, token) = (values(rows * cols, seed, 1.0), values(cols, seed + 1, 1.0));
+        let mut r = Rng::new(seed + 2);
+        let mask: Vec<bool> = (0..rows).map(|_| r.range(0.0, 1.0) < 0.4).collect();
+        let masked_c = CpuOps
+            .mask_rows(x.clone(), &mask, &weights(&CpuOps, &token), cols)
+            .unwrap();
+        let masked_g = p
+            .gpu
+            .mask_rows(
+                p.gpu.input(x.clone()).unwrap(),
+                &mask,
+                &weights(&p.gpu, &token),
+                cols,
+            )
+            .unwrap();
+        compare(
+            &format!("mask_rows {rows}x{cols}"),
+            &p.down(&masked_g),
+            &masked_c,
+            0.0,
+            0.0,
+            0.0,
+        );
+        // Rows in any order, repeated, first and last included.
+        let idx: Vec<usize> = (0..rows).rev().step_by(2).chain([0, rows - 1, 0]).collect();
+        let g_c = CpuOps.gather_rows(&masked_c, &idx, cols).unwrap();
+        let g_g = p.gpu.gather_rows(&masked_g, &idx, cols).unwrap();
+        compare(
+            &format!("gather_rows {rows}x{cols}"),
+            &p.down(&g_g),
+            &g_c,
+            0.0,
+            0.0,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn attention_at_ragged_shapes() {
+    let Some(p) = Pair::new() else { return };
+    let shapes = [
+        (1, 1, 1, 8),
+        (2, 7, 3, 16),
+        (1, 50, 2, 40),
+        (3, 65, 1, 64),
+        (1, 197, 2, 64),
+        (1, 33, 1, 128),
+    ];
+    for (i, &(batch, tokens, heads, head_dim)) in shapes.iter().enumerate() {
+        let n = batch * tokens * heads * head_dim;
+        let seed = 40 + i as u64;
+        let (q, k, v) = (
+            values(n, seed, 2.0),
+            values(n, seed + 1, 2.0),
+            values(n, seed + 2, 1.0),
+        );
+        let s = AttnShape {
+            batch,
+            tokens,
+            heads,
+            head_dim,
+        };
+        let c = CpuOps.attention(&q, &k, &v, s).unwrap();
+        let up = |h: &Vec<f32>| p.gpu.input(h.clone()).unwrap();
+        let g = p.gpu.attention(&up(&q), &up(&k), &up(&v), s).unwrap();
+        let name = format!("attention b{batch} n{tokens} h{heads} d{head_dim}");
+        compare(&name, &p.down(&g), &c, 1e-5, 1e-4, 1e-10);
+    }
+}
+
+#[test]
+fn entropy_and_cross_entropy_rows() {
+    let Some(p) = Pair::new() else { return };
+    for (i, &(rows, vocab)) in [(1, 2), (5, 33), (40, 1000), (3, 8192)].iter().enumerate() {
+        let seed = 50 + i as u64;
+        // Wide logits: some rows nearly one-hot, so the entropy spans its range.
+        let logits = values(rows * vocab, seed, 8.0);
+        let mut r = Rng::new(seed + 1);
+        let targets: Vec<u32> = (0..rows)
+            .map(|_| (r.range(0.0, 1.0) * vocab as f32) as u32 % vocab as u32)
+            .collect();
+        let lg = p.gpu.input(logits.clone()).unwrap();
+        // NMSE 1e-6 here: a near one-hot row has a cross-entropy near 0, where a 1e-7 absolute
+        // difference is a large relative one; the element-wise bound is the real check.
+        for with_targets in [false, true] {
+            let t = with_targets.then_some(targets.as_slice());
+            let (e_c, ce_c) = CpuOps.entropy(&logits, rows, vocab, t).unwrap();
+            let (e_g, ce_g) = p.gpu.entropy(&lg, rows, vocab, t).unwrap();
+            compare(
+                &format!("entropy {rows}x{vocab}"),
+                &e_g,
+                &e_c,
+                1e-5,
+                1e-5,
+                1e-6,
+            );
+            assert_eq!(ce_c.is_some(), with_targets);
+            assert_eq!(ce_g.is_some(), with_targets);
+            if let (Some(a), Some(b)) = (ce_g, ce_c) {
+                compare(
+                    &format!("cross-entropy {rows}x{vocab}"),
+                    &a,
+                    &b,
+                    1e-5,
+                    1e-5,
+                    1e-6,
+                );
+            }
+        }
+    }
+}

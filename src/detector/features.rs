@@ -412,16 +412,21 @@ mod tests {
         assert!("none".parse::<InputNorm>().is_err());
     }
 
-    /// A projected tap is the unprojected tap's features times its fixed Gaussian matrix.
-    #[test]
-    fn a_projected_tap_is_the_plain_tap_times_its_matrix() {
+    /// The Lite0 backbone, or `None` (saying so) where its weights were not fetched.
+    fn lite0() -> Option<Arc<EfficientNetLite>> {
         let w =
             crate::models::efficientnet::default_weights_dir().join(Backbone::Lite0.weights_file());
         if !w.is_file() {
             eprintln!("skipped: no {}", w.display());
-            return;
+            return None;
         }
-        let net = Arc::new(EfficientNetLite::load(&w).unwrap());
+        Some(Arc::new(EfficientNetLite::load(&w).unwrap()))
+    }
+
+    /// A projected tap is the unprojected tap's features times its fixed Gaussian matrix.
+    #[test]
+    fn a_projected_tap_is_the_plain_tap_times_its_matrix() {
+        let Some(net) = lite0() else { return };
         let small = |taps: &[&str]| FeatureSpec {
             input_size: 64,
             ..spec(taps)
@@ -461,13 +466,7 @@ mod tests {
     /// `both`: each patch row is the `imagenet` row followed by the `per-image` row.
     #[test]
     fn both_views_are_the_two_single_views_side_by_side() {
-        let w =
-            crate::models::efficientnet::default_weights_dir().join(Backbone::Lite0.weights_file());
-        if !w.is_file() {
-            eprintln!("skipped: no {}", w.display());
-            return;
-        }
-        let net = Arc::new(EfficientNetLite::load(&w).unwrap());
+        let Some(net) = lite0() else { return };
         let with = |norm| FeatureSpec {
             input_size: 64,
             input_norm: norm,

@@ -10,6 +10,7 @@
 //! - [`data`]: image decoding and preprocessing;
 //! - [`serve`]: `pmad serve`, the HTTP service (dynamic batching, metrics).
 
+pub mod alloc;
 pub mod autograd;
 pub mod backend;
 pub mod bench;

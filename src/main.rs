@@ -49,6 +49,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or buffer exists: per-batch buffers stay on the heap (src/alloc.rs).
+    pmad::alloc::tune_malloc();
     let (argv, config) = match cli::config::expand(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {

@@ -393,7 +393,11 @@ fn cuda_kernels(c: &mut Criterion) {
                 pmad::detector::FeatureSpec::default(),
             )
             .expect("feature spec");
-            let gf = pmad::cuda::backbone::CudaFeatures::upload(dev.clone(), &fx).expect("upload");
+            let gf = pmad::models::efficientnet_infer::InferFeatures::new(
+                pmad::backend::CudaOps::new(dev.clone()),
+                &fx,
+            )
+            .expect("upload");
             let batch = 64;
             let x: Vec<f32> = (0..batch * 3 * 224 * 224).map(|_| rng.normal()).collect();
             time(

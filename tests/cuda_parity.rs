@@ -1316,14 +1316,19 @@ fn pointwise_conv_cublas() {
     }
 }
 
-/// End to end: the GPU feature extraction (backbone + PaDiM pooling) vs the CPU one, on the
-/// real pretrained weights (skipped when they were not fetched).
+/// End to end: the GPU feature extraction (backbone + PaDiM pooling) vs the CPU one — the
+/// same extraction (`pmad::models::efficientnet_infer`) on the two op sets — on the real
+/// pretrained weights (skipped when they were not fetched): the default spec at 224, and the
+/// features the GPU used to refuse (inner and projected taps, the stem, `per-image` and
+/// `both` input normalisation) at 64.
 #[test]
 fn backbone_features() {
-    use pmad::cuda::backbone::CudaFeatures;
+    use pmad::backend::CudaOps;
+    use pmad::detector::features::InputNorm;
     use pmad::detector::{FeatureExtractor, FeatureSpec};
     use pmad::models::EfficientNetLite0;
     use pmad::models::efficientnet::{WEIGHTS_FILE, default_weights_dir};
+    use pmad::models::efficientnet_infer::InferFeatures;
     let dev = device_or_skip!();
     let path = default_weights_dir().join(WEIGHTS_FILE);
     if !path.is_file() {
@@ -1337,28 +1342,54 @@ fn backbone_features() {
         return;
     }
     let net = Arc::new(EfficientNetLite0::load(&path).unwrap());
-    let fx = FeatureExtractor::new(net, FeatureSpec::default()).unwrap();
-    let mut rng = Rng::new(0xFEA7);
-    let batch = 3;
-    let x = rng.normals(batch * 3 * 224 * 224, 1.0);
-    let cpu = fx
-        .extract(&pmad::Tensor::new(x.clone(), &[batch, 3, 224, 224]).unwrap())
-        .unwrap()
-        .into_f32_vec();
-    let gpu = CudaFeatures::upload(dev.clone(), &fx).unwrap();
-    let rows = gpu.extract(&x, batch).unwrap();
-    // 11 blocks of f32 convs with different summation orders (cuBLAS vs the CPU GEMM).
-    let tol = Tol {
-        atol: 2e-3,
-        rtol: 2e-3,
-        nmse: 1e-8,
+    let spec = |taps: &[&str], size, norm| FeatureSpec {
+        taps: taps.iter().map(|t| t.to_string()).collect(),
+        input_size: size,
+        input_norm: norm,
+        ..FeatureSpec::default()
     };
-    compare(
-        "backbone features 3x224",
-        &down(&dev, &rows),
-        &f64s(&cpu),
-        tol,
-    );
+    let cases = [
+        (
+            spec(&["blocks.4", "blocks.10"], 224, InputNorm::Imagenet),
+            3,
+        ),
+        (
+            spec(
+                &["blocks.3.expand", "blocks.4.dw:16", "stem", "blocks.5"],
+                64,
+                InputNorm::PerImage,
+            ),
+            2,
+        ),
+        (
+            spec(&["blocks.4", "blocks.10.dw:32"], 64, InputNorm::Both),
+            2,
+        ),
+    ];
+    let mut rng = Rng::new(0xFEA7);
+    for (sp, batch) in cases {
+        let name = format!(
+            "backbone features {:?} {:?} {batch}x{}",
+            sp.taps, sp.input_norm, sp.input_size
+        );
+        let s = sp.input_size;
+        let fx = FeatureExtractor::new(net.clone(), sp).unwrap();
+        let x = rng.normals(batch * 3 * s * s, 1.0);
+        let cpu = fx
+            .extract(&pmad::Tensor::new(x.clone(), &[batch, 3, s, s]).unwrap())
+            .unwrap()
+            .into_f32_vec();
+        let gpu = InferFeatures::new(CudaOps::new(dev.clone()), &fx).unwrap();
+        let rows = gpu.extract(&x, batch).unwrap();
+        // Up to 11 blocks of f32 convs with different summation orders (cuBLAS vs the CPU
+        // GEMM).
+        let tol = Tol {
+            atol: 2e-3,
+            rtol: 2e-3,
+            nmse: 1e-8,
+        };
+        compare(&name, &down(&dev, &rows), &f64s(&cpu), tol);
+    }
 }
 
 #[test]

@@ -3,11 +3,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::cuda::backbone::CudaFeatures;
 use crate::cuda::proto_nn::{ProtoBank, proto_nn};
 use crate::cuda::{CudaDevice, CudaSlice};
 use crate::detector::features::FeatureExtractor;
 use crate::error::{Error, Result};
+use crate::models::efficientnet_infer::InferFeatures;
 use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;
 use crate::recon::vit_infer::InferVit;
@@ -18,7 +18,8 @@ use super::{CudaOps, Uncertainty};
 /// The detector's state on the GPU: the device, the backbone's and the ViT's weights.
 pub struct CudaBackend {
     dev: Arc<CudaDevice>,
-    features: CudaFeatures,
+    /// The one feature extraction on the CUDA op set, weights uploaded once.
+    features: InferFeatures<CudaOps>,
     vit: Option<InferVit<CudaOps>>,
 }
 
@@ -33,7 +34,7 @@ impl CudaBackend {
     pub fn open(features: &FeatureExtractor, vit: Option<&Vit>) -> Result<CudaBackend> {
         let dev = CudaDevice::shared()?;
         let mut s = CudaBackend {
-            features: CudaFeatures::upload(dev.clone(), features)?,
+            features: InferFeatures::new(CudaOps::new(dev.clone()), features)?,
             dev,
             vit: None,
         };

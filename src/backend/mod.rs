@@ -8,17 +8,21 @@
 //! compile, cost nothing, and no `#[cfg(feature = "cuda")]` is needed outside this module and
 //! `src/cuda/`.
 //!
-//! Models are written once, over the op set [`InferOps`] (`ops.rs`): a forward generic over
-//! it runs on the CPU ([`CpuOps`], `cpu_ops.rs`: the `src/ops` kernels) and on the GPU
-//! (`CudaOps`, `cuda_ops.rs`: the `src/cuda` launchers), so the two backends cannot drift
-//! apart in the math. Training stays on the CPU's autograd tape.
+//! Models are written once, over the op sets [`InferOps`] and [`ConvOps`] (`ops.rs`): a
+//! forward generic over them runs on the CPU ([`CpuOps`], `cpu_ops.rs`: the `src/ops` kernels)
+//! and on the GPU (`CudaOps`, `cuda_ops.rs`: the `src/cuda` launchers), so the two backends
+//! cannot drift apart in the math. Training stays on the CPU's autograd tape.
 //!
 //! What runs where today (issue 11 moves more behind this seam):
-//! - CPU: everything, through `src/ops` (the reference).
-//! - CUDA: the backbone's feature extraction (`crate::cuda::backbone`, still a device copy
-//!   of `crate::models`), the nearest-prototype search (the `proto_nn` kernel over the
-//!   class's bank, uploaded once per class) and the reconstruction stage's ViT — the one
-//!   inference forward ([`crate::recon::vit_infer`]) on `CudaOps`, weights uploaded once.
+//! - CPU: everything, through `src/ops` (the reference); the patch features and the ViT's
+//!   inference through the same generic code the GPU runs, on `CpuOps`.
+//! - CUDA: the backbone's feature extraction — the one extraction
+//!   ([`crate::models::efficientnet_infer`]: EfficientNet-Lite taps, resize, pooling,
+//!   projections, every input normalisation) on `CudaOps`, weights uploaded once — the
+//!   nearest-prototype search (the `proto_nn` kernel over the class's bank, uploaded once per
+//!   class) and the reconstruction stage's ViT — the one inference forward
+//!   ([`crate::recon::vit_infer`]) on `CudaOps`, weights uploaded once. `pmad classify`'s
+//!   logits stay on the CPU's own pass (`EfficientNetLite::forward`).
 //!   Stages hand over on the host (the proposal mask and the maps are CPU work); coreset
 //!   selection, the flow and training stay on the CPU. Results agree with the CPU path up
 //!   to f32 rounding (`tests/cuda_parity.rs`, `tests/cuda_e2e.rs`). A `cuda-emu` build runs
@@ -38,7 +42,7 @@ pub use cpu_ops::{CpuOps, CpuWeight};
 pub use cuda::{CudaBackend, DeviceBank};
 #[cfg(feature = "cuda")]
 pub use cuda_ops::CudaOps;
-pub use ops::{InferOps, Linear, Norm, RowEntropy};
+pub use ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy};
 
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;

@@ -9,8 +9,11 @@
 //! - [`launch`]: [`launch::launch`], the one path from a launcher to a kernel on either device;
 //! - [`params`]: `#[repr(C)]` kernel parameter blocks, mirrored by `kernels/params.cuh`;
 //! - [`attention`], [`proto_nn`], [`topk_mask`], [`coupling`], [`entropy`], [`glue`]: one
-//!   launcher per kernel, taking and returning [`CudaSlice`]s; [`linear`]: cuBLAS GEMM + bias;
-//! - [`backbone`]: the backbone's feature extraction (EfficientNet-Lite0 + PaDiM pooling).
+//!   launcher per kernel, taking and returning [`CudaSlice`]s; [`linear`]: cuBLAS GEMM + bias.
+//!
+//! Models are not written here: the backbone's feature extraction
+//! (`crate::models::efficientnet_infer`) and the ViT (`crate::recon::vit_infer`) are written
+//! once over the backend op set, which `crate::backend`'s `CudaOps` maps onto these launchers.
 //!
 //! The PTX comes from `build.rs`, which compiles every `kernels/*.cu` for `compute_75` (a file
 //! may add per-capability variants) with nvcc or NVRTC, writes it as PTX ISA 8.0 and checks it
@@ -26,7 +29,6 @@
 //! [`CudaError::Invalid`] instead of launching on a mismatch; sizes must fit `i32`.
 
 pub mod attention;
-pub mod backbone;
 pub mod buffer;
 pub mod coupling;
 pub mod device;

@@ -13,12 +13,11 @@
 //! wide inner taps (`blocks.N.dw` has 6x the channels of `blocks.N`). The matrix depends only
 //! on the tap's position in the spec and its shape, never on data: the same for every class.
 
+use crate::backend::CpuOps;
 use crate::detector::coreset::random_projection_matrix;
 use crate::error::{Error, Result};
+use crate::models::efficientnet_infer::InferFeatures;
 use crate::models::{Backbone, EfficientNetLite};
-use crate::ops::matmul::{Trans, gemm};
-use crate::ops::pool::avg_pool_plane;
-use crate::ops::resize::bilinear_plane;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -81,9 +80,16 @@ impl std::str::FromStr for InputNorm {
 }
 
 /// Standardises each `[S, S]` channel plane of `x` (`[B, 3, S, S]`) to mean 0, std 1.
+#[cfg(test)]
 fn standardise_planes(x: &Tensor) -> Tensor {
-    let plane = x.dim(2) * x.dim(3);
-    let mut v = x.f32s().to_vec();
+    let v = standardise_planes_host(&x.f32s(), x.dim(2) * x.dim(3));
+    Tensor::from_parts(v, x.shape().to_vec())
+}
+
+/// Each `plane`-long run of `x` standardised to mean 0, std 1 (host work: the input is on the
+/// host before any backend sees it).
+pub(crate) fn standardise_planes_host(x: &[f32], plane: usize) -> Vec<f32> {
+    let mut v = x.to_vec();
     v.par_chunks_mut(plane).for_each(|ch| {
         let n = plane as f64;
         let mean = ch.iter().map(|&a| a as f64).sum::<f64>() / n;
@@ -93,7 +99,7 @@ fn standardise_planes(x: &Tensor) -> Tensor {
         ch.iter_mut()
             .for_each(|a| *a = ((*a as f64 - mean) * inv) as f32);
     });
-    Tensor::from_parts(v, x.shape().to_vec())
+    v
 }
 
 impl Default for FeatureSpec {
@@ -186,8 +192,9 @@ pub struct FeatureExtractor {
     spec: FeatureSpec,
     grid: usize,
     dim: usize,
-    /// Per tap: its projection `[C, DIM]` (row-major), when it has one.
-    projections: Arc<Vec<Option<Vec<f32>>>>,
+    /// Per tap: its projection, when it has one, transposed to `[DIM, C]` (a 1x1 conv's
+    /// weight: the extraction applies it to the pooled map).
+    projections: Arc<Vec<Option<Arc<Vec<f32>>>>>,
 }
 
 impl FeatureExtractor {
@@ -206,7 +213,12 @@ impl FeatureExtractor {
             .enumerate()
             .map(|(i, t)| {
                 let (c, _, proj) = spec.tap_geometry(t)?;
-                Ok(proj.map(|p| random_projection_matrix(c, p, projection_seed(i))))
+                Ok(proj.map(|p| {
+                    // The matrix is `[C, DIM]` row-major; its transpose, `[DIM, C]`.
+                    let m = random_projection_matrix(c, p, projection_seed(i));
+                    let t = (0..p * c).map(|k| m[(k % c) * p + k / c]).collect();
+                    Arc::new(t)
+                }))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(FeatureExtractor {
@@ -223,6 +235,11 @@ impl FeatureExtractor {
         &self.net
     }
 
+    /// The projection of the `index`-th tap, `[DIM, C]`, when it has one.
+    pub(crate) fn projection(&self, index: usize) -> Option<&Arc<Vec<f32>>> {
+        self.projections.get(index)?.as_ref()
+    }
+
     pub fn spec(&self) -> &FeatureSpec {
         &self.spec
     }
@@ -235,7 +252,8 @@ impl FeatureExtractor {
         self.dim
     }
 
-    /// `[B, 3, S, S]` network input -> `[B, grid², dim]` patch features.
+    /// `[B, 3, S, S]` network input -> `[B, grid², dim]` patch features: the one feature
+    /// extraction ([`crate::models::efficientnet_infer`]) on the CPU's op set.
     pub fn extract(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.spec.input_size;
         if x.rank() != 4 || x.dim(2) != s || x.dim(3) != s {
@@ -244,114 +262,227 @@ impl FeatureExtractor {
                 x.shape()
             )));
         }
-        let taps: Vec<&str> = self
-            .spec
-            .taps
-            .iter()
-            .map(|t| split_tap(t).map(|(point, _)| point))
-            .collect::<Result<_>>()?;
-        match self.spec.input_norm {
-            InputNorm::Imagenet => self.extract_view(x, &taps),
-            InputNorm::PerImage => self.extract_view(&standardise_planes(x), &taps),
-            InputNorm::Both => {
-                let a = self.extract_view(x, &taps)?.into_f32_vec();
-                let b = self
-                    .extract_view(&standardise_planes(x), &taps)?
-                    .into_f32_vec();
-                let (half, rows) = (self.dim / 2, x.dim(0) * self.grid * self.grid);
-                let mut out = Vec::with_capacity(rows * self.dim);
-                for (ra, rb) in a.chunks_exact(half).zip(b.chunks_exact(half)) {
-                    out.extend_from_slice(ra);
-                    out.extend_from_slice(rb);
-                }
-                Ok(Tensor::from_parts(
-                    out,
-                    vec![x.dim(0), self.grid * self.grid, self.dim],
-                ))
-            }
-        }
-    }
-
-    /// One view's features `[B, grid², dim / views]` of the (normalised) input `x`.
-    fn extract_view(&self, x: &Tensor, taps: &[&str]) -> Result<Tensor> {
-        let maps = self.net.forward_taps(x, taps)?;
-        let (b, g, dim) = (x.dim(0), self.grid, self.dim / self.spec.input_norm.views());
-        let mut out = vec![0.0f32; b * g * g * dim];
-        let mut c_off = 0;
-        for ((_, m), proj) in maps.iter().zip(self.projections.iter()) {
-            let (c, h, w) = (m.dim(1), m.dim(2), m.dim(3));
-            let mv = m.f32s();
-            // Per (image, channel) plane: resize to the grid, pool, then scatter channels-last.
-            let planes: Vec<Vec<f32>> = (0..b * c)
-                .into_par_iter()
-                .map(|bc| {
-                    let src = &mv[bc * h * w..(bc + 1) * h * w];
-                    let mut resized = vec![0.0; g * g];
-                    if (h, w) == (g, g) {
-                        resized.copy_from_slice(src);
-                    } else {
-                        bilinear_plane(src, h, w, g, g, &mut resized);
-                    }
-                    if self.spec.pool <= 1 {
-                        return resized;
-                    }
-                    let mut pooled = vec![0.0; g * g];
-                    avg_pool_plane(&resized, g, g, self.spec.pool, &mut pooled);
-                    pooled
-                })
-                .collect();
-            let Some(proj) = proj else {
-                out.par_chunks_mut(g * g * dim)
-                    .enumerate()
-                    .for_each(|(img, o)| {
-                        for ch in 0..c {
-                            let plane = &planes[img * c + ch];
-                            for p in 0..g * g {
-                                o[p * dim + c_off + ch] = plane[p];
-                            }
-                        }
-                    });
-                c_off += c;
-                continue;
-            };
-            // Projected tap: rows [g², C] of each image times the matrix [C, DIM].
-            let d = proj.len() / c;
-            out.par_chunks_mut(g * g * dim)
-                .enumerate()
-                .for_each(|(img, o)| {
-                    let mut rows = vec![0.0f32; g * g * c];
-                    for ch in 0..c {
-                        let plane = &planes[img * c + ch];
-                        for p in 0..g * g {
-                            rows[p * c + ch] = plane[p];
-                        }
-                    }
-                    let mut projected = vec![0.0f32; g * g * d];
-                    gemm(
-                        g * g,
-                        d,
-                        c,
-                        &rows,
-                        Trans::N,
-                        proj,
-                        Trans::N,
-                        &mut projected,
-                        0.0,
-                    );
-                    for p in 0..g * g {
-                        o[p * dim + c_off..p * dim + c_off + d]
-                            .copy_from_slice(&projected[p * d..(p + 1) * d]);
-                    }
-                });
-            c_off += d;
-        }
-        Ok(Tensor::from_parts(out, vec![b, g * g, dim]))
+        EfficientNetLite::check_input(x)?;
+        let b = x.dim(0);
+        let rows = InferFeatures::new(CpuOps, self)?.extract(&x.f32s(), b)?;
+        Ok(Tensor::from_parts(
+            rows,
+            vec![b, self.grid * self.grid, self.dim],
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::matmul::{Trans, gemm};
+    use crate::ops::pool::avg_pool_plane;
+    use crate::ops::resize::bilinear_plane;
+
+    /// The extraction as it was before it was written once over the op set: the CPU
+    /// backbone's `forward_taps`, then the aggregation per plane. The reference the one
+    /// extraction is held to.
+    struct Reference<'a>(&'a FeatureExtractor);
+
+    impl Reference<'_> {
+        /// `[B, 3, S, S]` network input -> `[B, grid², dim]` patch features.
+        fn extract(&self, x: &Tensor) -> Result<Tensor> {
+            let s = self.0.spec.input_size;
+            if x.rank() != 4 || x.dim(2) != s || x.dim(3) != s {
+                return Err(Error::shape(format!(
+                    "feature input must be [B, 3, {s}, {s}], got {:?}",
+                    x.shape()
+                )));
+            }
+            let taps: Vec<&str> = self
+                .0
+                .spec
+                .taps
+                .iter()
+                .map(|t| split_tap(t).map(|(point, _)| point))
+                .collect::<Result<_>>()?;
+            match self.0.spec.input_norm {
+                InputNorm::Imagenet => self.extract_view(x, &taps),
+                InputNorm::PerImage => self.extract_view(&standardise_planes(x), &taps),
+                InputNorm::Both => {
+                    let a = self.extract_view(x, &taps)?.into_f32_vec();
+                    let b = self
+                        .extract_view(&standardise_planes(x), &taps)?
+                        .into_f32_vec();
+                    let (half, rows) = (self.0.dim / 2, x.dim(0) * self.0.grid * self.0.grid);
+                    let mut out = Vec::with_capacity(rows * self.0.dim);
+                    for (ra, rb) in a.chunks_exact(half).zip(b.chunks_exact(half)) {
+                        out.extend_from_slice(ra);
+                        out.extend_from_slice(rb);
+                    }
+                    Ok(Tensor::from_parts(
+                        out,
+                        vec![x.dim(0), self.0.grid * self.0.grid, self.0.dim],
+                    ))
+                }
+            }
+        }
+
+        /// One view's features `[B, grid², dim / views]` of the (normalised) input `x`.
+        fn extract_view(&self, x: &Tensor, taps: &[&str]) -> Result<Tensor> {
+            let maps = self.0.net.forward_taps(x, taps)?;
+            let (b, g, dim) = (
+                x.dim(0),
+                self.0.grid,
+                self.0.dim / self.0.spec.input_norm.views(),
+            );
+            let mut out = vec![0.0f32; b * g * g * dim];
+            let mut c_off = 0;
+            let projections: Vec<Option<Vec<f32>>> = (self.0.spec.taps.iter().enumerate())
+                .map(|(i, t)| {
+                    let (c, _, p) = self.0.spec.tap_geometry(t).unwrap();
+                    p.map(|p| random_projection_matrix(c, p, projection_seed(i)))
+                })
+                .collect();
+            for ((_, m), proj) in maps.iter().zip(projections.iter()) {
+                let (c, h, w) = (m.dim(1), m.dim(2), m.dim(3));
+                let mv = m.f32s();
+                // Per (image, channel) plane: resize to the grid, pool, then scatter channels-last.
+                let planes: Vec<Vec<f32>> = (0..b * c)
+                    .into_par_iter()
+                    .map(|bc| {
+                        let src = &mv[bc * h * w..(bc + 1) * h * w];
+                        let mut resized = vec![0.0; g * g];
+                        if (h, w) == (g, g) {
+                            resized.copy_from_slice(src);
+                        } else {
+                            bilinear_plane(src, h, w, g, g, &mut resized);
+                        }
+                        if self.0.spec.pool <= 1 {
+                            return resized;
+                        }
+                        let mut pooled = vec![0.0; g * g];
+                        avg_pool_plane(&resized, g, g, self.0.spec.pool, &mut pooled);
+                        pooled
+                    })
+                    .collect();
+                let Some(proj) = proj else {
+                    out.par_chunks_mut(g * g * dim)
+                        .enumerate()
+                        .for_each(|(img, o)| {
+                            for ch in 0..c {
+                                let plane = &planes[img * c + ch];
+                                for p in 0..g * g {
+                                    o[p * dim + c_off + ch] = plane[p];
+                                }
+                            }
+                        });
+                    c_off += c;
+                    continue;
+                };
+                // Projected tap: rows [g², C] of each image times the matrix [C, DIM].
+                let d = proj.len() / c;
+                out.par_chunks_mut(g * g * dim)
+                    .enumerate()
+                    .for_each(|(img, o)| {
+                        let mut rows = vec![0.0f32; g * g * c];
+                        for ch in 0..c {
+                            let plane = &planes[img * c + ch];
+                            for p in 0..g * g {
+                                rows[p * c + ch] = plane[p];
+                            }
+                        }
+                        let mut projected = vec![0.0f32; g * g * d];
+                        gemm(
+                            g * g,
+                            d,
+                            c,
+                            &rows,
+                            Trans::N,
+                            proj,
+                            Trans::N,
+                            &mut projected,
+                            0.0,
+                        );
+                        for p in 0..g * g {
+                            o[p * dim + c_off..p * dim + c_off + d]
+                                .copy_from_slice(&projected[p * d..(p + 1) * d]);
+                        }
+                    });
+                c_off += d;
+            }
+            Ok(Tensor::from_parts(out, vec![b, g * g, dim]))
+        }
+    }
+
+    fn random_input(batch: usize, size: usize, seed: u64) -> Tensor {
+        let mut r = crate::rng::Rng::new(seed);
+        let n = batch * 3 * size * size;
+        Tensor::new(
+            (0..n).map(|_| r.range(-2.0, 1.5)).collect(),
+            &[batch, 3, size, size],
+        )
+        .unwrap()
+    }
+
+    /// The one extraction on the CPU equals the previous CPU path (backbone taps, then the
+    /// per-plane aggregation), on batches of 1 and 3, inputs of 64 and 96 px, tap sets with
+    /// the stem, inner taps, projections and every input normalisation.
+    #[test]
+    fn the_one_extraction_matches_the_reference_path() {
+        let w =
+            crate::models::efficientnet::default_weights_dir().join(Backbone::Lite0.weights_file());
+        if !w.is_file() {
+            assert!(
+                std::env::var_os("PMAD_REQUIRE_ASSETS").is_none(),
+                "no {}",
+                w.display()
+            );
+            eprintln!("skipped: no {}", w.display());
+            return;
+        }
+        let net = Arc::new(EfficientNetLite::load(&w).unwrap());
+        let cases: [(&[&str], usize, InputNorm); 5] = [
+            (&["blocks.4", "blocks.10"], 3, InputNorm::Imagenet),
+            (&["stem", "blocks.2"], 1, InputNorm::Imagenet),
+            (
+                &["blocks.3.expand", "blocks.4.dw:16", "blocks.5"],
+                3,
+                InputNorm::PerImage,
+            ),
+            (
+                &["blocks.1", "blocks.6.dw:32", "blocks.6.expand"],
+                1,
+                InputNorm::Both,
+            ),
+            (
+                &["blocks.10", "blocks.0.dw", "blocks.4:8"],
+                1,
+                InputNorm::Imagenet,
+            ),
+        ];
+        let mut checked = 0;
+        for (taps, pool, norm) in cases {
+            for size in [64, 96] {
+                for batch in [1, 3] {
+                    let sp = FeatureSpec {
+                        input_size: size,
+                        pool,
+                        input_norm: norm,
+                        ..spec(taps)
+                    };
+                    let fx = FeatureExtractor::new(net.clone(), sp).unwrap();
+                    let x = random_input(batch, size, (size * 10 + batch) as u64);
+                    let got = fx.extract(&x).unwrap();
+                    let want = Reference(&fx).extract(&x).unwrap();
+                    assert_eq!(got.shape(), want.shape());
+                    for (i, (g, w)) in got.f32s().iter().zip(want.f32s().iter()).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
+                            "{taps:?} {norm:?} {batch}x{size}: [{i}] {g} vs {w}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 20);
+    }
 
     fn spec(taps: &[&str]) -> FeatureSpec {
         FeatureSpec {

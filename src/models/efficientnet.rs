@@ -21,6 +21,7 @@ use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into, fold_batchno
 use crate::ops::matmul::linear_rows;
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const BN_EPS: f32 = 1e-3;
 
@@ -257,10 +258,11 @@ fn block_specs(backbone: Backbone) -> Vec<BlockSpec> {
 }
 
 /// A conv with BatchNorm folded in: weights `[c_out, c_in/groups, k, k]`, bias `[c_out]`.
-/// (Fields crate-visible: the CUDA backend uploads them.)
+/// (Fields crate-visible, buffers shared: the feature extractor
+/// ([`super::efficientnet_infer`]) hands them to a backend, which shares or uploads them.)
 pub(crate) struct ConvBn {
-    pub(crate) weight: Vec<f32>,
-    pub(crate) bias: Vec<f32>,
+    pub(crate) weight: Arc<Vec<f32>>,
+    pub(crate) bias: Arc<Vec<f32>>,
     pub(crate) c_in: usize,
     pub(crate) c_out: usize,
     pub(crate) kernel: usize,
@@ -285,7 +287,7 @@ impl ConvBn {
             pad: Padding::tf_same(h, w, self.kernel, self.stride),
         };
         let mut y = vec![0.0; batch * self.c_out * s.out_h() * s.out_w()];
-        conv2d_into(x, &self.weight, Some(&self.bias), &s, self.act, &mut y);
+        conv2d_into(x, &self.weight, Some(&self.bias[..]), &s, self.act, &mut y);
         (y, s.out_h(), s.out_w())
     }
 }
@@ -419,8 +421,8 @@ impl EfficientNetLite {
                 BN_EPS,
             );
             Ok(ConvBn {
-                weight,
-                bias,
+                weight: Arc::new(weight),
+                bias: Arc::new(bias),
                 c_in,
                 c_out,
                 kernel: k,
@@ -508,7 +510,7 @@ impl EfficientNetLite {
         })
     }
 
-    fn check_input(x: &Tensor) -> Result<()> {
+    pub(crate) fn check_input(x: &Tensor) -> Result<()> {
         if x.rank() != 4 || x.dim(1) != 3 {
             return Err(Error::shape(format!(
                 "EfficientNet-Lite expects an image batch [B, 3, H, W], got {:?}{}",

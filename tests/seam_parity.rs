@@ -1,4 +1,4 @@
-//! Parity through the backend seam: every op of [`InferOps`] on the CUDA backend (`CudaOps`)
+//! Parity through the backend seam: every op of [`InferOps`] and [`ConvOps`] on the CUDA backend (`CudaOps`)
 //! against the same op on the CPU backend (`CpuOps`, the `src/ops` reference), on the same
 //! seeded inputs of ragged shapes (sizes that are not multiples of a warp, a tile or a
 //! vector). Pass: `|cuda - cpu| <= atol + rtol |cpu|` element-wise and NMSE below a bound.
@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use pmad::backend::{CpuOps, CudaOps, InferOps, Linear, Norm};
+use pmad::backend::{Conv, ConvOps, CpuOps, CudaOps, InferOps, Linear, Norm};
 use pmad::cuda::{CudaDevice, CudaError};
 use pmad::ops::attention::AttnShape;
+use pmad::ops::conv::Activation;
 use pmad::rng::Rng;
 
 /// The device, or `None` (printing why) when there is none and none is required.
@@ -307,4 +308,109 @@ fn entropy_and_cross_entropy_rows() {
             }
         }
     }
+}
+
+/// A conv's weights on backend `o` (shape `[c_out, c_in / groups, k, k]`).
+fn conv<O: InferOps>(o: &O, w: &[f32], b: Option<&[f32]>, shape: ConvShape) -> Conv<O::Weight> {
+    let (c_in, c_out, kernel, stride, groups, act) = shape;
+    Conv {
+        weight: weights(o, w),
+        bias: b.map(|b| weights(o, b)),
+        c_in,
+        c_out,
+        kernel,
+        stride,
+        groups,
+        act,
+    }
+}
+
+/// (c_in, c_out, kernel, stride, groups, activation).
+type ConvShape = (usize, usize, usize, usize, usize, Activation);
+
+#[test]
+fn conv2d_dense_pointwise_and_depthwise() {
+    let Some(p) = Pair::new() else { return };
+    use Activation::{None as Linear_, Relu6};
+    // (shape, batch, (h, w), with a residual): the stem (3x3 stride 2), pointwise expand and
+    // project (the project with the MBConv skip), depthwise 3x3 / 5x5 at strides 1 and 2,
+    // on odd, non-square maps.
+    let cases: [(ConvShape, usize, (usize, usize), bool); 7] = [
+        ((3, 8, 3, 2, 1, Relu6), 2, (17, 13), false),
+        ((5, 12, 1, 1, 1, Relu6), 1, (9, 7), false),
+        ((12, 5, 1, 1, 1, Linear_), 3, (9, 7), true),
+        ((7, 7, 3, 1, 7, Relu6), 2, (11, 6), false),
+        ((7, 7, 3, 2, 7, Relu6), 1, (11, 6), false),
+        ((6, 6, 5, 1, 6, Relu6), 1, (14, 14), false),
+        ((6, 6, 5, 2, 6, Linear_), 2, (15, 9), false),
+    ];
+    for (i, &(shape, batch, (h, w), residual)) in cases.iter().enumerate() {
+        let (c_in, c_out, k, stride, groups, _) = shape;
+        let seed = 60 + i as u64;
+        let x = values(batch * c_in * h * w, seed, 3.0);
+        let wt = values(c_out * (c_in / groups) * k * k, seed + 1, 0.5);
+        let b = values(c_out, seed + 2, 0.5);
+        let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+        let r = values(batch * c_out * oh * ow, seed + 3, 1.0);
+        let cpu = {
+            let c = conv(&CpuOps, &wt, Some(&b), shape);
+            let res = residual.then(|| CpuOps.input(r.clone()).unwrap());
+            let x = CpuOps.input(x.clone()).unwrap();
+            CpuOps.conv2d(&x, &c, batch, (h, w), res.as_ref()).unwrap()
+        };
+        let gpu = {
+            let c = conv(&p.gpu, &wt, Some(&b), shape);
+            let res = residual.then(|| p.gpu.input(r.clone()).unwrap());
+            let x = p.gpu.input(x.clone()).unwrap();
+            p.down(&p.gpu.conv2d(&x, &c, batch, (h, w), res.as_ref()).unwrap())
+        };
+        let name = format!("conv2d {shape:?} b{batch} {h}x{w} residual {residual}");
+        compare(&name, &gpu, &cpu, 1e-4, 1e-4, 1e-10);
+        assert_eq!(cpu.len(), batch * c_out * oh * ow, "{name}");
+    }
+}
+
+#[test]
+fn resample_and_rows() {
+    let Some(p) = Pair::new() else { return };
+    // (planes, from, to, pool): a resize up and down, pooling alone, both, and nothing to do.
+    let cases = [
+        (5, (7, 7), (14, 14), 1),
+        (3, (28, 28), (14, 14), 3),
+        (4, (9, 9), (9, 9), 3),
+        (2, (6, 10), (12, 12), 5),
+        (2, (8, 8), (8, 8), 1),
+    ];
+    for (i, &(planes, from, to, pool)) in cases.iter().enumerate() {
+        let x = values(planes * from.0 * from.1, 70 + i as u64, 2.0);
+        let c = CpuOps.resample(&x, planes, from, to, pool).unwrap();
+        let g = p
+            .gpu
+            .resample(&p.gpu.input(x.clone()).unwrap(), planes, from, to, pool)
+            .unwrap();
+        assert_eq!(
+            c.is_some(),
+            g.is_some(),
+            "resample {from:?}->{to:?} pool {pool}"
+        );
+        let (Some(c), Some(g)) = (c, g) else { continue };
+        let name = format!("resample {planes} {from:?}->{to:?} pool {pool}");
+        compare(&name, &p.down(&g), &c, 1e-5, 1e-5, 1e-10);
+    }
+    // Two taps of 3 and 5 channels scattered into 9-wide rows (one spare column).
+    let (batch, plane, width) = (2, 6, 9);
+    let mut rows_c = CpuOps.zeros(batch * plane * width).unwrap();
+    let mut rows_g = p.gpu.zeros(batch * plane * width).unwrap();
+    for (seed, channels, offset) in [(80u64, 3, 0), (81, 5, 3)] {
+        let x = values(batch * channels * plane, seed, 1.0);
+        CpuOps
+            .nchw_to_rows(&x, &mut rows_c, batch, channels, plane, width, offset)
+            .unwrap();
+        let xg = p.gpu.input(x).unwrap();
+        p.gpu
+            .nchw_to_rows(&xg, &mut rows_g, batch, channels, plane, width, offset)
+            .unwrap();
+    }
+    compare("nchw_to_rows", &p.down(&rows_g), &rows_c, 0.0, 0.0, 0.0);
+    assert!(rows_c.iter().skip(8).step_by(9).all(|&v| v == 0.0));
 }

@@ -189,10 +189,15 @@ impl VitConfig {
     pub(crate) fn batch_of(&self, images: &[f32], mask: &[bool]) -> Result<usize> {
         let (len, n) = (self.image_len(), self.patches());
         if images.is_empty() || !images.len().is_multiple_of(len) {
+            // A feature-input ViT reads one feature vector per patch, not pixels.
+            let unit = if self.input_dim > 0 {
+                format!("[{}, {}] patch-feature", self.patches(), self.input_dim)
+            } else {
+                format!("[3, {s}, {s}]", s = self.image_size)
+            };
             return Err(Error::shape(format!(
-                "ViT input: {} values are not a whole number of [3, {s}, {s}] images",
+                "ViT input: {} values are not a whole number of {unit} images",
                 images.len(),
-                s = self.image_size
             )));
         }
         let batch = images.len() / len;

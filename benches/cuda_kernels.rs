@@ -151,7 +151,7 @@ fn cuda_kernels(c: &mut Criterion) {
     // Token entropy + cross-entropy: 64 images x 59 masked patches over |V| = 8192.
     let rows = 64 * 59;
     let logits = randn(&dev, rows * 8192, &mut rng);
-    let targets: Vec<i32> = (0..rows).map(|i| (i * 37 % 8192) as i32).collect();
+    let targets: Vec<u32> = (0..rows).map(|i| (i * 37 % 8192) as u32).collect();
     let targets = dev.upload(&targets).expect("upload");
     time(
         c,
@@ -239,7 +239,7 @@ fn cuda_kernels(c: &mut Criterion) {
             bias_residual_add(&dev, &x, &g, Some(&x), lr, lc).expect("bias_residual");
         },
     );
-    let mask: Vec<i32> = (0..lr).map(|i| (i % 10 < 3) as i32).collect();
+    let mask: Vec<u32> = (0..lr).map(|i| (i % 10 < 3) as u32).collect();
     let mask = dev.upload(&mask).expect("upload");
     time(
         c,
@@ -251,7 +251,7 @@ fn cuda_kernels(c: &mut Criterion) {
             mask_rows(&dev, &x, &mask, &g, lr, lc).expect("mask_rows");
         },
     );
-    let idx: Vec<i32> = (0..lr as i32).filter(|i| i % 10 < 3).collect();
+    let idx: Vec<u32> = (0..lr as u32).filter(|i| i % 10 < 3).collect();
     let n_idx = idx.len();
     let idx = dev.upload(&idx).expect("upload");
     time(

@@ -158,3 +158,15 @@ struct ToRowsParams {
     int col_offset;  // first column of this tap
 };
 static_assert(sizeof(ToRowsParams) == 20, "ToRowsParams layout");
+
+// score.cu: every kernel of the scoring chain (each reads the fields its comment names)
+struct ScoreParams {
+    int images;  // B
+    int n;       // values per image (or in all, for sqrt/scatter)
+    int grid;    // feature grid side
+    int vgrid;   // ViT grid side
+    int dim;     // feature dim (pool_cells); flag slots per image (nonfinite)
+    int k;       // top-k count; the scatter target's length; the flag slot (nonfinite)
+    int flag;    // upsample_product: the abnormality is given
+};
+static_assert(sizeof(ScoreParams) == 28, "ScoreParams layout");

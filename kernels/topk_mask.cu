@@ -1,4 +1,5 @@
-// topk_mask.cu — per-image proposal mask: the k highest abnormality scores of a row -> 1.
+// topk_mask.cu — per-image proposal mask: the k highest abnormality scores of a row -> 1
+// (int flags, what mask_rows_f32 reads).
 //
 // Math: for a row s[0..n) and k = round(m*n) (computed on the host), mask[i] = 1 iff
 //   rank(i) < k,  rank(i) = #{ j : s_j > s_i  or (s_j == s_i and j < i) }
@@ -26,13 +27,13 @@ __device__ __forceinline__ unsigned int topk_order_key(float s) {
 
 // grid (rows), block 256, dynamic shared memory n * 8 bytes
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
-    topk_mask_f32(const float* __restrict__ scores, float* __restrict__ mask,
+    topk_mask_f32(const float* __restrict__ scores, int* __restrict__ mask,
                   const TopkMaskParams p) {
     extern __shared__ unsigned long long topk_keys[];
     const int row = blockIdx.x;
     const int n = p.n;
     const float* s = scores + (size_t)row * n;
-    float* out = mask + (size_t)row * n;
+    int* out = mask + (size_t)row * n;
 
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         topk_keys[i] = ((unsigned long long)topk_order_key(s[i]) << 32) |
@@ -44,6 +45,6 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
         int rank = 0;
 #pragma unroll 8
         for (int j = 0; j < n; ++j) rank += topk_keys[j] > mine ? 1 : 0;
-        out[i] = rank < p.k ? 1.0f : 0.0f;
+        out[i] = rank < p.k ? 1 : 0;
     }
 }

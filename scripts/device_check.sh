@@ -5,7 +5,8 @@
 #   1. every CUDA parity test (kernels vs CPU references, ViT end to end vs the CPU model) and
 #      the Detector end to end, CPU vs CUDA (bin/cuda_e2e);
 #   2. kernel timings (criterion: bin/cuda_kernels);
-#   3. `pmad inspect` images/s at batch 1 and 64, --device cuda and cpu;
+#   3. `pmad inspect` images/s at batch 1, 64 and 256, --device cuda and cpu, and the
+#      host<->device bytes per image;
 #   4. the same operations in PyTorch on that machine (SDPA attention, cdist + argmin, the
 #      same ViT forward), side by side with 2 as ratios (scripts/device_torch.py).
 # PMAD_REQUIRE_GPU=1 (exported here unless already set): a CUDA test or bench that finds no
@@ -78,7 +79,7 @@ grep -E "^[a-z_]+/|time:|thrpt:|skipped|panicked|PMAD_REQUIRE_GPU" "$OUTDIR/kern
 endsection
 
 # 3. Inspect throughput on regenerated synthetic images.
-section "3. pmad inspect images/s (whole command: PNG decode + resize on the CPU; backbone, search and ViT on the device)"
+section "3. pmad inspect images/s (whole command: PNG decode + resize on the CPU; the rest device-resident) and host<->device bytes per image"
 data="$OUTDIR/synth"
 rm -rf "$data"
 # shellcheck disable=SC2046
@@ -86,11 +87,11 @@ rm -rf "$data"
     || echo "pmad synth failed" >> "$RES"
 imgs=("$data"/synth_wood/test/*/)
 for dev in cuda cpu; do
-    for b in 1 64; do
+    for b in 1 64 256; do
         timeout 120 "$KIT/bin/pmad" inspect --model "$KIT/model" --class synth_wood --weights "$W" \
             --score product --device "$dev" --batch "$b" --timings "${imgs[@]}" \
             > "$OUTDIR/inspect_${dev}_b$b.jsonl" 2> "$OUTDIR/inspect_${dev}_b$b.log"
-        echo "[$dev batch $b, exit $?] $(tail -1 "$OUTDIR/inspect_${dev}_b$b.log")" >> "$RES"
+        echo "[$dev batch $b, exit $?] $(grep -E 'images/s|B/image' "$OUTDIR/inspect_${dev}_b$b.log" | tr '\n' ' ')" >> "$RES"
     done
 done
 if [ -s "$OUTDIR/inspect_cuda_b64.jsonl" ]; then

@@ -1,6 +1,8 @@
 //! End to end through the CUDA backend: a small `Detector` (synthetic class, default features,
-//! a ViT, the product score) inspects the same images with `Device::Cpu` and `Device::Cuda`;
-//! scores, maps and verdicts must agree.
+//! a pixel-input or a feature-input ViT with a codebook) inspects the same images with
+//! `Device::Cpu` (the staged path) and `Device::Cuda` (the resident pass: every stage on the
+//! device); scores, maps and verdicts must agree, and without maps only the scores and the
+//! stage flags come down.
 //!
 //! In CI this runs on the emulated device (`cargo test --features cuda-emu`): the CUDA
 //! backend's host code — uploads, launch grids, parameter blocks, the stage order, cuBLAS
@@ -16,9 +18,8 @@ use std::path::PathBuf;
 use pmad::cuda::{CudaDevice, CudaError};
 use pmad::detector::Detector;
 use pmad::detector::device::Device;
-use pmad::detector::model_dir::{ModelConfig, ReconConfig, ScoreKind};
+use pmad::detector::model_dir::{ModelConfig, ScoreKind};
 use pmad::detector::pipeline::list_images;
-use pmad::recon::vit::{Vit, VitConfig};
 
 /// Whether a CUDA device (a GPU, or the emulated one in a `cuda-emu` build) is usable; prints
 /// why not and returns false otherwise (a failure with `PMAD_REQUIRE_GPU=1`).
@@ -87,50 +88,6 @@ fn inspect_cpu_vs_cuda() {
     let class = common::SYNTH_CLASS;
     let class_dir = data.join(class);
 
-    // Model: default features (Lite0, 224 input, 28x28 grid), the product score, and a small
-    // ViT (pixels in, 14x14 patches of 16 px) with random weights. Wide weights (std 0.15, not
-    // the init's 0.02) make every layer change the entropy, so a wrong stage shows.
-    let model = base.join("model");
-    let config = ModelConfig {
-        score: ScoreKind::Product,
-        ..ModelConfig::default()
-    };
-    Detector::create(&model, &config).unwrap();
-    let mut det = Detector::open(&model, Some(&weights)).unwrap();
-    let vit_cfg = VitConfig {
-        image_size: config.features.input_size,
-        patch: 16,
-        width: 64,
-        depth: 2,
-        decoder_depth: 1,
-        heads: 2,
-        mlp: 96,
-        vocab: 97,
-        input_dim: 0,
-    };
-    let mut vit = Vit::new(vit_cfg.clone(), 5).unwrap();
-    let mut rng = pmad::rng::Rng::new(0xE2E);
-    let ids: Vec<_> = vit.params().ids().collect();
-    for id in ids {
-        for v in vit.params_mut().values_mut(id) {
-            *v = rng.normal() * 0.15;
-        }
-    }
-    det.set_vit(
-        vit,
-        ReconConfig {
-            preset: "e2e".into(),
-            vit: vit_cfg,
-            vocab: 97,
-            mask_ratio: 0.3,
-            tokens: "external".into(),
-            trained_on: Vec::new(),
-        },
-    )
-    .unwrap();
-    det.register(class, &list_images(&class_dir.join("train/good")).unwrap())
-        .unwrap();
-
     // The test images (good and defective), decoded once.
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(class_dir.join("test"))
         .unwrap()
@@ -144,26 +101,88 @@ fn inspect_cpu_vs_cuda() {
         .map(|p| pmad::data::image::load_rgb(p).unwrap())
         .collect();
 
-    let mut cpu = Detector::open(&model, Some(&weights)).unwrap();
-    let mut gpu = Detector::open(&model, Some(&weights)).unwrap();
+    // Two models: default features (Lite0, 224 input, 28x28 grid) and a small random ViT
+    // (14x14 patches of 16 px) reading the pixels, or the pooled features with a codebook
+    // (as `pmad train` makes it; the own-token kinds).
+    for feature_input in [false, true] {
+        let model = base.join(format!("model-{feature_input}"));
+        Detector::create(&model, &ModelConfig::default()).unwrap();
+        let mut det = Detector::open(&model, Some(&weights)).unwrap();
+        common::install_random_vit(&mut det, feature_input, 5);
+        det.register(class, &list_images(&class_dir.join("train/good")).unwrap())
+            .unwrap();
+        compare_backends(&model, &weights, class, &images, &paths, feature_input);
+        if feature_input {
+            // Fail closed on the device: a NaN in the ViT is an error naming the stage (the
+            // flags read back before any score), never a score.
+            common::poison_vit(&mut det);
+            det.set_device(Device::Cuda).unwrap();
+            det.config.score = ScoreKind::Product;
+            let e = det.inspect_batch(class, &images).unwrap_err().to_string();
+            println!("poisoned ViT on the device: {e}");
+            assert!(e.contains("vit") && e.contains(class), "{e}");
+        }
+    }
+}
+
+/// `inspect` of `images` on both backends: scores, maps and verdicts agree; without maps
+/// the GPU sends down only scores and flags.
+fn compare_backends(
+    model: &std::path::Path,
+    weights: &std::path::Path,
+    class: &str,
+    images: &[pmad::data::image::RgbImage],
+    paths: &[PathBuf],
+    feature_input: bool,
+) {
+    let (model, weights) = (&model.to_path_buf(), &weights.to_path_buf());
+    let mut cpu = Detector::open(model, Some(weights)).unwrap();
+    let mut gpu = Detector::open(model, Some(weights)).unwrap();
     gpu.set_device(Device::Cuda).unwrap();
     assert_eq!(gpu.device(), Device::Cuda);
 
-    // The distance score (backbone + search) and the product (+ proposal mask, ViT, entropy)
-    // on the same images. Both sides compute in f32 with different summation orders (cuBLAS or
-    // the emulated GEMM vs the CPU's blocking, tree vs serial reductions) through ~25 layers.
-    for (kind, atol, rtol) in [
+    // The distance score (backbone + search) and the ViT scores (+ proposal mask, ViT,
+    // entropy) on the same images, resident on the device. Both sides compute in f32 with
+    // different summation orders (cuBLAS or the emulated GEMM vs the CPU's blocking, tree vs
+    // serial reductions) through ~25 layers.
+    let mut kinds = vec![
         (ScoreKind::Distance, 2e-4, 2e-4),
         (ScoreKind::Product, 1e-3, 1e-3),
-    ] {
+        (ScoreKind::Entropy, 1e-3, 1e-3),
+    ];
+    if feature_input {
+        kinds.push((ScoreKind::ProductCe, 1e-3, 1e-3));
+    }
+    for (kind, atol, rtol) in kinds {
+        let kind_name = format!("{kind:?} (feature input {feature_input})");
         cpu.config.score = kind;
         gpu.config.score = kind;
-        let want = cpu.inspect_batch(class, &images).unwrap();
-        let got = gpu.inspect_batch(class, &images).unwrap();
+        let want = cpu.inspect_batch(class, images).unwrap();
+        let got = gpu.inspect_batch(class, images).unwrap();
+        // Scores only: what comes down is the scores and one row of stage flags per image.
+        let before = gpu.device_bytes_copied().unwrap();
+        let scores_only = gpu.inspect_batch_with(class, images, false).unwrap();
+        let after = gpu.device_bytes_copied().unwrap();
+        let (up, down) = (after.0 - before.0, after.1 - before.1);
+        let n = images.len() as u64;
+        println!(
+            "{kind_name}: host->device {} B/image, device->host {} B/image",
+            up / n,
+            down / n
+        );
+        assert_eq!(
+            down,
+            n * 4 * (1 + pmad::backend::SCORE_STAGES.len() as u64),
+            "{kind_name}: bytes down"
+        );
+        for (s, g) in scores_only.iter().zip(&got) {
+            assert_eq!(s.map.score, g.map.score, "{kind_name}: score without maps");
+            assert!(s.map.values.is_empty());
+        }
         assert_eq!(got.len(), want.len());
         let mut worst_map = 0.0f32;
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            let name = format!("{kind:?} {}", paths[i].display());
+            let name = format!("{kind_name} {}", paths[i].display());
             assert_eq!(g.map.size, w.map.size, "{name}: map size");
             worst_map = worst_map.max(assert_close(
                 &format!("{name} map"),
@@ -195,8 +214,8 @@ fn inspect_cpu_vs_cuda() {
         let scores: Vec<f32> = want.iter().map(|w| w.map.score).collect();
         assert!(
             scores.iter().any(|&s| s != scores[0]) && scores.iter().all(|&s| s > 0.0),
-            "{kind:?}: degenerate scores {scores:?}"
+            "{kind_name}: degenerate scores {scores:?}"
         );
-        println!("{kind:?}: largest map |cuda - cpu| {worst_map:e}");
+        println!("{kind_name}: largest map |cuda - cpu| {worst_map:e}");
     }
 }

@@ -502,7 +502,8 @@ fn topk_mask_rows() {
             *s = -0.0;
         }
         let sd = up(&dev, &scores);
-        let mask = down(&dev, &topk_mask(&dev, &sd, rows, n, k).unwrap());
+        let flags = down(&dev, &topk_mask(&dev, &sd, rows, n, k).unwrap());
+        let mask: Vec<f32> = flags.iter().map(|&f| f as f32).collect();
         let want = topk_ref(&scores, n, k);
         compare(
             &format!("topk_mask rows{rows} n{n} k{k}"),
@@ -632,7 +633,9 @@ fn entropy() {
             };
         }
         let ld = up(&dev, &logits);
-        let td = dev.upload(&targets).unwrap();
+        // Ids as the u32 index buffers the kernels read as int: -1 is u32::MAX (no target).
+        let t32: Vec<u32> = targets.iter().map(|&t| t as u32).collect();
+        let td = dev.upload(&t32).unwrap();
         let out = entropy_fwd(&dev, &ld, rows, vocab, Some(&td), true).unwrap();
         let tag = format!("entropy R{rows} V{vocab}");
         let tol = Tol {
@@ -1008,7 +1011,7 @@ fn row_selection() {
     let (rows, cols) = (53, 37);
     let x = rng.normals(rows * cols, 1.0);
     let token = rng.normals(cols, 1.0);
-    let mask: Vec<i32> = (0..rows).map(|_| (rng.below(3) == 0) as i32).collect();
+    let mask: Vec<u32> = (0..rows).map(|_| (rng.below(3) == 0) as u32).collect();
     let want: Vec<f64> = (0..rows * cols)
         .map(|i| {
             let (r, c) = (i / cols, i % cols);
@@ -1026,7 +1029,7 @@ fn row_selection() {
     );
     compare("mask_rows 53x37", &down(&dev, &y.unwrap()), &want, TIGHT);
     // Repeats, any order, and one index past the end (reads as zeros).
-    let idx: Vec<i32> = vec![52, 0, 7, 7, 30, rows as i32, 1];
+    let idx: Vec<u32> = vec![52, 0, 7, 7, 30, rows as u32, 1];
     let xs = &x;
     let want: Vec<f64> = idx
         .iter()

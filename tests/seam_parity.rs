@@ -1,4 +1,5 @@
-//! Parity through the backend seam: every op of [`InferOps`] and [`ConvOps`] on the CUDA backend (`CudaOps`)
+//! Parity through the backend seam: every op of [`InferOps`], [`ConvOps`] and [`ScoreOps`] on
+//! the CUDA backend (`CudaOps`)
 //! against the same op on the CPU backend (`CpuOps`, the `src/ops` reference), on the same
 //! seeded inputs of ragged shapes (sizes that are not multiples of a warp, a tile or a
 //! vector). Pass: `|cuda - cpu| <= atol + rtol |cpu|` element-wise and NMSE below a bound.
@@ -9,8 +10,11 @@
 
 use std::sync::Arc;
 
-use pmad::backend::{Conv, ConvOps, CpuOps, CudaOps, InferOps, Linear, Norm};
+use pmad::backend::{
+    Conv, ConvOps, CpuOps, CudaOps, DeviceBank, InferOps, Linear, Norm, SCORE_STAGES, ScoreOps,
+};
 use pmad::cuda::{CudaDevice, CudaError};
+use pmad::detector::scoring::{ImageScore, MapSpec};
 use pmad::ops::attention::AttnShape;
 use pmad::ops::conv::Activation;
 use pmad::rng::Rng;
@@ -199,7 +203,9 @@ fn mask_and_gather_rows_are_exact() {
         let seed = 30 + i as u64;
         let (x, token) = (values(rows * cols, seed, 1.0), values(cols, seed + 1, 1.0));
         let mut r = Rng::new(seed + 2);
-        let mask: Vec<bool> = (0..rows).map(|_| r.range(0.0, 1.0) < 0.4).collect();
+        let mask: Vec<u32> = (0..rows)
+            .map(|_| u32::from(r.range(0.0, 1.0) < 0.4))
+            .collect();
         let masked_c = CpuOps
             .mask_rows(x.clone(), &mask, &weights(&CpuOps, &token), cols)
             .unwrap();
@@ -207,7 +213,7 @@ fn mask_and_gather_rows_are_exact() {
             .gpu
             .mask_rows(
                 p.gpu.input(x.clone()).unwrap(),
-                &mask,
+                &p.gpu.indices(mask.clone()).unwrap(),
                 &weights(&p.gpu, &token),
                 cols,
             )
@@ -221,9 +227,16 @@ fn mask_and_gather_rows_are_exact() {
             0.0,
         );
         // Rows in any order, repeated, first and last included.
-        let idx: Vec<usize> = (0..rows).rev().step_by(2).chain([0, rows - 1, 0]).collect();
+        let idx: Vec<u32> = (0..rows as u32)
+            .rev()
+            .step_by(2)
+            .chain([0, rows as u32 - 1, 0])
+            .collect();
         let g_c = CpuOps.gather_rows(&masked_c, &idx, cols).unwrap();
-        let g_g = p.gpu.gather_rows(&masked_g, &idx, cols).unwrap();
+        let g_g = p
+            .gpu
+            .gather_rows(&masked_g, &p.gpu.indices(idx.clone()).unwrap(), cols)
+            .unwrap();
         compare(
             &format!("gather_rows {rows}x{cols}"),
             &p.down(&g_g),
@@ -282,10 +295,15 @@ fn entropy_and_cross_entropy_rows() {
         let lg = p.gpu.input(logits.clone()).unwrap();
         // NMSE 1e-6 here: a near one-hot row has a cross-entropy near 0, where a 1e-7 absolute
         // difference is a large relative one; the element-wise bound is the real check.
+        let tg = p.gpu.indices(targets.clone()).unwrap();
         for with_targets in [false, true] {
-            let t = with_targets.then_some(targets.as_slice());
+            let t = with_targets.then_some(&targets);
             let (e_c, ce_c) = CpuOps.entropy(&logits, rows, vocab, t).unwrap();
-            let (e_g, ce_g) = p.gpu.entropy(&lg, rows, vocab, t).unwrap();
+            let (e_g, ce_g) = p
+                .gpu
+                .entropy(&lg, rows, vocab, with_targets.then_some(&tg))
+                .unwrap();
+            let (e_g, ce_g) = (p.down(&e_g), ce_g.map(|c| p.down(&c)));
             compare(
                 &format!("entropy {rows}x{vocab}"),
                 &e_g,
@@ -413,4 +431,157 @@ fn resample_and_rows() {
     }
     compare("nchw_to_rows", &p.down(&rows_g), &rows_c, 0.0, 0.0, 0.0);
     assert!(rows_c.iter().skip(8).step_by(9).all(|&v| v == 0.0));
+}
+
+/// The scoring chain's ops ([`ScoreOps`]) that need no class bank: the search itself is
+/// `proto_nn` (tests/cuda_parity.rs) and the whole chain runs in tests/cuda_e2e.rs.
+#[test]
+fn score_chain_ops() {
+    let Some(p) = Pair::new() else { return };
+    let up = |h: &Vec<f32>| p.gpu.input(h.clone()).unwrap();
+    let flags = |i: &<CudaOps as InferOps>::Idx| -> Vec<u32> { p.dev.download(i).unwrap() };
+    // Proposal masks on ragged grids, with ties (quantised scores) and one all-equal image.
+    for (i, &(images, grid, vgrid, ratio)) in [
+        (1, 28, 14, 0.3f32),
+        (3, 14, 14, 0.5),
+        (2, 30, 14, 0.01),
+        (5, 42, 14, 1.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut a: Vec<f32> = values(images * grid * grid, 90 + i as u64, 4.0)
+            .iter()
+            .map(|v| (v * 2.0).round().abs())
+            .collect();
+        a[..grid * grid].iter_mut().for_each(|v| *v = 1.0);
+        let (mc, kc) = CpuOps
+            .proposal_mask(&a, images, grid, vgrid, ratio)
+            .unwrap();
+        let (mg, kg) = p
+            .gpu
+            .proposal_mask(&up(&a), images, grid, vgrid, ratio)
+            .unwrap();
+        assert_eq!(kc, kg, "proposal k");
+        assert_eq!(
+            flags(&mg),
+            mc,
+            "proposal mask {images}x{grid}->{vgrid} r{ratio}"
+        );
+        let n = vgrid * vgrid;
+        let rc = CpuOps.masked_rows(&mc, images, n, kc).unwrap();
+        let rg = p.gpu.masked_rows(&mg, images, n, kg).unwrap();
+        assert_eq!(flags(&rg), rc, "masked rows");
+        // Masked-row values scattered back over every patch.
+        let v = values(rc.len(), 95 + i as u64, 1.0);
+        let sc = CpuOps.scatter_rows(&v, &rc, images * n).unwrap();
+        let sg = p.gpu.scatter_rows(&up(&v), &rg, images * n).unwrap();
+        compare("scatter_rows", &p.down(&sg), &sc, 0.0, 0.0, 0.0);
+        // Up to the feature grid, with and without the abnormality.
+        for with_a in [false, true] {
+            let pc = CpuOps
+                .upsample_product(&sc, with_a.then_some(&a), images, vgrid, grid)
+                .unwrap();
+            let ag = up(&a);
+            let pg = p
+                .gpu
+                .upsample_product(&sg, with_a.then_some(&ag), images, vgrid, grid)
+                .unwrap();
+            compare("upsample_product", &p.down(&pg), &pc, 0.0, 0.0, 0.0);
+        }
+    }
+    // Pooling feature rows to the ViT grid (summed in the CPU's order: exact).
+    for (i, &(images, grid, dim)) in [(1, 14, 3), (2, 28, 17), (1, 42, 33)].iter().enumerate() {
+        let f = values(images * grid * grid * dim, 100 + i as u64, 2.0);
+        let c = CpuOps.pool_cells(&f, images, grid, 14, dim).unwrap();
+        let g = p.gpu.pool_cells(&up(&f), images, grid, 14, dim).unwrap();
+        compare(
+            &format!("pool_cells {images}x{grid}x{dim}"),
+            &p.down(&g),
+            &c,
+            0.0,
+            0.0,
+            0.0,
+        );
+    }
+    // Maps: resize + blur (taps in f64 on the GPU, f32 on the CPU) and the image score.
+    for (i, &(images, grid, size, sigma)) in [
+        (1, 28, 256, 4.0f32),
+        (3, 14, 64, 4.0),
+        (2, 30, 97, 2.5),
+        (1, 7, 33, 0.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let patches: Vec<f32> = values(images * grid * grid, 110 + i as u64, 3.0)
+            .iter()
+            .map(|v| v.abs())
+            .collect();
+        let spec = MapSpec {
+            size,
+            sigma_at_256: sigma,
+            ..MapSpec::default()
+        };
+        let mc = CpuOps.maps(&patches, images, grid, &spec).unwrap();
+        let mg = p.gpu.maps(&up(&patches), images, grid, &spec).unwrap();
+        let name = format!("maps {images}x{grid}->{size} s{sigma}");
+        compare(&name, &p.down(&mg), &mc, 1e-5, 1e-5, 1e-10);
+        let side = size * size;
+        for score in [
+            ImageScore::Max,
+            ImageScore::TopMean { q: 0.01 },
+            ImageScore::TopMean { q: 0.37 },
+            ImageScore::TopMean { q: 1.0 },
+        ] {
+            // On the same map values, so that the selection alone is compared.
+            let sc = CpuOps.image_scores(&mc, images, side, score).unwrap();
+            let sg = p.gpu.image_scores(&up(&mc), images, side, score).unwrap();
+            compare(
+                &format!("image score {score:?} {name}"),
+                &p.down(&sg),
+                &sc,
+                1e-6,
+                1e-6,
+                1e-12,
+            );
+        }
+    }
+    // Ties and negative values in the top-k selection.
+    let tied = vec![2.0, -1.0, 2.0, 2.0, -3.0, 0.5, 2.0, -0.0];
+    for q in [0.125, 0.25, 0.5, 0.75, 1.0] {
+        let s = ImageScore::TopMean { q };
+        let c = CpuOps.image_scores(&tied, 1, 8, s).unwrap();
+        let g = p.gpu.image_scores(&up(&tied), 1, 8, s).unwrap();
+        compare(
+            &format!("image score ties q{q}"),
+            &p.down(&g),
+            &c,
+            0.0,
+            0.0,
+            0.0,
+        );
+    }
+    // Codebook assignment = the nearest code of each row.
+    let (n, k, dim) = (37, 11, 19);
+    let (rows, codes) = (values(n * dim, 120, 1.0), values(k * dim, 121, 1.0));
+    let bank = DeviceBank::default();
+    let c = CpuOps.assign(&codes, &bank, &rows, n, dim).unwrap();
+    let g = p.gpu.assign(&codes, &bank, &up(&rows), n, dim).unwrap();
+    assert_eq!(flags(&g), c, "assign");
+    // Non-finite values land in their image's slot, finite images stay 0.
+    let slots = SCORE_STAGES.len();
+    let mut x = values(4 * 10, 130, 1.0);
+    x[13] = f32::NAN;
+    x[39] = f32::NEG_INFINITY;
+    let mut fc = CpuOps.nonfinite_flags(4).unwrap();
+    let mut fg = p.gpu.nonfinite_flags(4).unwrap();
+    CpuOps.record_nonfinite(&x, 10, &mut fc, 2).unwrap();
+    p.gpu.record_nonfinite(&up(&x), 10, &mut fg, 2).unwrap();
+    let fg = p.down(&fg);
+    for (name, f) in [("cpu", &fc), ("gpu", &fg)] {
+        let set: Vec<usize> = (0..f.len()).filter(|&i| f[i] != 0.0).collect();
+        assert_eq!(set, vec![slots + 2, 3 * slots + 2], "{name} flags");
+        assert!(f[slots + 2].is_nan() && f[3 * slots + 2] == f32::NEG_INFINITY);
+    }
 }

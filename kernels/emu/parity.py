@@ -142,13 +142,13 @@ for (R, n, ratio) in [(5, 196, .16), (3, 784, .48), (4, 196, 0.0), (2, 196, 1.0)
     k = min(n, max(0, round_half_away(ratio * n)))
     s = f32(np.round(rng.uniform(-1, 1, (R, n)) * 8) / 8)
     s.ravel()[::29] = np.nan; s.ravel()[3::31] = -0.0
-    m = np.zeros_like(s)
+    m = np.zeros(s.shape, np.int32)  # int flags
     launch('topk_mask_f32', (R, 1, 1), 256, s, m, TopP(R, n, k), smem=n * 8)  # as src/cuda/topk_mask.rs
     want = np.zeros_like(s)
     for r in range(R):
         order = sorted(range(n), key=lambda i: (math.isnan(s[r, i]), -s[r, i] if not math.isnan(s[r, i]) else 0, i))
         want[r, order[:k]] = 1
-    compare(f"topk R{R} n{n} k{k}", m, want, 0, 0, 0)
+    compare(f"topk R{R} n{n} k{k}", m.astype(np.float32), want, 0, 0, 0)
     assert (m.sum(1) == k).all()
 
 # ---------------------------------------------------------------- coupling

@@ -8,16 +8,23 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy};
+use super::DeviceBank;
+use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
+use crate::detector::pipeline::ClassModel;
+use crate::detector::scoring::{ImageScore, MapSpec, patch_scores_to_map};
+use crate::detector::stage2::vit_to_feature_grid;
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttnShape, attention_forward};
 use crate::ops::conv::{ConvShape, Padding, conv2d_into};
 use crate::ops::elementwise::gelu_inplace;
 use crate::ops::layernorm::layernorm_rows;
 use crate::ops::matmul::linear_rows;
+use crate::ops::nn_search::{nearest_rows, row_sq_norms};
 use crate::ops::pool::avg_pool_plane;
 use crate::ops::resize::bilinear_plane;
 use crate::ops::softmax::{entropy_rows, logsumexp};
+use crate::recon::masking::{downsample_max, proposal_mask};
+use crate::recon::tokenizer::pool_to_vit_grid;
 
 /// The CPU op set (no state: the kernels parallelise over rayon's pool).
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,6 +47,7 @@ impl Deref for CpuWeight {
 impl InferOps for CpuOps {
     type Weight = CpuWeight;
     type Act = Vec<f32>;
+    type Idx = Vec<u32>;
     const CHUNK: usize = 32;
 
     fn weight(&self, param: &Arc<Vec<f32>>, range: Range<usize>) -> Result<CpuWeight> {
@@ -57,6 +65,14 @@ impl InferOps for CpuOps {
 
     fn input(&self, host: Vec<f32>) -> Result<Vec<f32>> {
         Ok(host)
+    }
+
+    fn indices(&self, host: Vec<u32>) -> Result<Vec<u32>> {
+        Ok(host)
+    }
+
+    fn to_host(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(x.clone())
     }
 
     fn linear(
@@ -109,11 +125,18 @@ impl InferOps for CpuOps {
     fn mask_rows(
         &self,
         mut x: Vec<f32>,
-        mask: &[bool],
+        mask: &Vec<u32>,
         token: &CpuWeight,
         cols: usize,
     ) -> Result<Vec<f32>> {
-        for (row, _) in x.chunks_mut(cols).zip(mask).filter(|(_, m)| **m) {
+        if x.len() != mask.len() * cols {
+            return Err(Error::shape(format!(
+                "mask_rows: {} flags for {} values of rows {cols} wide",
+                mask.len(),
+                x.len()
+            )));
+        }
+        for (row, _) in x.chunks_mut(cols).zip(mask).filter(|(_, m)| **m != 0) {
             row.copy_from_slice(token);
         }
         Ok(x)
@@ -133,10 +156,18 @@ impl InferOps for CpuOps {
         Ok(o)
     }
 
-    fn gather_rows(&self, x: &Vec<f32>, idx: &[usize], cols: usize) -> Result<Vec<f32>> {
+    fn gather_rows(&self, x: &Vec<f32>, idx: &Vec<u32>, cols: usize) -> Result<Vec<f32>> {
         let mut y = Vec::with_capacity(idx.len() * cols);
         for &i in idx {
-            y.extend_from_slice(&x[i * cols..(i + 1) * cols]);
+            let row = x
+                .get(i as usize * cols..(i as usize + 1) * cols)
+                .ok_or_else(|| {
+                    Error::shape(format!(
+                        "gather_rows: row {i} outside {} rows",
+                        x.len() / cols.max(1)
+                    ))
+                })?;
+            y.extend_from_slice(row);
         }
         Ok(y)
     }
@@ -146,9 +177,17 @@ impl InferOps for CpuOps {
         logits: &Vec<f32>,
         rows: usize,
         vocab: usize,
-        targets: Option<&[u32]>,
-    ) -> Result<RowEntropy> {
+        targets: Option<&Vec<u32>>,
+    ) -> Result<RowEntropy<Vec<f32>>> {
         let logits = &logits[..rows * vocab];
+        if let Some(t) = targets
+            && (t.len() != rows || t.iter().any(|&k| k as usize >= vocab))
+        {
+            return Err(Error::invalid(format!(
+                "entropy: {} targets for {rows} rows, or one outside the vocabulary of {vocab}",
+                t.len()
+            )));
+        }
         let cross = targets.map(|t| {
             logits
                 .par_chunks(vocab)
@@ -295,6 +334,210 @@ impl ConvOps for CpuOps {
                     }
                 }
             });
+        Ok(())
+    }
+}
+
+/// The scoring chain on the CPU: each op is the function the staged CPU path
+/// ([`crate::detector::patch_scores`], [`crate::detector::stage2`]) calls, image by image, so
+/// the resident pipeline on these ops scores exactly as that path does.
+impl ScoreOps for CpuOps {
+    fn nearest_distance(
+        &self,
+        class: &ClassModel,
+        feats: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<Vec<f32>> {
+        if feats.len() != rows * dim {
+            return Err(Error::shape(format!(
+                "nearest_distance: {} values for {rows} rows of {dim}",
+                feats.len()
+            )));
+        }
+        // The index's pruning bounds assume finite queries: a NaN never reaches it.
+        if let Some(i) = crate::weights::first_non_finite(feats) {
+            return Err(Error::NonFinite {
+                class: class.info.name.clone(),
+                image: i / dim,
+                stage: "backbone",
+                value: feats[i],
+            });
+        }
+        let nn = class.search_index(dim).nearest(feats);
+        Ok(nn.dist2.iter().map(|d| d.sqrt()).collect())
+    }
+
+    fn assign(
+        &self,
+        codes: &[f32],
+        _on_device: &DeviceBank,
+        rows: &Vec<f32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<Vec<u32>> {
+        if rows.len() != n * dim || dim == 0 || !codes.len().is_multiple_of(dim) {
+            return Err(Error::shape(format!(
+                "assign: {} values for {n} rows of {dim} (codebook of {} values)",
+                rows.len(),
+                codes.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        // As `Codebook::assign`.
+        let sq = row_sq_norms(codes, dim);
+        Ok(nearest_rows(rows, codes, &sq, dim).index)
+    }
+
+    fn proposal_mask(
+        &self,
+        abnormality: &Vec<f32>,
+        images: usize,
+        grid: usize,
+        vgrid: usize,
+        ratio: f32,
+    ) -> Result<(Vec<u32>, usize)> {
+        if abnormality.len() != images * grid * grid || vgrid == 0 {
+            return Err(Error::shape(format!(
+                "proposal_mask: {} values for {images} maps of {grid}x{grid}",
+                abnormality.len()
+            )));
+        }
+        let k = crate::recon::masking::count_for(ratio, vgrid * vgrid);
+        let mut flags = Vec::with_capacity(images * vgrid * vgrid);
+        for a in abnormality.chunks(grid * grid) {
+            let m = proposal_mask(&downsample_max(a, grid, vgrid), ratio);
+            flags.extend(m.into_iter().map(u32::from));
+        }
+        Ok((flags, k))
+    }
+
+    fn masked_rows(&self, mask: &Vec<u32>, images: usize, n: usize, k: usize) -> Result<Vec<u32>> {
+        if mask.len() != images * n {
+            return Err(Error::shape(format!(
+                "masked_rows: {} flags for {images} images of {n}",
+                mask.len()
+            )));
+        }
+        let rows: Vec<u32> = (0..mask.len() as u32)
+            .filter(|&i| mask[i as usize] != 0)
+            .collect();
+        if rows.len() != images * k {
+            return Err(Error::invalid(format!(
+                "masked_rows: {} flags set, not {k} per image",
+                rows.len()
+            )));
+        }
+        Ok(rows)
+    }
+
+    fn pool_cells(
+        &self,
+        feats: &Vec<f32>,
+        images: usize,
+        grid: usize,
+        vgrid: usize,
+        dim: usize,
+    ) -> Result<Vec<f32>> {
+        if vgrid != crate::recon::GRID || feats.len() != images * grid * grid * dim {
+            return Err(Error::shape(format!(
+                "pool_cells: {} values for {images} images of {grid}x{grid}x{dim} to {vgrid}x{vgrid}",
+                feats.len()
+            )));
+        }
+        pool_to_vit_grid(feats, grid, dim)
+    }
+
+    fn scatter_rows(&self, v: &Vec<f32>, idx: &Vec<u32>, len: usize) -> Result<Vec<f32>> {
+        let mut y = vec![0.0; len];
+        for (&i, &x) in idx.iter().zip(v) {
+            if let Some(slot) = y.get_mut(i as usize) {
+                *slot = x;
+            }
+        }
+        Ok(y)
+    }
+
+    fn upsample_product(
+        &self,
+        e: &Vec<f32>,
+        a: Option<&Vec<f32>>,
+        images: usize,
+        vgrid: usize,
+        grid: usize,
+    ) -> Result<Vec<f32>> {
+        if e.len() != images * vgrid * vgrid || a.is_some_and(|a| a.len() != images * grid * grid) {
+            return Err(Error::shape(format!(
+                "upsample_product: {} values for {images} maps of {vgrid}x{vgrid}",
+                e.len()
+            )));
+        }
+        let up = vit_to_feature_grid(e, vgrid, grid);
+        Ok(match a {
+            Some(a) => up.iter().zip(a).map(|(e, a)| e * a).collect(),
+            None => up,
+        })
+    }
+
+    fn maps(
+        &self,
+        patches: &Vec<f32>,
+        images: usize,
+        grid: usize,
+        spec: &MapSpec,
+    ) -> Result<Vec<f32>> {
+        if patches.len() != images * grid * grid || grid == 0 {
+            return Err(Error::shape(format!(
+                "maps: {} patch scores for {images} maps of {grid}x{grid}",
+                patches.len()
+            )));
+        }
+        let side = spec.size * spec.size;
+        let mut out = vec![0.0; images * side];
+        out.par_chunks_mut(side.max(1))
+            .zip(patches.par_chunks(grid * grid))
+            .for_each(|(o, p)| o.copy_from_slice(&patch_scores_to_map(p, grid, spec).values));
+        Ok(out)
+    }
+
+    fn image_scores(
+        &self,
+        maps: &Vec<f32>,
+        images: usize,
+        n: usize,
+        score: ImageScore,
+    ) -> Result<Vec<f32>> {
+        if maps.len() != images * n || n == 0 {
+            return Err(Error::shape(format!(
+                "image_scores: {} values for {images} maps of {n}",
+                maps.len()
+            )));
+        }
+        Ok(maps.par_chunks(n).map(|m| score.of(m)).collect())
+    }
+
+    fn record_nonfinite(
+        &self,
+        x: &Vec<f32>,
+        per: usize,
+        flags: &mut Vec<f32>,
+        slot: usize,
+    ) -> Result<()> {
+        let slots = SCORE_STAGES.len();
+        if per == 0 || !x.len().is_multiple_of(per) || flags.len() != x.len() / per * slots {
+            return Err(Error::shape(format!(
+                "record_nonfinite: {} values in images of {per}, {} flags",
+                x.len(),
+                flags.len()
+            )));
+        }
+        for (img, v) in x.chunks(per).enumerate() {
+            if let Some(bad) = v.iter().find(|v| !v.is_finite()) {
+                flags[img * slots + slot] = *bad;
+            }
+        }
         Ok(())
     }
 }

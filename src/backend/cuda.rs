@@ -6,6 +6,10 @@ use std::sync::{Arc, OnceLock};
 use crate::cuda::proto_nn::{ProtoBank, proto_nn};
 use crate::cuda::{CudaDevice, CudaSlice};
 use crate::detector::features::FeatureExtractor;
+use crate::detector::model_dir::ScoreKind;
+use crate::detector::pipeline::ClassModel;
+use crate::detector::resident::{self, ScoreChain, Settings};
+use crate::detector::scoring::AnomalyMap;
 use crate::error::{Error, Result};
 use crate::models::efficientnet_infer::InferFeatures;
 use crate::ops::nn_search::Nearest;
@@ -18,6 +22,7 @@ use super::{CudaOps, Uncertainty};
 /// The detector's state on the GPU: the device, the backbone's and the ViT's weights.
 pub struct CudaBackend {
     dev: Arc<CudaDevice>,
+    ops: CudaOps,
     /// The one feature extraction on the CUDA op set, weights uploaded once.
     features: InferFeatures<CudaOps>,
     vit: Option<InferVit<CudaOps>>,
@@ -25,9 +30,25 @@ pub struct CudaBackend {
 
 /// A class bank's copy on the device, uploaded on first use. Its `ClassModel` owns it, so a
 /// new bank (a re-registration, a calibration fold) starts with no copy and can never be
-/// served a stale one, as a cache keyed by class name could.
+/// served a stale one, as a cache keyed by class name could. (The codebook's copy is one too.)
 #[derive(Clone, Default)]
 pub struct DeviceBank(OnceLock<Arc<CudaSlice<f32>>>);
+
+impl DeviceBank {
+    /// The device copy of `host`, uploaded on the first call.
+    pub(crate) fn get_or_upload(
+        &self,
+        dev: &CudaDevice,
+        host: &[f32],
+    ) -> crate::cuda::CudaResult<Arc<CudaSlice<f32>>> {
+        if let Some(b) = self.0.get() {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(dev.upload(host)?);
+        // Two threads may both upload; one copy wins and the other is dropped.
+        Ok(self.0.get_or_init(|| b).clone())
+    }
+}
 
 impl CudaBackend {
     /// Opens the shared device (an error, not a panic, without a usable GPU).
@@ -35,6 +56,7 @@ impl CudaBackend {
         let dev = CudaDevice::shared()?;
         let mut s = CudaBackend {
             features: InferFeatures::new(CudaOps::new(dev.clone()), features)?,
+            ops: CudaOps::new(dev.clone()),
             dev,
             vit: None,
         };
@@ -82,6 +104,31 @@ impl CudaBackend {
         }
     }
 
+    /// The resident scoring pass ([`crate::detector::resident`]) of the inputs `x`
+    /// (`[batch, 3, S, S]`) on the device: only scores (and maps when `want_maps`) come down.
+    pub(crate) fn score_resident(
+        &self,
+        settings: Settings<'_>,
+        class: &ClassModel,
+        x: &[f32],
+        batch: usize,
+        kind: ScoreKind,
+        want_maps: bool,
+    ) -> Result<Vec<AnomalyMap>> {
+        let chain = ScoreChain {
+            ops: &self.ops,
+            features: &self.features,
+            vit: self.vit.as_ref(),
+            settings,
+        };
+        resident::score(&chain, class, x, batch, kind, want_maps)
+    }
+
+    /// Bytes copied `(host -> device, device -> host)` so far on this (shared) device.
+    pub(crate) fn bytes_copied(&self) -> (u64, u64) {
+        self.dev.bytes_copied()
+    }
+
     /// Exact nearest prototype of every row of `feats` in a class's `bank` (`[P, dim]`,
     /// uploaded into `on_device` on first use).
     pub(crate) fn nearest(
@@ -91,14 +138,7 @@ impl CudaBackend {
         feats: &[f32],
         dim: usize,
     ) -> Result<Nearest> {
-        let gpu_bank = match on_device.0.get() {
-            Some(b) => b.clone(),
-            None => {
-                let b = Arc::new(self.dev.upload(bank)?);
-                // Two threads may both upload; one copy wins and the other is dropped.
-                on_device.0.get_or_init(|| b).clone()
-            }
-        };
+        let gpu_bank = on_device.get_or_upload(&self.dev, bank)?;
         let (nq, np) = (feats.len() / dim, bank.len() / dim);
         let q = self.dev.upload(feats)?;
         let (idx, dist) = proto_nn(&self.dev, &q, ProtoBank::F32(&gpu_bank), nq, np, dim)?;

@@ -5,15 +5,22 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy};
+use super::DeviceBank;
+use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
 use crate::cuda::attention::{AttentionDims, attention_fwd};
 use crate::cuda::entropy::entropy_fwd;
 use crate::cuda::glue::{
     DwConv2dDims, Im2colDims, avg_pool, bias_act_nchw, bias_residual_add, dwconv2d, gather_rows,
     gelu_fwd, im2col, layernorm_fwd, mask_rows, nchw_to_rows, resize_bilinear,
 };
+use crate::cuda::glue::{gaussian_blur, resize_bilinear as resize};
 use crate::cuda::linear::{linear, pointwise_conv};
+use crate::cuda::proto_nn::{ProtoBank, proto_nn};
+use crate::cuda::score;
+use crate::cuda::topk_mask::topk_mask;
 use crate::cuda::{CudaDevice, CudaSlice};
+use crate::detector::pipeline::ClassModel;
+use crate::detector::scoring::{ImageScore, MapSpec};
 use crate::error::{Error, Result};
 use crate::ops::attention::AttnShape;
 use crate::ops::conv::{Activation, Padding};
@@ -35,17 +42,10 @@ impl CudaOps {
     }
 }
 
-/// Host indices as the kernels' `i32`s, uploaded.
-fn upload_i32(dev: &CudaDevice, v: impl Iterator<Item = usize>) -> Result<CudaSlice<i32>> {
-    let v = v
-        .map(|i| crate::cuda::to_i32(i, "row index"))
-        .collect::<std::result::Result<Vec<i32>, _>>()?;
-    Ok(dev.upload(&v)?)
-}
-
 impl InferOps for CudaOps {
     type Weight = CudaSlice<f32>;
     type Act = CudaSlice<f32>;
+    type Idx = CudaSlice<u32>;
     const CHUNK: usize = 64;
 
     fn weight(&self, param: &Arc<Vec<f32>>, range: Range<usize>) -> Result<CudaSlice<f32>> {
@@ -54,6 +54,18 @@ impl InferOps for CudaOps {
 
     fn input(&self, host: Vec<f32>) -> Result<CudaSlice<f32>> {
         Ok(self.dev.upload(&host)?)
+    }
+
+    fn indices(&self, host: Vec<u32>) -> Result<CudaSlice<u32>> {
+        // The kernels read ids as `int`.
+        if host.iter().any(|&i| i > i32::MAX as u32) {
+            return Err(Error::invalid("row index over 2^31"));
+        }
+        Ok(self.dev.upload(&host)?)
+    }
+
+    fn to_host(&self, x: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        Ok(self.dev.download(x)?)
     }
 
     fn linear(
@@ -97,12 +109,11 @@ impl InferOps for CudaOps {
     fn mask_rows(
         &self,
         x: CudaSlice<f32>,
-        mask: &[bool],
+        mask: &CudaSlice<u32>,
         token: &CudaSlice<f32>,
         cols: usize,
     ) -> Result<CudaSlice<f32>> {
-        let flags = upload_i32(&self.dev, mask.iter().map(|&m| usize::from(m)))?;
-        Ok(mask_rows(&self.dev, &x, &flags, token, mask.len(), cols)?)
+        Ok(mask_rows(&self.dev, &x, mask, token, mask.len(), cols)?)
     }
 
     fn attention(
@@ -125,11 +136,10 @@ impl InferOps for CudaOps {
     fn gather_rows(
         &self,
         x: &CudaSlice<f32>,
-        idx: &[usize],
+        idx: &CudaSlice<u32>,
         cols: usize,
     ) -> Result<CudaSlice<f32>> {
-        let idx_dev = upload_i32(&self.dev, idx.iter().copied())?;
-        Ok(gather_rows(&self.dev, x, &idx_dev, x.len() / cols, cols)?)
+        Ok(gather_rows(&self.dev, x, idx, x.len() / cols.max(1), cols)?)
     }
 
     fn entropy(
@@ -137,18 +147,10 @@ impl InferOps for CudaOps {
         logits: &CudaSlice<f32>,
         rows: usize,
         vocab: usize,
-        targets: Option<&[u32]>,
-    ) -> Result<RowEntropy> {
-        let targets = match targets {
-            Some(t) => Some(upload_i32(&self.dev, t.iter().map(|&t| t as usize))?),
-            None => None,
-        };
-        let out = entropy_fwd(&self.dev, logits, rows, vocab, targets.as_ref(), false)?;
-        let cross = match &out.ce {
-            Some(ce) => Some(self.dev.download(ce)?),
-            None => None,
-        };
-        Ok((self.dev.download(&out.entropy)?, cross))
+        targets: Option<&CudaSlice<u32>>,
+    ) -> Result<RowEntropy<CudaSlice<f32>>> {
+        let out = entropy_fwd(&self.dev, logits, rows, vocab, targets, false)?;
+        Ok((out.entropy, out.ce))
     }
 }
 
@@ -270,6 +272,148 @@ impl ConvOps for CudaOps {
     ) -> Result<()> {
         Ok(nchw_to_rows(
             &self.dev, x, rows, batch, channels, plane, row_width, col_offset,
+        )?)
+    }
+}
+
+/// The scoring chain on the device: `proto_nn` over the class's bank copy, `topk_mask`, the
+/// resize and blur of `glue.cu`, and the kernels of `score.cu`.
+impl ScoreOps for CudaOps {
+    fn nearest_distance(
+        &self,
+        class: &ClassModel,
+        feats: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<CudaSlice<f32>> {
+        let bank = class.on_device.get_or_upload(&self.dev, &class.bank)?;
+        let np = class.bank.len() / dim.max(1);
+        let (_idx, dist2) = proto_nn(&self.dev, feats, ProtoBank::F32(&bank), rows, np, dim)?;
+        Ok(score::sqrt(&self.dev, &dist2)?)
+    }
+
+    fn assign(
+        &self,
+        codes: &[f32],
+        on_device: &DeviceBank,
+        rows: &CudaSlice<f32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<CudaSlice<u32>> {
+        let codes_dev = on_device.get_or_upload(&self.dev, codes)?;
+        let k = codes.len() / dim.max(1);
+        let (idx, _dist2) = proto_nn(&self.dev, rows, ProtoBank::F32(&codes_dev), n, k, dim)?;
+        Ok(idx)
+    }
+
+    fn proposal_mask(
+        &self,
+        abnormality: &CudaSlice<f32>,
+        images: usize,
+        grid: usize,
+        vgrid: usize,
+        ratio: f32,
+    ) -> Result<(CudaSlice<u32>, usize)> {
+        let n = vgrid * vgrid;
+        // The CPU's count (f32 `round(ratio · n)`), not the launcher's f64 one.
+        let k = crate::recon::masking::count_for(ratio, n);
+        let down = score::downsample_max(&self.dev, abnormality, images, grid, vgrid)?;
+        Ok((topk_mask(&self.dev, &down, images, n, k)?, k))
+    }
+
+    fn masked_rows(
+        &self,
+        mask: &CudaSlice<u32>,
+        images: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<CudaSlice<u32>> {
+        Ok(score::masked_rows(&self.dev, mask, images, n, k)?)
+    }
+
+    fn pool_cells(
+        &self,
+        feats: &CudaSlice<f32>,
+        images: usize,
+        grid: usize,
+        vgrid: usize,
+        dim: usize,
+    ) -> Result<CudaSlice<f32>> {
+        Ok(score::pool_cells(
+            &self.dev, feats, images, grid, vgrid, dim,
+        )?)
+    }
+
+    fn scatter_rows(
+        &self,
+        v: &CudaSlice<f32>,
+        idx: &CudaSlice<u32>,
+        len: usize,
+    ) -> Result<CudaSlice<f32>> {
+        Ok(score::scatter_rows(&self.dev, v, idx, len)?)
+    }
+
+    fn upsample_product(
+        &self,
+        e: &CudaSlice<f32>,
+        a: Option<&CudaSlice<f32>>,
+        images: usize,
+        vgrid: usize,
+        grid: usize,
+    ) -> Result<CudaSlice<f32>> {
+        Ok(score::upsample_product(
+            &self.dev, e, a, images, vgrid, grid,
+        )?)
+    }
+
+    fn maps(
+        &self,
+        patches: &CudaSlice<f32>,
+        images: usize,
+        grid: usize,
+        spec: &MapSpec,
+    ) -> Result<CudaSlice<f32>> {
+        let side = (spec.size, spec.size);
+        let up = resize(&self.dev, patches, images, (grid, grid), side)?;
+        let sigma = spec.sigma_at_256 * spec.size as f32 / 256.0;
+        Ok(gaussian_blur(
+            &self.dev,
+            &up,
+            images,
+            spec.size,
+            spec.size,
+            sigma as f64,
+        )?)
+    }
+
+    fn image_scores(
+        &self,
+        maps: &CudaSlice<f32>,
+        images: usize,
+        n: usize,
+        kind: ImageScore,
+    ) -> Result<CudaSlice<f32>> {
+        let k = match kind {
+            ImageScore::Max => 1,
+            ImageScore::TopMean { q } => ImageScore::top_count(q, n),
+        };
+        Ok(score::image_score(&self.dev, maps, images, n, k)?)
+    }
+
+    fn record_nonfinite(
+        &self,
+        x: &CudaSlice<f32>,
+        per: usize,
+        flags: &mut CudaSlice<f32>,
+        slot: usize,
+    ) -> Result<()> {
+        Ok(score::record_nonfinite(
+            &self.dev,
+            x,
+            per,
+            flags,
+            SCORE_STAGES.len(),
+            slot,
         )?)
     }
 }

@@ -3,6 +3,10 @@
 //! [`CudaBackend::open`] can be called, and it explains how to get a CUDA build).
 
 use crate::detector::features::FeatureExtractor;
+use crate::detector::model_dir::ScoreKind;
+use crate::detector::pipeline::ClassModel;
+use crate::detector::resident::Settings;
+use crate::detector::scoring::AnomalyMap;
 use crate::error::{Error, Result};
 use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;
@@ -49,6 +53,22 @@ impl CudaBackend {
         _feats: &[f32],
         _dim: usize,
     ) -> Result<Nearest> {
+        match *self {}
+    }
+
+    pub(crate) fn score_resident(
+        &self,
+        _settings: Settings<'_>,
+        _class: &ClassModel,
+        _x: &[f32],
+        _batch: usize,
+        _kind: ScoreKind,
+        _want_maps: bool,
+    ) -> Result<Vec<AnomalyMap>> {
+        match *self {}
+    }
+
+    pub(crate) fn bytes_copied(&self) -> (u64, u64) {
         match *self {}
     }
 }

@@ -23,9 +23,13 @@
 //!   class) and the reconstruction stage's ViT — the one inference forward
 //!   ([`crate::recon::vit_infer`]) on `CudaOps`, weights uploaded once. `pmad classify`'s
 //!   logits stay on the CPU's own pass (`EfficientNetLite::forward`).
-//!   Stages hand over on the host (the proposal mask and the maps are CPU work); coreset
-//!   selection, the flow and training stay on the CPU. Results agree with the CPU path up
-//!   to f32 rounding (`tests/cuda_parity.rs`, `tests/cuda_e2e.rs`). A `cuda-emu` build runs
+//!   Inspection is device-resident: [`crate::detector::resident`], written once over
+//!   [`ScoreOps`], keeps every stage after the pixels' upload on the device (search, proposal
+//!   mask, codebook tokens, ViT, product, resize, blur, image score) and brings down only
+//!   the scores, the per-stage non-finite flags and, when asked, the maps. The staged path
+//!   (stages handing over on the host) serves the flow, reweighting, random masks and
+//!   `eval`; coreset selection, the flow and training stay on the CPU. Results agree with
+//!   the CPU path up to f32 rounding (`tests/seam_parity.rs`, `tests/cuda_e2e.rs`). A `cuda-emu` build runs
 //!   this backend on an emulated device (`crate::cuda::launch`): what CI executes.
 
 mod cpu_ops;
@@ -42,14 +46,19 @@ pub use cpu_ops::{CpuOps, CpuWeight};
 pub use cuda::{CudaBackend, DeviceBank};
 #[cfg(feature = "cuda")]
 pub use cuda_ops::CudaOps;
-pub use ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy};
+pub use ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
 
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
+use crate::detector::model_dir::ScoreKind;
 use crate::detector::pipeline::ClassModel;
+use crate::detector::resident::{self, ScoreChain, Settings};
+use crate::detector::scoring::AnomalyMap;
 use crate::error::Result;
+use crate::models::efficientnet_infer::InferFeatures;
 use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;
+use crate::recon::vit_infer::InferVit;
 use crate::tensor::Tensor;
 
 /// Whether this binary was built with the CUDA backend.
@@ -117,6 +126,48 @@ impl Backend {
         match self {
             Backend::Cpu => vit.token_uncertainty(input, masks, tokens),
             Backend::Cuda(gpu) => gpu.token_uncertainty(vit, input, masks, tokens),
+        }
+    }
+
+    /// The resident scoring pass ([`crate::detector::resident`]) of the network inputs `x`
+    /// (`[batch, 3, S, S]`): on the GPU with its device copies, every stage on the device; on
+    /// the CPU with [`CpuOps`] over the detector's own weights (shared, not copied), which
+    /// scores exactly as the staged CPU path (the CPU's inspection keeps that path; this is
+    /// its twin for tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn score_resident(
+        &self,
+        features: &FeatureExtractor,
+        vit: Option<&Vit>,
+        settings: Settings<'_>,
+        class: &ClassModel,
+        x: &[f32],
+        batch: usize,
+        kind: ScoreKind,
+        want_maps: bool,
+    ) -> Result<Vec<AnomalyMap>> {
+        match self {
+            Backend::Cpu => {
+                let feats = InferFeatures::new(CpuOps, features)?;
+                let vit = vit.map(|v| InferVit::new(CpuOps, v)).transpose()?;
+                let chain = ScoreChain {
+                    ops: &CpuOps,
+                    features: &feats,
+                    vit: vit.as_ref(),
+                    settings,
+                };
+                resident::score(&chain, class, x, batch, kind, want_maps)
+            }
+            Backend::Cuda(gpu) => gpu.score_resident(settings, class, x, batch, kind, want_maps),
+        }
+    }
+
+    /// Bytes copied `(host -> device, device -> host)` so far by this process's device;
+    /// `None` on the CPU.
+    pub fn bytes_copied(&self) -> Option<(u64, u64)> {
+        match self {
+            Backend::Cpu => None,
+            Backend::Cuda(gpu) => Some(gpu.bytes_copied()),
         }
     }
 

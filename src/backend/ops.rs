@@ -23,6 +23,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::backend::DeviceBank;
+use crate::detector::pipeline::ClassModel;
+use crate::detector::scoring::{ImageScore, MapSpec};
 use crate::error::Result;
 use crate::ops::attention::AttnShape;
 use crate::ops::conv::Activation;
@@ -68,9 +71,9 @@ impl<W> Conv<W> {
     }
 }
 
-/// The per-entropy-row results of [`InferOps::entropy`]: entropies and, when targets were
-/// given, cross-entropies.
-pub type RowEntropy = (Vec<f32>, Option<Vec<f32>>);
+/// The per-row results of [`InferOps::entropy`], left on the backend: entropies and, when
+/// targets were given, cross-entropies.
+pub type RowEntropy<A> = (A, Option<A>);
 
 /// The inference ops of one backend. Matrices are row-major; `rows` counts matrix rows.
 pub trait InferOps {
@@ -78,6 +81,8 @@ pub trait InferOps {
     type Weight;
     /// An activation (an intermediate result) as this backend holds it.
     type Act;
+    /// Row ids or per-row 0/1 flags (`u32`) as this backend holds them.
+    type Idx;
     /// Images per forward pass: bounds activation memory.
     const CHUNK: usize;
 
@@ -87,6 +92,12 @@ pub trait InferOps {
 
     /// Host values as an activation.
     fn input(&self, host: Vec<f32>) -> Result<Self::Act>;
+
+    /// Host row ids or flags as an index buffer.
+    fn indices(&self, host: Vec<u32>) -> Result<Self::Idx>;
+
+    /// An activation's values on the host (a device copies them down).
+    fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
 
     /// `x [rows, l.inp] · l.wᵀ + l.b (+ residual [rows, l.out])`.
     fn linear(
@@ -119,11 +130,12 @@ pub trait InferOps {
         cols: usize,
     ) -> Result<Self::Act>;
 
-    /// Row `r` of `x [mask.len(), cols]` replaced by `token [cols]` where `mask[r]`.
+    /// Row `r` of `x [rows, cols]` replaced by `token [cols]` where the flag `mask[r]` is set
+    /// (`mask` holds one 0/1 flag per row).
     fn mask_rows(
         &self,
         x: Self::Act,
-        mask: &[bool],
+        mask: &Self::Idx,
         token: &Self::Weight,
         cols: usize,
     ) -> Result<Self::Act>;
@@ -138,17 +150,17 @@ pub trait InferOps {
     ) -> Result<Self::Act>;
 
     /// `y [idx.len(), cols]`, `y[i] = x[idx[i]]` (every index a row of `x`).
-    fn gather_rows(&self, x: &Self::Act, idx: &[usize], cols: usize) -> Result<Self::Act>;
+    fn gather_rows(&self, x: &Self::Act, idx: &Self::Idx, cols: usize) -> Result<Self::Act>;
 
-    /// Per row of `logits [rows, vocab]`, on the host: the entropy of its softmax and, with
-    /// `targets` (`[rows]`, each below `vocab`), the cross-entropy `-log p[target]`.
+    /// Per row of `logits [rows, vocab]`: the entropy of its softmax and, with `targets`
+    /// (`[rows]`, each below `vocab`), the cross-entropy `-log p[target]`.
     fn entropy(
         &self,
         logits: &Self::Act,
         rows: usize,
         vocab: usize,
-        targets: Option<&[u32]>,
-    ) -> Result<RowEntropy>;
+        targets: Option<&Self::Idx>,
+    ) -> Result<RowEntropy<Self::Act>>;
 }
 
 /// The ops of a convolutional backbone and of the patch-feature aggregation, on the buffers of
@@ -208,5 +220,113 @@ pub trait ConvOps: InferOps {
         plane: usize,
         row_width: usize,
         col_offset: usize,
+    ) -> Result<()>;
+}
+
+/// Which stage of a scoring pass a non-finite value came from: the slots of
+/// [`ScoreOps::record_nonfinite`]'s flags, in pipeline order.
+pub const SCORE_STAGES: [&str; 4] = ["backbone", "search", "vit", "map"];
+
+/// The ops of the scoring chain after the features (METHOD.md §3-7; issue 11 item 3), on the
+/// buffers of [`InferOps`]: with them, [`crate::detector::resident`] scores a batch with
+/// every intermediate result left on the backend; only image scores (and maps when asked
+/// for) come back. Per-image maps are `[images, side²]`.
+pub trait ScoreOps: ConvOps {
+    /// The distance `‖f - p*‖` of each feature row `feats [rows, dim]` to its nearest
+    /// prototype `p*` in `class`'s bank (exact; the CPU searches the bank's index, a device
+    /// scans its copy of the bank).
+    fn nearest_distance(
+        &self,
+        class: &ClassModel,
+        feats: &Self::Act,
+        rows: usize,
+        dim: usize,
+    ) -> Result<Self::Act>;
+
+    /// Each row of `rows [n, dim]`'s nearest row of `codes [k, dim]` (a codebook; a device
+    /// keeps its copy in `on_device`).
+    fn assign(
+        &self,
+        codes: &[f32],
+        on_device: &DeviceBank,
+        rows: &Self::Act,
+        n: usize,
+        dim: usize,
+    ) -> Result<Self::Idx>;
+
+    /// The proposal mask (METHOD.md §5): per image, the `grid x grid` abnormality brought to
+    /// the ViT grid by window max, then flags on its `k = round(ratio · vgrid²)` highest
+    /// cells (ties to the lower index). Returns the flags `[images, vgrid²]` and `k`.
+    fn proposal_mask(
+        &self,
+        abnormality: &Self::Act,
+        images: usize,
+        grid: usize,
+        vgrid: usize,
+        ratio: f32,
+    ) -> Result<(Self::Idx, usize)>;
+
+    /// The row ids `b·n + i` (ascending `i`) of the `k` set flags of each image of
+    /// `mask [images, n]`.
+    fn masked_rows(&self, mask: &Self::Idx, images: usize, n: usize, k: usize)
+    -> Result<Self::Idx>;
+
+    /// Feature rows `[images, grid², dim]` pooled to the ViT grid `[images, vgrid², dim]`
+    /// (the mean of each cell).
+    fn pool_cells(
+        &self,
+        feats: &Self::Act,
+        images: usize,
+        grid: usize,
+        vgrid: usize,
+        dim: usize,
+    ) -> Result<Self::Act>;
+
+    /// `y [len]`: 0, but `y[idx[r]] = v[r]`.
+    fn scatter_rows(&self, v: &Self::Act, idx: &Self::Idx, len: usize) -> Result<Self::Act>;
+
+    /// Per image, `e [vgrid²]` brought to the feature grid (nearest) and multiplied by the
+    /// abnormality `a [grid²]` when given (full PMAD, METHOD.md §7).
+    fn upsample_product(
+        &self,
+        e: &Self::Act,
+        a: Option<&Self::Act>,
+        images: usize,
+        vgrid: usize,
+        grid: usize,
+    ) -> Result<Self::Act>;
+
+    /// Per image, the patch scores `[grid²]` bilinearly upsampled to `spec.size²` and blurred
+    /// ([`crate::detector::scoring::patch_scores_to_map`]): `[images, spec.size²]`.
+    fn maps(
+        &self,
+        patches: &Self::Act,
+        images: usize,
+        grid: usize,
+        spec: &MapSpec,
+    ) -> Result<Self::Act>;
+
+    /// Per map of `maps [images, n]`, its image score ([`ImageScore::of`]).
+    fn image_scores(
+        &self,
+        maps: &Self::Act,
+        images: usize,
+        n: usize,
+        score: ImageScore,
+    ) -> Result<Self::Act>;
+
+    /// `images · SCORE_STAGES.len()` zero flags for [`record_nonfinite`](Self::record_nonfinite).
+    fn nonfinite_flags(&self, images: usize) -> Result<Self::Act> {
+        self.zeros(images * SCORE_STAGES.len())
+    }
+
+    /// Records a non-finite value of each image of `x [images, per]` into its `slot` flag
+    /// (`flags [images, SCORE_STAGES.len()]`, 0 = all finite).
+    fn record_nonfinite(
+        &self,
+        x: &Self::Act,
+        per: usize,
+        flags: &mut Self::Act,
+        slot: usize,
     ) -> Result<()>;
 }

@@ -405,6 +405,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
         pixel_threshold,
     };
     let mut failed = 0usize;
+    // The maps only feed the files of `--out`: without it a GPU sends down only the scores.
+    let want_maps = plan.out.is_some();
+    let bytes_before = det.device_bytes_copied();
     // Batches of images: decoded in parallel, one backbone pass each. An image that cannot
     // be read or scored gets an error line; the others are still scored.
     for chunk in paths.chunks(args.batch) {
@@ -425,11 +428,17 @@ pub fn run(args: InspectArgs) -> Result<()> {
         // One pass for the batch; if it fails, each image alone (so one bad image only
         // costs its own verdict).
         let mut scored: Vec<Option<Result<pmad::detector::Inspection>>> =
-            match det.inspect_batch(&args.class, &imgs) {
+            match det.inspect_batch_with(&args.class, &imgs, want_maps) {
                 Ok(v) => v.into_iter().map(|r| Some(Ok(r))).collect(),
                 Err(_) if imgs.len() > 1 => imgs
                     .iter()
-                    .map(|img| Some(det.inspect_image(&args.class, img)))
+                    .map(|img| {
+                        let one = std::slice::from_ref(img);
+                        Some(
+                            det.inspect_batch_with(&args.class, one, want_maps)
+                                .map(|mut v| v.remove(0)),
+                        )
+                    })
                     .collect(),
                 Err(e) => vec![Some(Err(e))],
             };
@@ -469,6 +478,16 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 ix.build_time().as_secs_f64(),
             ),
             None => eprintln!("inspect: no search index built (the GPU scans the bank)"),
+        }
+        if let (Some((up0, down0)), Some((up1, down1))) = (bytes_before, det.device_bytes_copied())
+        {
+            let n = paths.len().max(1) as f64;
+            eprintln!(
+                "inspect: host->device {:.0} B/image, device->host {:.0} B/image (class bank \
+                 and codebook uploads included, once per class)",
+                (up1 - up0) as f64 / n,
+                (down1 - down0) as f64 / n,
+            );
         }
     }
     if failed > 0 {

@@ -16,6 +16,7 @@
 //! kernels execute as host C++ ([`super::launch`]) and cuBLAS calls as the CPU GEMM
 //! ([`super::linear`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -35,16 +36,18 @@ pub enum KernelModule {
     Coupling,
     Entropy,
     Glue,
+    Score,
 }
 
 impl KernelModule {
-    pub const ALL: [KernelModule; 6] = [
+    pub const ALL: [KernelModule; 7] = [
         KernelModule::Attention,
         KernelModule::ProtoNn,
         KernelModule::TopkMask,
         KernelModule::Coupling,
         KernelModule::Entropy,
         KernelModule::Glue,
+        KernelModule::Score,
     ];
 
     /// The `kernels/<name>.cu` stem.
@@ -56,6 +59,7 @@ impl KernelModule {
             KernelModule::Coupling => "coupling",
             KernelModule::Entropy => "entropy",
             KernelModule::Glue => "glue",
+            KernelModule::Score => "score",
         }
     }
 
@@ -68,6 +72,7 @@ impl KernelModule {
             KernelModule::Coupling => ptx::COUPLING_PTX,
             KernelModule::Entropy => ptx::ENTROPY_PTX,
             KernelModule::Glue => ptx::GLUE_PTX,
+            KernelModule::Score => ptx::SCORE_PTX,
         }
     }
 
@@ -80,6 +85,7 @@ impl KernelModule {
             KernelModule::Coupling => ptx::COUPLING_KERNELS,
             KernelModule::Entropy => ptx::ENTROPY_KERNELS,
             KernelModule::Glue => ptx::GLUE_KERNELS,
+            KernelModule::Score => ptx::SCORE_KERNELS,
         }
     }
 
@@ -176,6 +182,9 @@ pub struct CudaDevice {
     sm_count: u32,
     name: String,
     compute_capability: (i32, i32),
+    /// Bytes copied host -> device and device -> host so far (`inspect --timings`).
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
 }
 
 /// What executes a [`CudaDevice`]'s work.
@@ -256,6 +265,8 @@ impl CudaDevice {
             sm_count,
             name,
             compute_capability,
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
         }))
     }
 
@@ -274,6 +285,8 @@ impl CudaDevice {
             sm_count: 1,
             name: EMULATED_NAME.into(),
             compute_capability: (base / 10, base % 10),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
         }))
     }
 
@@ -418,8 +431,19 @@ impl CudaDevice {
         r.clone().map_err(CudaError::Unavailable)
     }
 
+    /// Bytes copied `(host -> device, device -> host)` since the device opened, by every
+    /// user of this (process-wide) device.
+    pub fn bytes_copied(&self) -> (u64, u64) {
+        (
+            self.bytes_up.load(Ordering::Relaxed),
+            self.bytes_down.load(Ordering::Relaxed),
+        )
+    }
+
     /// Host -> device copy.
     pub fn upload<T: DeviceElem>(&self, host: &[T]) -> CudaResult<CudaSlice<T>> {
+        self.bytes_up
+            .fetch_add(std::mem::size_of_val(host) as u64, Ordering::Relaxed);
         let mem = match &self.backing {
             Backing::Emulated => Mem::Host(HostMem::from_slice(host)),
             Backing::Driver(d) if host.is_empty() => Mem::Driver(d.stream.null()?),
@@ -430,6 +454,10 @@ impl CudaDevice {
 
     /// Device -> host copy (synchronises with the stream).
     pub fn download<T: DeviceElem>(&self, dev: &CudaSlice<T>) -> CudaResult<Vec<T>> {
+        self.bytes_down.fetch_add(
+            (dev.len() * std::mem::size_of::<T>()) as u64,
+            Ordering::Relaxed,
+        );
         match (&self.backing, &dev.mem) {
             (_, Mem::Host(h)) => Ok(h.as_slice().to_vec()),
             (_, Mem::Driver(s)) if s.is_empty() => Ok(Vec::new()),

@@ -31,7 +31,7 @@ pub fn entropy_fwd(
     logits: &CudaSlice<f32>,
     rows: usize,
     vocab: usize,
-    targets: Option<&CudaSlice<i32>>,
+    targets: Option<&CudaSlice<u32>>,
     write_probs: bool,
 ) -> CudaResult<EntropyOut> {
     check_len("entropy_fwd", "logits", logits.len(), rows * vocab)?;
@@ -57,7 +57,7 @@ pub fn entropy_fwd(
     let targets_arg = match targets {
         Some(t) => t,
         None => {
-            placeholder = dev.zeros::<i32>(1)?;
+            placeholder = dev.zeros::<u32>(1)?;
             &placeholder
         }
     };

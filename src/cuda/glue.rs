@@ -391,7 +391,7 @@ pub fn gaussian_blur(
 pub fn mask_rows(
     dev: &CudaDevice,
     x: &CudaSlice<f32>,
-    mask: &CudaSlice<i32>,
+    mask: &CudaSlice<u32>,
     token: &CudaSlice<f32>,
     rows: usize,
     cols: usize,
@@ -410,7 +410,7 @@ pub fn mask_rows(
         src_rows: to_i32(rows, "rows")?,
     };
     // SAFETY: `(const float* x, const int* mask, const float* token, float* y,
-    // RowSelectParams)`; x/y rows*cols, mask rows, token cols elements, checked above.
+    // RowSelectParams)` (u32 flags read as int); x/y rows*cols, mask rows, token cols elements, checked above.
     unsafe {
         launch(
             dev,
@@ -429,7 +429,7 @@ pub fn mask_rows(
 pub fn gather_rows(
     dev: &CudaDevice,
     x: &CudaSlice<f32>,
-    idx: &CudaSlice<i32>,
+    idx: &CudaSlice<u32>,
     src_rows: usize,
     cols: usize,
 ) -> CudaResult<CudaSlice<f32>> {
@@ -445,7 +445,8 @@ pub fn gather_rows(
         cols: to_i32(cols, "cols")?,
         src_rows: to_i32(src_rows, "src_rows")?,
     };
-    // SAFETY: `(const float* x, const int* idx, float* y, RowSelectParams)`; x holds
+    // SAFETY: `(const float* x, const int* idx, float* y, RowSelectParams)` (u32 ids read as
+    // int: above 2^31 they are negative, so not read); x holds
     // src_rows*cols, idx rows and y rows*cols elements; out-of-range indices are not read.
     unsafe {
         launch(

@@ -8,8 +8,8 @@
 //! - [`buffer`]: [`CudaSlice`], a device buffer (GPU memory, or host memory when emulated);
 //! - [`launch`]: [`launch::launch`], the one path from a launcher to a kernel on either device;
 //! - [`params`]: `#[repr(C)]` kernel parameter blocks, mirrored by `kernels/params.cuh`;
-//! - [`attention`], [`proto_nn`], [`topk_mask`], [`coupling`], [`entropy`], [`glue`]: one
-//!   launcher per kernel, taking and returning [`CudaSlice`]s; [`linear`]: cuBLAS GEMM + bias.
+//! - [`attention`], [`proto_nn`], [`topk_mask`], [`coupling`], [`entropy`], [`glue`],
+//!   [`score`]: one launcher per kernel, taking and returning [`CudaSlice`]s; [`linear`]: cuBLAS GEMM + bias.
 //!
 //! Models are not written here: the backbone's feature extraction
 //! (`crate::models::efficientnet_infer`) and the ViT (`crate::recon::vit_infer`) are written
@@ -38,6 +38,7 @@ pub mod launch;
 pub mod linear;
 pub mod params;
 pub mod proto_nn;
+pub mod score;
 pub mod topk_mask;
 
 pub use buffer::{CudaSlice, DeviceElem};

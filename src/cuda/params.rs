@@ -211,6 +211,19 @@ pub struct ToRowsParams {
     pub col_offset: i32,
 }
 
+/// `ScoreParams` — score.cu (each kernel reads the fields its comment names).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScoreParams {
+    pub images: i32,
+    pub n: i32,
+    pub grid: i32,
+    pub vgrid: i32,
+    pub dim: i32,
+    pub k: i32,
+    pub flag: i32,
+}
+
 device_repr! {
     AttentionParams = 20,
     ProtoNnParams = 16,
@@ -228,4 +241,5 @@ device_repr! {
     BiasActParams = 20,
     PoolParams = 16,
     ToRowsParams = 20,
+    ScoreParams = 28,
 }

@@ -1,4 +1,4 @@
-//! Launcher of `kernels/topk_mask.cu`: per row of `n` abnormality scores, a 0/1 mask of the
+//! Launcher of `kernels/topk_mask.cu`: per row of `n` abnormality scores, 0/1 flags of the
 //! `k` highest (ties to the lower index; NaN ranks last). One 256-thread block per row, the
 //! row's `n` 64-bit sort keys in dynamic shared memory (`8 n` bytes, hence `n <= 6144`).
 
@@ -24,14 +24,14 @@ pub fn topk_count(ratio: f64, n: usize) -> usize {
     }
 }
 
-/// Mask `[rows, n]` (f32 0/1) of the top `k` scores of each row of `scores` `[rows, n]`.
+/// Flags `[rows, n]` (0/1) of the top `k` scores of each row of `scores` `[rows, n]`.
 pub fn topk_mask(
     dev: &CudaDevice,
     scores: &CudaSlice<f32>,
     rows: usize,
     n: usize,
     k: usize,
-) -> CudaResult<CudaSlice<f32>> {
+) -> CudaResult<CudaSlice<u32>> {
     check_len("topk_mask", "scores", scores.len(), rows * n)?;
     if n > TOPK_MAX_N {
         return Err(CudaError::Invalid(format!(
@@ -42,7 +42,7 @@ pub fn topk_mask(
         return Err(CudaError::Invalid(format!("topk_mask: k = {k} > n = {n}")));
     }
     to_i32(rows * n, "topk_mask rows*n")?;
-    let mut mask = dev.alloc_out::<f32>(rows * n)?;
+    let mut mask = dev.alloc_out::<u32>(rows * n)?;
     if rows == 0 || n == 0 {
         return Ok(mask);
     }
@@ -61,7 +61,8 @@ pub fn topk_mask(
         block_dim: (256, 1, 1),
         shared_mem_bytes: (n * 8) as u32,
     };
-    // SAFETY: `(const float* scores, float* mask, TopkMaskParams)`, both rows*n elements;
+    // SAFETY: `(const float* scores, int* mask, TopkMaskParams)`, both rows*n elements (u32
+    // flags 0/1 read as int);
     // dynamic shared memory holds the n keys the kernel indexes.
     unsafe {
         launch(

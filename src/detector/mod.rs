@@ -15,9 +15,10 @@ pub mod outputs;
 mod patch_scores;
 pub mod pipeline;
 pub mod register;
+pub mod resident;
 pub mod reweight;
 pub mod scoring;
-mod stage2;
+pub(crate) mod stage2;
 pub mod train;
 
 pub use coreset::{CoresetConfig, select_coreset};

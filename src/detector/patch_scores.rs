@@ -6,9 +6,11 @@
 #![warn(missing_docs)]
 
 use crate::detector::class_cache::ClassModel;
+use crate::detector::device::Device;
 use crate::detector::flow::abnormality_from_ll;
 use crate::detector::model_dir::ScoreKind;
 use crate::detector::pipeline::Detector;
+use crate::detector::resident::{self, Settings};
 use crate::detector::reweight::{self, PatchScore};
 use crate::detector::scoring::{AnomalyMap, patch_scores_to_map};
 use crate::detector::stage2::vit_to_feature_grid;
@@ -137,10 +139,68 @@ impl Detector {
         x: &Tensor,
         kind: ScoreKind,
     ) -> Result<Vec<AnomalyMap>> {
+        self.score_model_with(model, x, kind, true)
+    }
+    /// [`score_model`](Self::score_model); the maps' values only when `want_maps`. A GPU
+    /// backend scores resident ([`crate::detector::resident`]) whatever it covers; the CPU,
+    /// and a GPU for the rest, take the staged path.
+    pub(super) fn score_model_with(
+        &self,
+        model: &ClassModel,
+        x: &Tensor,
+        kind: ScoreKind,
+        want_maps: bool,
+    ) -> Result<Vec<AnomalyMap>> {
+        if self.device() != Device::Cpu
+            && resident::covers(kind, self.inference_mask, &self.config.map)
+        {
+            return self.resident_maps(model, x, kind, want_maps);
+        }
         let feats = self.extract_features(x)?;
         Ok(self
             .maps_from_features(model, x, &feats, &[kind])?
             .remove(0))
+    }
+    /// The maps of `kind` for the inputs `x` from the resident pass on the scoring backend
+    /// (on the CPU: the resident pass's CPU twin, which the staged path must equal; tests
+    /// hold the two together). `values` empty unless `want_maps`.
+    pub fn resident_maps(
+        &self,
+        model: &ClassModel,
+        x: &Tensor,
+        kind: ScoreKind,
+        want_maps: bool,
+    ) -> Result<Vec<AnomalyMap>> {
+        if kind.uses_vit() {
+            self.require_vit()?;
+        }
+        if !resident::covers(kind, self.inference_mask, &self.config.map) {
+            return Err(Error::invalid(format!(
+                "score '{}' with these settings (flow, reweighted patch score or a random \
+                 inference mask) is scored on the staged path only",
+                kind.name()
+            )));
+        }
+        let settings = Settings {
+            grid: self.features.grid(),
+            dim: self.features.dim(),
+            spec: &self.config.map,
+            mask_ratio: self.class_mask_ratio(model),
+            codebook: self
+                .codebook
+                .as_ref()
+                .map(|c| (c.codes(), &self.codebook_on_device)),
+        };
+        self.backend.score_resident(
+            &self.features,
+            self.vit.as_ref(),
+            settings,
+            model,
+            &x.f32s(),
+            x.dim(0),
+            kind,
+            want_maps,
+        )
     }
     /// Anomaly maps for each of `kinds` (outer) and each image (inner) of the inputs `x`
     /// `[B, 3, S, S]` whose patch features are `feats`. The nearest-prototype search, the

@@ -20,7 +20,7 @@
 
 #![warn(missing_docs)]
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceBank};
 use crate::data::image::{RgbImage, to_network_input};
 use crate::data::view::ImageView;
 use crate::detector::class_store;
@@ -84,6 +84,9 @@ pub struct Detector {
     pub(crate) vit: Option<Vit>,
     /// The visual-token codebook the ViT was trained on (absent for external token ids).
     pub(super) codebook: Option<Codebook>,
+    /// The codebook's copy on the scoring device (uploaded on first use; a new codebook
+    /// gets a new, empty one).
+    pub(super) codebook_on_device: DeviceBank,
     /// Which patches the ViT reconstructs at inference (the proposal by default; random and
     /// blockwise are the paper's ablations).
     pub inference_mask: InferenceMask,
@@ -225,6 +228,7 @@ impl Detector {
             cond,
             vit,
             codebook,
+            codebook_on_device: DeviceBank::default(),
             inference_mask: InferenceMask::default(),
             masks_drawn: AtomicU64::new(0),
             backend: Backend::Cpu,
@@ -322,6 +326,7 @@ impl Detector {
         } else {
             None
         };
+        self.codebook_on_device = DeviceBank::default();
         self.config.recon = Some(recon);
         md::write_config(&self.dir.join(md::CONFIG_FILE), &self.config)?;
         self.vit = Some(vit);
@@ -340,6 +345,12 @@ impl Detector {
     /// The device scoring runs on.
     pub fn device(&self) -> Device {
         self.backend.device()
+    }
+
+    /// Bytes copied `(host -> device, device -> host)` so far by the scoring device (shared
+    /// by every detector of the process); `None` on the CPU.
+    pub fn device_bytes_copied(&self) -> Option<(u64, u64)> {
+        self.backend.bytes_copied()
     }
 
     /// Patch features `[B * grid², dim]` of the network inputs `x`, on the scoring device.
@@ -372,6 +383,17 @@ impl Detector {
 
     /// Scores decoded images against `class` in one backbone batch (faster than one by one).
     pub fn inspect_batch(&self, class: &str, imgs: &[RgbImage]) -> Result<Vec<Inspection>> {
+        self.inspect_batch_with(class, imgs, true)
+    }
+
+    /// [`inspect_batch`](Self::inspect_batch), with the maps only when `want_maps`: without
+    /// them each `map.values` is empty, and a GPU sends down nothing but the scores.
+    pub fn inspect_batch_with(
+        &self,
+        class: &str,
+        imgs: &[RgbImage],
+        want_maps: bool,
+    ) -> Result<Vec<Inspection>> {
         if imgs.is_empty() {
             return Ok(Vec::new());
         }
@@ -388,7 +410,7 @@ impl Detector {
         // One model for the maps and the threshold, even if the class is re-registered
         // meanwhile.
         let model = self.class(class)?;
-        let maps = self.score_model(&model, &x, kind)?;
+        let maps = self.score_model_with(&model, &x, kind, want_maps)?;
         // A class without a threshold for this score cannot give a verdict: an error, never
         // "normal".
         let info_path = class_store::info_path(&self.dir, class);

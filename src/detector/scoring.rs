@@ -53,12 +53,17 @@ pub enum ImageScore {
 }
 
 impl ImageScore {
+    /// How many of `n` values the top-`q` mean averages: `⌈q·n⌉`, at least 1.
+    pub fn top_count(q: f32, n: usize) -> usize {
+        ((n as f32 * q).ceil() as usize).clamp(1, n.max(1))
+    }
+
     /// The score of map values `v` (not modified).
     pub fn of(self, v: &[f32]) -> f32 {
         match self {
             ImageScore::Max => v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)),
             ImageScore::TopMean { q } => {
-                let k = ((v.len() as f32 * q).ceil() as usize).clamp(1, v.len().max(1));
+                let k = Self::top_count(q, v.len());
                 let mut s = v.to_vec();
                 // Partial selection: the k largest values in s[..k], O(n).
                 if k < s.len() {

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 /// Nearest upsampling of per-patch values from the ViT grid (`[B * vgrid²]`) to the feature
 /// grid (`[B * grid²]`); the feature grid is a multiple of the ViT grid.
-pub(super) fn vit_to_feature_grid(v: &[f32], vgrid: usize, grid: usize) -> Vec<f32> {
+pub(crate) fn vit_to_feature_grid(v: &[f32], vgrid: usize, grid: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(v.len() / (vgrid * vgrid) * grid * grid);
     for e in v.chunks(vgrid * vgrid) {
         for r in 0..grid {
@@ -41,7 +41,7 @@ impl Detector {
         })
     }
     /// The inference mask ratio of a class: its own, else the model's, else 0.3.
-    fn class_mask_ratio(&self, model: &ClassModel) -> f32 {
+    pub(super) fn class_mask_ratio(&self, model: &ClassModel) -> f32 {
         model
             .info
             .mask_ratio

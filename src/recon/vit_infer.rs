@@ -151,14 +151,16 @@ impl<O: InferOps> InferVit<O> {
 
     /// [`Vit::token_uncertainty`]: per patch (`[B·N]`), the entropy of the predicted token
     /// distribution where masked (0 elsewhere) and, with `tokens`, the cross-entropy of the
-    /// patch's own token id. `O::CHUNK` images per forward pass.
+    /// patch's own token id. `O::CHUNK` images per forward pass; masks and results cross to
+    /// and from the backend here (the resident scoring pass calls
+    /// [`forward_masked`](Self::forward_masked) with its own, device-made, ones).
     pub fn token_uncertainty(
         &self,
         images: &[f32],
         mask: &[bool],
         tokens: Option<&[u32]>,
     ) -> Result<Uncertainty> {
-        let c = &self.config;
+        let (o, c) = (&self.ops, &self.config);
         let batch = c.batch_of(images, mask)?;
         if let Some(t) = tokens {
             self.check_tokens(t, mask)?;
@@ -168,20 +170,39 @@ impl<O: InferOps> InferVit<O> {
         let mut cross = tokens.map(|_| vec![0.0; batch * n]);
         for start in (0..batch).step_by(O::CHUNK) {
             let end = (start + O::CHUNK).min(batch);
-            let t = tokens.map(|t| &t[start * n..end * n]);
-            let (rows, (e, ce)) = self.chunk(
-                &images[start * len..end * len],
-                &mask[start * n..end * n],
-                t,
-            )?;
+            let m = &mask[start * n..end * n];
+            let rows: Vec<u32> = (0..m.len() as u32).filter(|&i| m[i as usize]).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let targets = match tokens {
+                Some(t) => {
+                    Some(o.indices(rows.iter().map(|&r| t[start * n + r as usize]).collect())?)
+                }
+                None => None,
+            };
+            let flags = o.indices(m.iter().map(|&f| u32::from(f)).collect())?;
+            let x = o.input(self.patch_rows(&images[start * len..end * len]))?;
+            let idx = o.indices(rows.clone())?;
+            let (e, ce) =
+                self.forward_masked(x, &flags, &idx, rows.len(), end - start, targets.as_ref())?;
+            let e = o.to_host(&e)?;
             for (i, &r) in rows.iter().enumerate() {
-                entropy[start * n + r] = e[i];
-                if let (Some(cross), Some(ce)) = (cross.as_mut(), ce.as_ref()) {
-                    cross[start * n + r] = ce[i];
+                entropy[start * n + r as usize] = e[i];
+            }
+            if let (Some(cross), Some(ce)) = (cross.as_mut(), ce) {
+                let ce = o.to_host(&ce)?;
+                for (i, &r) in rows.iter().enumerate() {
+                    cross[start * n + r as usize] = ce[i];
                 }
             }
         }
         Ok((entropy, cross))
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &VitConfig {
+        &self.config
     }
 
     /// One id per patch, each masked patch's inside the vocabulary.
@@ -203,25 +224,35 @@ impl<O: InferOps> InferVit<O> {
         }
     }
 
-    /// One chunk of whole images: (masked patch indices in the chunk, their entropies and
-    /// cross-entropies).
-    fn chunk(
-        &self,
-        images: &[f32],
-        mask: &[bool],
-        tokens: Option<&[u32]>,
-    ) -> Result<(Vec<usize>, RowEntropy)> {
-        let (o, c) = (&self.ops, &self.config);
-        let (n, d) = (c.patches(), c.width);
-        let batch = mask.len() / n;
-        let rows_all = batch * n;
-        // Patch embedding: a stride-p conv = unfold + linear (or the given per-patch features).
-        let patch_rows = if c.input_dim > 0 {
+    /// The patch rows `[B·N, patch_dim]` the patch embedding reads: per-patch features as
+    /// they are, or pixels `[B, 3, S, S]` unfolded into patches (on the host).
+    pub fn patch_rows(&self, images: &[f32]) -> Vec<f32> {
+        if self.config.input_dim > 0 {
             images.to_vec()
         } else {
-            unfold(images, c)
-        };
-        let x = o.linear(&o.input(patch_rows)?, &self.patch_embed, None, rows_all)?;
+            unfold(images, &self.config)
+        }
+    }
+
+    /// The forward pass of `batch` whole images on the backend: `patch_rows`
+    /// `[batch·N, patch_dim]` ([`patch_rows`](Self::patch_rows), or pooled features made on
+    /// the backend), `mask` one 0/1 flag per patch, `rows` the `m` flat ids of the masked
+    /// patches (ascending), `targets` their own token ids. Returns the entropy (and
+    /// cross-entropy) of each masked patch, in `rows` order.
+    pub fn forward_masked(
+        &self,
+        patch_rows: O::Act,
+        mask: &O::Idx,
+        rows: &O::Idx,
+        m: usize,
+        batch: usize,
+        targets: Option<&O::Idx>,
+    ) -> Result<RowEntropy<O::Act>> {
+        let (o, c) = (&self.ops, &self.config);
+        let (n, d) = (c.patches(), c.width);
+        let rows_all = batch * n;
+        // Patch embedding: a stride-p conv = unfold + linear (or the given per-patch features).
+        let x = o.linear(&patch_rows, &self.patch_embed, None, rows_all)?;
         // §5: masked patches become the one shared [M] embedding, then every token gets its
         // position (a bias of N·D values over each image's row of the [B, N·D] view).
         let x = o.mask_rows(x, mask, &self.mask_token, d)?;
@@ -237,16 +268,10 @@ impl<O: InferOps> InferVit<O> {
             }
         }
         // Head on the masked rows only (layer norm is per row, so gathering first is exact).
-        let rows: Vec<usize> = (0..rows_all).filter(|&i| mask[i]).collect();
-        if rows.is_empty() {
-            return Ok((rows, (Vec::new(), tokens.map(|_| Vec::new()))));
-        }
-        let g = o.gather_rows(&x, &rows, d)?;
-        let g = o.layernorm(&g, &self.norm, rows.len(), d, LN_EPS)?;
-        let logits = o.linear(&g, &self.head, None, rows.len())?;
-        let targets: Option<Vec<u32>> = tokens.map(|t| rows.iter().map(|&r| t[r]).collect());
-        let out = o.entropy(&logits, rows.len(), c.vocab, targets.as_deref())?;
-        Ok((rows, out))
+        let g = o.gather_rows(&x, rows, d)?;
+        let g = o.layernorm(&g, &self.norm, m, d, LN_EPS)?;
+        let logits = o.linear(&g, &self.head, None, m)?;
+        o.entropy(&logits, m, c.vocab, targets)
     }
 
     /// One pre-norm block on `x [B·N, D]`: `x + Attn(LN1(x))`, then `+ MLP(LN2(·))`.

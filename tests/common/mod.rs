@@ -167,3 +167,70 @@ pub fn one_class_model(
         test,
     })
 }
+
+/// Installs a small random ViT on `det` for the reconstruction-stage scores, with weights
+/// wider than the init's (std 0.15, not 0.02) so that every layer changes the entropy and a
+/// wrong stage shows. `feature_input`: the ViT reads the pooled patch features (as `pmad
+/// train` makes it) and a random codebook of its vocabulary gives each patch its own token
+/// (the `product-ce` kinds); otherwise it reads pixels, with external token ids.
+#[allow(dead_code)]
+pub fn install_random_vit(det: &mut pmad::detector::Detector, feature_input: bool, seed: u64) {
+    use pmad::detector::model_dir::{ReconConfig, TOKENIZER_FILE};
+    use pmad::recon::tokenizer::Codebook;
+    use pmad::recon::vit::{Vit, VitConfig};
+    let vocab = 97;
+    let dim = det.features().dim();
+    let vit_cfg = VitConfig {
+        image_size: det.config.features.input_size,
+        patch: 16,
+        width: 64,
+        depth: 2,
+        decoder_depth: 1,
+        heads: 2,
+        mlp: 96,
+        vocab,
+        input_dim: if feature_input { dim } else { 0 },
+    };
+    let mut vit = Vit::new(vit_cfg.clone(), seed).unwrap();
+    let mut rng = pmad::rng::Rng::new(seed ^ 0xE2E);
+    let ids: Vec<_> = vit.params().ids().collect();
+    for id in ids {
+        for v in vit.params_mut().values_mut(id) {
+            *v = rng.normal() * 0.15;
+        }
+    }
+    let tokens = if feature_input {
+        // Codes on the scale of the (post-ReLU6, pooled) features, so assignments vary.
+        let codes: Vec<f32> = (0..vocab * dim).map(|_| rng.range(0.0, 2.0)).collect();
+        Codebook::new(codes, dim)
+            .unwrap()
+            .save(det.dir().join(TOKENIZER_FILE))
+            .unwrap();
+        "codebook"
+    } else {
+        "external"
+    };
+    det.set_vit(
+        vit,
+        ReconConfig {
+            preset: "test".into(),
+            vit: vit_cfg,
+            vocab,
+            mask_ratio: 0.3,
+            tokens: tokens.into(),
+            trained_on: Vec::new(),
+        },
+    )
+    .unwrap();
+}
+
+/// Puts a NaN into the detector's ViT head bias (in memory and in its model directory: a
+/// corrupt model as a bad write could leave it), so every masked patch's entropy is NaN.
+#[allow(dead_code)]
+pub fn poison_vit(det: &mut pmad::detector::Detector) {
+    let mut vit = det.vit().expect("a ViT").clone();
+    let id = vit.params().id("head.bias").expect("head.bias");
+    vit.params_mut().values_mut(id)[0] = f32::NAN;
+    let recon = det.config.recon.clone().expect("recon config");
+    det.set_vit(vit, recon).unwrap();
+}

@@ -111,6 +111,23 @@ fn random_rotation(d: usize, rng: &mut Rng) -> Vec<f32> {
     q.into_iter().map(|v| v as f32).collect()
 }
 
+/// The element-wise part of one affine coupling: the soft clamp
+/// `s = (2α/π)·atan(s_raw/α)`, `y₂ = x₂ ⊙ exp(s) + shift` and the per-row log-determinant
+/// `Σ s`; returns `(y₂, logdet)`. `x2`, `s_raw` and `shift` are `[n, D₂]`, `logdet` is `[n]`.
+/// (The CPU twin of `kernels/coupling.cu`, whose launchers `tests/cuda_parity.rs` checks
+/// against this, forward and backward.)
+pub fn affine_coupling(
+    t: &Tape,
+    x2: Var,
+    s_raw: Var,
+    shift: Var,
+    alpha: f32,
+) -> Result<(Var, Var)> {
+    let s = t.soft_clamp(s_raw, alpha);
+    let y2 = t.add(t.mul(x2, t.exp(s))?, shift)?;
+    Ok((y2, t.sum_rows(s)))
+}
+
 /// A trained (or initialised) flow.
 pub struct ProtoFlow {
     pub config: FlowConfig,
@@ -197,11 +214,9 @@ impl ProtoFlow {
                 Some(p("fc1.bias")?),
             )?);
             let st = t.linear(h, p("fc2.weight")?, Some(p("fc2.bias")?))?;
-            let s = t.soft_clamp(t.slice_cols(st, 0, d2)?, c.clamp_alpha);
-            let shift = t.slice_cols(st, d2, 2 * d2)?;
-            let y2 = t.add(t.mul(x2, t.exp(s))?, shift)?;
+            let (s_raw, shift) = (t.slice_cols(st, 0, d2)?, t.slice_cols(st, d2, 2 * d2)?);
+            let (y2, ls) = affine_coupling(t, x2, s_raw, shift, c.clamp_alpha)?;
             x = t.concat_cols(&[x1, y2])?;
-            let ls = t.sum_rows(s);
             logdet = Some(match logdet {
                 Some(l) => t.add(l, ls)?,
                 None => ls,

@@ -166,8 +166,10 @@ pub fn conv2d_into(
     }
 }
 
-/// Unfolds the receptive fields of `c` channels into `[c*kh*kw, OH*OW]`.
-fn im2col(x: &[f32], c: usize, s: &ConvShape, cols: &mut [f32]) {
+/// Unfolds the receptive fields of `c` channels of one image into `[c*kh*kw, OH*OW]` (rows
+/// by channel, then kernel row, then kernel column; zeros where the window reads padding).
+/// Public as the CPU twin of the CUDA backend's `im2col` (`tests/cuda_parity.rs`).
+pub fn im2col(x: &[f32], c: usize, s: &ConvShape, cols: &mut [f32]) {
     let (oh, ow) = (s.out_h(), s.out_w());
     for ci in 0..c {
         for ky in 0..s.kh {

@@ -440,7 +440,8 @@ fn score_chain_ops() {
     let Some(p) = Pair::new() else { return };
     let up = |h: &Vec<f32>| p.gpu.input(h.clone()).unwrap();
     let flags = |i: &<CudaOps as InferOps>::Idx| -> Vec<u32> { p.dev.download(i).unwrap() };
-    // Proposal masks on ragged grids, with ties (quantised scores) and one all-equal image.
+    // Proposal masks on ragged grids, with ties (quantised scores, signed zeros) and one
+    // all-equal image.
     for (i, &(images, grid, vgrid, ratio)) in [
         (1, 28, 14, 0.3f32),
         (3, 14, 14, 0.5),
@@ -455,6 +456,11 @@ fn score_chain_ops() {
             .map(|v| (v * 2.0).round().abs())
             .collect();
         a[..grid * grid].iter_mut().for_each(|v| *v = 1.0);
+        // Signed zeros tie with the +0.0 scores (the CPU's sort must not order them).
+        a.iter_mut()
+            .skip(grid * grid + 5)
+            .step_by(13)
+            .for_each(|v| *v = -0.0);
         let (mc, kc) = CpuOps
             .proposal_mask(&a, images, grid, vgrid, ratio)
             .unwrap();

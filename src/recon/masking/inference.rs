@@ -8,13 +8,15 @@ use super::{count_for, mask_count};
 use crate::rng::Rng;
 
 /// Proposal masking (METHOD.md §4): the `round(ratio * n)` patches of highest abnormality
-/// (`n = abnormality.len()`, 196 on the ViT grid). Ties go to the lower index; NaN ranks below
-/// every number.
+/// (`n = abnormality.len()`, 196 on the ViT grid). Ties go to the lower index (`-0.0` ties
+/// with `+0.0`, as in the GPU's `topk_mask`); NaN ranks below every number.
 pub fn proposal_mask(abnormality: &[f32], ratio: f32) -> Vec<bool> {
     let n = abnormality.len();
     let mut order: Vec<usize> = (0..n).collect();
+    // `total_cmp` orders -0.0 below +0.0; adding +0.0 turns -0.0 into +0.0 (and nothing else).
+    let key = |i: usize| abnormality[i] + 0.0;
     order.sort_by(|&a, &b| {
-        let (va, vb) = (abnormality[a], abnormality[b]);
+        let (va, vb) = (key(a), key(b));
         // Descending value with NaN last; then ascending index.
         match (va.is_nan(), vb.is_nan()) {
             (false, false) => vb.total_cmp(&va),

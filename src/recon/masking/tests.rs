@@ -390,6 +390,11 @@ fn proposal_mask_takes_the_top_with_ties_by_index() {
     let grid: Vec<f32> = (0..PATCHES).map(|i| i as f32).collect();
     let m = proposal_mask(&grid, 0.16);
     assert!((0..PATCHES).all(|i| m[i] == (i >= PATCHES - 31)));
+    // -0.0 ties with +0.0 (the lower index wins), as on the GPU.
+    let m = proposal_mask(&[-1.0, 0.0, -0.0, -0.0, 0.0], 0.6);
+    assert_eq!(m, [false, true, true, true, false]);
+    let m = proposal_mask(&[-0.0, 0.0], 0.5);
+    assert_eq!(m, [true, false]);
 }
 
 #[test]

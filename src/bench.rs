@@ -381,14 +381,17 @@ pub fn cases() -> Vec<Case> {
             tap: None,
         },
     });
-    v.push(Case {
-        name: format!("backbone_taps10_b{BATCH}_{IMAGE_SIZE}"),
-        spec: Spec::Backbone {
-            batch: BATCH,
-            size: IMAGE_SIZE,
-            tap: Some("blocks.10".into()),
-        },
-    });
+    // Batch 8 (throughput) and batch 1 (latency: an inspection line's one image).
+    for batch in [BATCH, 1] {
+        v.push(Case {
+            name: format!("backbone_taps10_b{batch}_{IMAGE_SIZE}"),
+            spec: Spec::Backbone {
+                batch,
+                size: IMAGE_SIZE,
+                tap: Some("blocks.10".into()),
+            },
+        });
+    }
     v
 }
 

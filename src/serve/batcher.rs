@@ -296,7 +296,9 @@ impl Worker {
             .flat_map(|(_, imgs)| std::mem::take(imgs))
             .collect();
         let sizes: Vec<usize> = ready.iter().map(|(j, _)| j.images.len()).collect();
-        match self.inspect(&det, class, &all) {
+        // A GPU sends the maps down only when some request of the batch asked for one.
+        let want_maps = ready.iter().any(|(j, _)| j.map.is_some());
+        match self.inspect(&det, class, &all, want_maps) {
             Ok(results) => {
                 let mut at = 0;
                 for ((job, _), n) in ready.into_iter().zip(sizes) {
@@ -315,7 +317,7 @@ impl Worker {
                 for ((job, _), n) in ready.into_iter().zip(sizes) {
                     let imgs = &all[at..at + n];
                     at += n;
-                    let r = match self.inspect(&det, class, imgs) {
+                    let r = match self.inspect(&det, class, imgs, job.map.is_some()) {
                         Ok(results) => self.body(class, &job, imgs, &results),
                         Err(e) => Err(ApiError::from_pmad(Stage::Score, &e)),
                     };
@@ -330,17 +332,18 @@ impl Worker {
     }
 
     /// Scores `imgs` in passes of at most `max_batch` images (only a single request larger
-    /// than that needs more than one), counting each pass.
+    /// than that needs more than one), counting each pass; the maps only when `want_maps`.
     fn inspect(
         &self,
         det: &crate::detector::Detector,
         class: &str,
         imgs: &[RgbImage],
+        want_maps: bool,
     ) -> crate::Result<Vec<crate::detector::Inspection>> {
         let mut out = Vec::with_capacity(imgs.len());
         for chunk in imgs.chunks(self.max_batch) {
             self.metrics.batch(chunk.len());
-            out.extend(det.inspect_batch(class, chunk)?);
+            out.extend(det.inspect_batch_with(class, chunk, want_maps)?);
         }
         Ok(out)
     }

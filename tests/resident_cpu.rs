@@ -80,3 +80,39 @@ fn a_nan_in_the_vit_fails_the_resident_pass_as_the_staged_one() {
         assert_eq!(staged, resident, "{kind:?}: the same error");
     }
 }
+
+/// More images than one pass holds (`CpuOps::CHUNK` = 32: the resident pass runs in chunks)
+/// and a mask ratio of 0 (nothing masked: the ViT kinds score 0 everywhere) agree with the
+/// staged path too.
+#[test]
+fn chunked_batches_and_an_empty_mask_agree() {
+    let Some(m) = common::one_class_model("resident-cpu-chunks", 23, 6, 20, 15) else {
+        return;
+    };
+    let class = common::SYNTH_CLASS;
+    let mut det = Detector::open(&m.model, Some(&m.weights)).unwrap();
+    common::install_random_vit(&mut det, true, 11);
+    let x = load_inputs(&m.test, det.config.features.input_size).unwrap();
+    use pmad::backend::InferOps;
+    assert!(
+        x.dim(0) > pmad::backend::CpuOps::CHUNK,
+        "{} images",
+        x.dim(0)
+    );
+    let model = det.class(class).unwrap();
+    for ratio in [0.3, 0.0] {
+        det.config.recon.as_mut().unwrap().mask_ratio = ratio;
+        for kind in [ScoreKind::Distance, ScoreKind::ProductCe] {
+            let staged = det.score_inputs(class, &x, kind).unwrap();
+            let resident = det.resident_maps(&model, &x, kind, false).unwrap();
+            let s: Vec<f32> = staged.iter().map(|m| m.score).collect();
+            let r: Vec<f32> = resident.iter().map(|m| m.score).collect();
+            assert_eq!(r, s, "{kind:?} ratio {ratio}");
+            if kind == ScoreKind::ProductCe && ratio == 0.0 {
+                assert!(s.iter().all(|&v| v == 0.0), "nothing masked: {s:?}");
+            } else {
+                assert!(s.iter().any(|&v| v != s[0]), "{kind:?}: degenerate {s:?}");
+            }
+        }
+    }
+}

@@ -17,8 +17,11 @@
 //! CPU extra passes over every map.
 //!
 //! Every op takes its sizes explicitly and returns a fresh activation, or consumes one and
-//! returns it updated (so the CPU can work in place). Activations stay on the backend
-//! between ops: only inputs, masks and row indices go in, and per-row entropies come out.
+//! returns it updated (so the CPU can work in place). Activations, masks and row indices stay
+//! on the backend between ops: only what a caller puts in ([`InferOps::input`],
+//! [`InferOps::indices`]) goes up, and only what it asks for ([`InferOps::to_host`]) comes
+//! down. The third op set, [`ScoreOps`], is the scoring chain after the features
+//! ([`crate::detector::resident`]).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -98,6 +101,16 @@ pub trait InferOps {
 
     /// An activation's values on the host (a device copies them down).
     fn to_host(&self, x: &Self::Act) -> Result<Vec<f32>>;
+
+    /// Hands back an activation the caller is done with: a backend may reuse its memory for
+    /// a later op's output within the same forward pass (the CPU does, to skip zero-filling
+    /// fresh outputs). Dropping it is always correct.
+    fn recycle(&self, x: Self::Act) {
+        drop(x);
+    }
+
+    /// Ends a forward pass: a backend frees what [`recycle`](Self::recycle) kept.
+    fn release(&self) {}
 
     /// `x [rows, l.inp] · l.wᵀ + l.b (+ residual [rows, l.out])`.
     fn linear(

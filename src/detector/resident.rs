@@ -9,7 +9,7 @@
 //! It covers what `inspect` scores: the `distance`, `product`, `entropy`, `product-ce` and
 //! `cross-entropy` kinds with the proposal inference mask and the 1-NN patch score. The
 //! flow, PatchCore's reweighting, random/blockwise masks and several kinds at once (`eval`)
-//! take the staged path ([`super::patch_scores`], [`super::stage2`]), which is also the CPU
+//! take the staged path (`detector/patch_scores.rs`, `detector/stage2.rs`), which is also the CPU
 //! backend's path; a test holds this pass on the CPU ops equal to it.
 //!
 //! Fail closed: each stage's values are checked finite on the backend (the flags of

@@ -164,16 +164,19 @@ impl<O: ConvOps> InferFeatures<O> {
             pending: Vec::new(),
         };
         let half = self.dim / 2;
-        match self.norm {
-            InputNorm::Imagenet => self.view(x, batch, 0, &mut rows)?,
+        let ran = match self.norm {
+            InputNorm::Imagenet => self.view(x, batch, 0, &mut rows),
             InputNorm::PerImage => {
-                self.view(&standardise_planes_host(x, s * s), batch, 0, &mut rows)?
+                self.view(&standardise_planes_host(x, s * s), batch, 0, &mut rows)
             }
-            InputNorm::Both => {
-                self.view(x, batch, 0, &mut rows)?;
-                self.view(&standardise_planes_host(x, s * s), batch, half, &mut rows)?;
-            }
-        }
+            InputNorm::Both => self.view(x, batch, 0, &mut rows).and_then(|()| {
+                self.view(&standardise_planes_host(x, s * s), batch, half, &mut rows)
+            }),
+        };
+        // The network's maps are dropped by now: the spares they left (`recycle`) are freed,
+        // on success or error, before the rows are allocated.
+        self.ops.release();
+        ran?;
         let mut out = self.rows(&mut rows.rows, batch)?;
         let g2 = self.grid * self.grid;
         for (map, width, col) in rows.pending {
@@ -212,8 +215,13 @@ impl<O: ConvOps> InferFeatures<O> {
             let dw = ops.conv2d(expanded.as_ref().unwrap_or(&cur), d, batch, hw, None)?;
             let dhw = (d.out_side(hw.0), d.out_side(hw.1));
             self.write(TapPoint::Depthwise(i), &dw, batch, d.c_out, dhw, col0, rows)?;
+            if let Some(e) = expanded {
+                ops.recycle(e);
+            }
             let skip = if b.skip { Some(&cur) } else { None };
-            cur = ops.conv2d(&dw, &b.project, batch, dhw, skip)?;
+            let next = ops.conv2d(&dw, &b.project, batch, dhw, skip)?;
+            ops.recycle(dw);
+            ops.recycle(std::mem::replace(&mut cur, next));
             hw = dhw;
             self.write(
                 TapPoint::Block(i),

@@ -3,7 +3,6 @@
 //! pass (same kernels, same order of additions), so a model written on these ops matches its
 //! tape forward to the bit, or up to GEMM blocking where a layer is split differently.
 
-use std::cell::RefCell;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
@@ -24,43 +23,13 @@ use crate::ops::nn_search::{nearest_rows, row_sq_norms};
 use crate::ops::pool::avg_pool_plane;
 use crate::ops::resize::bilinear_plane;
 use crate::ops::softmax::{entropy_rows, logsumexp};
+use crate::ops::spare;
 use crate::recon::masking::{downsample_max, proposal_mask};
 use crate::recon::tokenizer::pool_to_vit_grid;
 
 /// The CPU op set (no state: the kernels parallelise over rayon's pool).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuOps;
-
-/// Most spare activations a thread keeps between [`InferOps::recycle`] and
-/// [`InferOps::release`] (a backbone block frees about three).
-const MAX_SPARES: usize = 4;
-
-thread_local! {
-    /// Activations handed back during the current forward pass on this thread, reused as the
-    /// outputs of later convs. Zero-filling a fresh output is a serial pass over memory on
-    /// the calling thread (~10% of a batch-8 backbone pass, measured with perf), which a
-    /// reused buffer skips: its stale values are ordinary initialised f32s that the op
-    /// overwrites, so no unsafe code is involved.
-    static SPARES: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A buffer of `n` values for an op that overwrites all of them: the smallest spare that
-/// holds `n` (truncated; its values are stale), else fresh zeros.
-fn output_buffer(n: usize) -> Vec<f32> {
-    let spare = SPARES.with_borrow_mut(|s| {
-        let best = (0..s.len())
-            .filter(|&i| s[i].len() >= n)
-            .min_by_key(|&i| s[i].len())?;
-        Some(s.swap_remove(best))
-    });
-    match spare {
-        Some(mut v) => {
-            v.truncate(n);
-            v
-        }
-        None => vec![0.0; n],
-    }
-}
 
 /// A weight on the CPU: a range of a parameter's buffer, shared with its store (no copy).
 pub struct CpuWeight {
@@ -108,15 +77,11 @@ impl InferOps for CpuOps {
     }
 
     fn recycle(&self, x: Vec<f32>) {
-        SPARES.with_borrow_mut(|s| {
-            if s.len() < MAX_SPARES {
-                s.push(x);
-            }
-        });
+        spare::give(x);
     }
 
     fn release(&self) {
-        SPARES.with_borrow_mut(Vec::clear);
+        spare::clear();
     }
 
     fn linear(
@@ -274,8 +239,8 @@ fn conv_slice(
         )));
     }
     // `conv2d_into` writes every output value (GEMMs with beta = 0, the depthwise kernel on
-    // every plane): a spare activation's stale values need no zeroing.
-    let mut y = output_buffer(n_out);
+    // every plane): a spare activation's stale values need no zeroing (`ops::spare`).
+    let mut y = spare::take(n_out);
     conv2d_into(x, &c.weight, c.bias.as_deref(), &s, c.act, &mut y);
     // The skip after the (linear) project conv: `y + r`, as the tape adds it.
     if let Some(r) = residual {
@@ -337,7 +302,7 @@ impl ConvOps for CpuOps {
             return Ok(Some(vec![0.0; planes * oh * ow]));
         }
         // Every plane below is written whole (copy, pool or resize).
-        let mut y = output_buffer(planes * oh * ow);
+        let mut y = spare::take(planes * oh * ow);
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
             .for_each(|(out, src)| match (same, pool > 1) {

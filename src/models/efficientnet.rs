@@ -19,6 +19,7 @@
 use crate::error::{Error, Result};
 use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into, fold_batchnorm};
 use crate::ops::matmul::linear_rows;
+use crate::ops::spare;
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -286,7 +287,8 @@ impl ConvBn {
             groups: self.groups,
             pad: Padding::tf_same(h, w, self.kernel, self.stride),
         };
-        let mut y = vec![0.0; batch * self.c_out * s.out_h() * s.out_w()];
+        // `conv2d_into` writes every value: a spare map serves (`ops::spare`).
+        let mut y = spare::take(batch * self.c_out * s.out_h() * s.out_w());
         conv2d_into(x, &self.weight, Some(&self.bias[..]), &s, self.act, &mut y);
         (y, s.out_h(), s.out_w())
     }
@@ -607,18 +609,13 @@ impl EfficientNetLite {
         let (mut cur, mut h, mut w) = self.stem.run(&x.f32s(), batch, x.dim(2), x.dim(3));
         tap("stem", &cur, [batch, STEM_CHANNELS, h, w]);
         for (i, b) in self.blocks.iter().enumerate() {
-            let expanded;
-            let (input, eh, ew) = match &b.expand {
-                Some(e) => {
-                    let (v, eh, ew) = e.run(&cur, batch, h, w);
-                    expanded = v;
-                    tap(
-                        &format!("blocks.{i}.expand"),
-                        &expanded,
-                        [batch, e.c_out, eh, ew],
-                    );
-                    (&expanded[..], eh, ew)
-                }
+            let expanded = b.expand.as_ref().map(|e| {
+                let (v, eh, ew) = e.run(&cur, batch, h, w);
+                tap(&format!("blocks.{i}.expand"), &v, [batch, e.c_out, eh, ew]);
+                (v, eh, ew)
+            });
+            let (input, eh, ew) = match &expanded {
+                Some((v, eh, ew)) => (&v[..], *eh, *ew),
                 None => (&cur[..], h, w),
             };
             let (dw, dh, dww) = b.depthwise.run(input, batch, eh, ew);
@@ -628,12 +625,20 @@ impl EfficientNetLite {
             if b.skip {
                 y.iter_mut().zip(&cur).for_each(|(a, r)| *a += r);
             }
-            (cur, h, w) = (y, ph, pw);
+            // The maps this block is done with serve later outputs.
+            spare::give(dw);
+            if let Some((v, _, _)) = expanded {
+                spare::give(v);
+            }
+            spare::give(std::mem::replace(&mut cur, y));
+            (h, w) = (ph, pw);
             tap(&format!("blocks.{i}"), &cur, [batch, b.project.c_out, h, w]);
             if stop_after == Some(i) {
+                spare::clear();
                 return Ok(None);
             }
         }
+        spare::clear();
         let (feat, hh, hw) = self.head.run(&cur, batch, h, w);
         // Global mean over the head maps, then the FC layer.
         let plane = hh * hw;

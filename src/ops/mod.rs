@@ -17,6 +17,7 @@ pub mod nn_search;
 pub mod pool;
 pub mod resize;
 pub mod softmax;
+pub mod spare;
 #[doc(hidden)]
 pub mod testutil;
 pub mod topk;

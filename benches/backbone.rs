@@ -1,6 +1,6 @@
-//! Criterion benches of the EfficientNet-Lite0 backbone at batch 8, 224x224: the full pass to
-//! logits and the pass to `blocks.10` (what anomaly detection runs), as in
-//! `pmad::bench::cases()`. Throughput is in elements/s where one element is one image.
+//! Criterion benches of the EfficientNet-Lite0 backbone at 224x224: the full pass to logits,
+//! the pass to `blocks.10` (what anomaly detection runs) and the production patch-feature
+//! extraction (`features_*`), as in `pmad::bench::cases()`. Throughput is in elements/s where one element is one image.
 //! Skipped (with a note) when the weights are missing: run `pmad fetch-weights` first.
 //!
 //! `cargo bench --bench backbone`; threads: `RAYON_NUM_THREADS=2 cargo bench ...`.
@@ -12,7 +12,7 @@ use std::time::Duration;
 fn backbone(c: &mut Criterion) {
     let cfg = Config::default();
     for case in cases() {
-        if !matches!(case.spec, Spec::Backbone { .. }) {
+        if !matches!(case.spec, Spec::Backbone { .. } | Spec::Features { .. }) {
             continue; // benches/kernels.rs
         }
         let mut f = match case.prepare(&cfg) {

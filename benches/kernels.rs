@@ -16,7 +16,7 @@ fn kernels(c: &mut Criterion) {
             Spec::Attention { .. } | Spec::AttentionBackward { .. } => "attention",
             Spec::Conv { .. } => "conv",
             Spec::Nearest { .. } | Spec::ClusteredNearest { .. } => "nn",
-            Spec::Backbone { .. } => continue, // benches/backbone.rs
+            Spec::Backbone { .. } | Spec::Features { .. } => continue, // benches/backbone.rs
         };
         let mut f = case.prepare(&cfg).expect("kernel cases always prepare");
         let mut group = c.benchmark_group(group_name);

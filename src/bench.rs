@@ -85,6 +85,10 @@ pub enum Spec {
         size: usize,
         tap: Option<String>,
     },
+    /// The production patch-feature extraction of `inspect` and `register` on
+    /// `[batch, 3, size, size]` (`models::efficientnet_infer` on the CPU op set, default
+    /// feature spec: Lite0 blocks.4 + blocks.10, resampled to 28x28, 3x3 pooled, 152-d rows).
+    Features { batch: usize, size: usize },
 }
 
 impl Spec {
@@ -114,14 +118,14 @@ impl Spec {
             | Spec::ClusteredNearest {
                 queries, bank, dim, ..
             } => 2.0 * (queries * bank * dim) as f64,
-            Spec::Backbone { batch, .. } => *batch as f64,
+            Spec::Backbone { batch, .. } | Spec::Features { batch, .. } => *batch as f64,
         }
     }
 
     /// `"GFLOP/s"` or `"images/s"`.
     pub fn unit(&self) -> &'static str {
         match self {
-            Spec::Backbone { .. } => "images/s",
+            Spec::Backbone { .. } | Spec::Features { .. } => "images/s",
             _ => "GFLOP/s",
         }
     }
@@ -129,7 +133,7 @@ impl Spec {
     /// Throughput of one call taking `seconds`, in [`Spec::unit`].
     pub fn throughput(&self, seconds: f64) -> f64 {
         match self {
-            Spec::Backbone { .. } => self.work() / seconds,
+            Spec::Backbone { .. } | Spec::Features { .. } => self.work() / seconds,
             _ => self.work() / seconds / 1e9,
         }
     }
@@ -392,6 +396,17 @@ pub fn cases() -> Vec<Case> {
             },
         });
     }
+    // What `inspect` runs on the CPU before the search (the reference forward above is what
+    // the peers' scripts compare with).
+    for batch in [BATCH, 1] {
+        v.push(Case {
+            name: format!("features_b{batch}_{IMAGE_SIZE}"),
+            spec: Spec::Features {
+                batch,
+                size: IMAGE_SIZE,
+            },
+        });
+    }
     v
 }
 
@@ -536,13 +551,7 @@ impl Case {
                 }
             }
             Spec::Backbone { batch, size, tap } => {
-                if !cfg.weights.exists() {
-                    return Err(Error::invalid(format!(
-                        "{}: backbone weights not found, skipping the backbone cases; \
-                         run `pmad fetch-weights` first",
-                        cfg.weights.display()
-                    )));
-                }
+                need_weights(&cfg.weights)?;
                 let net = EfficientNetLite0::load(&cfg.weights)?;
                 let x = Tensor::new(random(batch * 3 * size * size, 1), &[batch, 3, size, size])?;
                 match tap {
@@ -554,9 +563,31 @@ impl Case {
                     }),
                 }
             }
+            Spec::Features { batch, size } => {
+                need_weights(&cfg.weights)?;
+                let net = std::sync::Arc::new(EfficientNetLite0::load(&cfg.weights)?);
+                let spec = crate::detector::features::FeatureSpec::default();
+                let fx = crate::detector::features::FeatureExtractor::new(net, spec)?;
+                let x = Tensor::new(random(batch * 3 * size * size, 1), &[batch, 3, size, size])?;
+                Box::new(move || {
+                    black_box(fx.extract(&x).expect("feature extraction"));
+                })
+            }
         };
         Ok(f)
     }
+}
+
+/// An error (the case is skipped) when the backbone weights are missing.
+fn need_weights(weights: &std::path::Path) -> Result<()> {
+    if weights.exists() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{}: backbone weights not found, skipping the backbone cases; run `pmad fetch-weights` \
+         first",
+        weights.display()
+    )))
 }
 
 /// Median of a non-empty list (mean of the middle two for an even length).

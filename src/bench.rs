@@ -385,7 +385,9 @@ pub fn cases() -> Vec<Case> {
             tap: None,
         },
     });
-    // Batch 8 (throughput) and batch 1 (latency: an inspection line's one image).
+    // Batch 8 (throughput) and batch 1 (latency: an inspection line's one image): the
+    // reference forward to blocks.10 (what the peers' scripts compare with) and what
+    // `inspect` runs on the CPU before the search.
     for batch in [BATCH, 1] {
         v.push(Case {
             name: format!("backbone_taps10_b{batch}_{IMAGE_SIZE}"),
@@ -395,10 +397,6 @@ pub fn cases() -> Vec<Case> {
                 tap: Some("blocks.10".into()),
             },
         });
-    }
-    // What `inspect` runs on the CPU before the search (the reference forward above is what
-    // the peers' scripts compare with).
-    for batch in [BATCH, 1] {
         v.push(Case {
             name: format!("features_b{batch}_{IMAGE_SIZE}"),
             spec: Spec::Features {

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::DeviceBank;
 use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
 use crate::detector::pipeline::ClassModel;
-use crate::detector::scoring::{ImageScore, MapSpec, patch_scores_to_map};
+use crate::detector::scoring::{ImageScore, MapSpec, patch_map_into};
 use crate::detector::stage2::vit_to_feature_grid;
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttnShape, attention_forward};
@@ -510,7 +510,7 @@ impl ScoreOps for CpuOps {
         let mut out = vec![0.0; images * side];
         out.par_chunks_mut(side.max(1))
             .zip(patches.par_chunks(grid * grid))
-            .for_each(|(o, p)| o.copy_from_slice(&patch_scores_to_map(p, grid, spec).values));
+            .for_each(|(o, p)| patch_map_into(p, grid, spec, o));
         Ok(out)
     }
 

@@ -6,10 +6,7 @@ use std::sync::{Arc, OnceLock};
 use crate::cuda::proto_nn::{ProtoBank, proto_nn};
 use crate::cuda::{CudaDevice, CudaSlice};
 use crate::detector::features::FeatureExtractor;
-use crate::detector::model_dir::ScoreKind;
-use crate::detector::pipeline::ClassModel;
-use crate::detector::resident::{self, ScoreChain, Settings};
-use crate::detector::scoring::AnomalyMap;
+use crate::detector::resident::{ScoreChain, Settings};
 use crate::error::{Error, Result};
 use crate::models::efficientnet_infer::InferFeatures;
 use crate::ops::nn_search::Nearest;
@@ -104,24 +101,15 @@ impl CudaBackend {
         }
     }
 
-    /// The resident scoring pass ([`crate::detector::resident`]) of the inputs `x`
-    /// (`[batch, 3, S, S]`) on the device: only scores (and maps when `want_maps`) come down.
-    pub(crate) fn score_resident(
-        &self,
-        settings: Settings<'_>,
-        class: &ClassModel,
-        x: &[f32],
-        batch: usize,
-        kind: ScoreKind,
-        want_maps: bool,
-    ) -> Result<Vec<AnomalyMap>> {
-        let chain = ScoreChain {
+    /// The resident scoring pass's models on the device ([`crate::detector::resident`]):
+    /// only scores (and maps when asked for) come down.
+    pub(crate) fn chain<'a>(&'a self, settings: Settings<'a>) -> ScoreChain<'a, CudaOps> {
+        ScoreChain {
             ops: &self.ops,
             features: &self.features,
             vit: self.vit.as_ref(),
             settings,
-        };
-        resident::score(&chain, class, x, batch, kind, want_maps)
+        }
     }
 
     /// Bytes copied `(host -> device, device -> host)` so far on this (shared) device.

@@ -2,11 +2,9 @@
 //! one's methods, so `Backend::Cuda` arms compile everywhere and can never be reached (only
 //! [`CudaBackend::open`] can be called, and it explains how to get a CUDA build).
 
+use crate::backend::CpuOps;
 use crate::detector::features::FeatureExtractor;
-use crate::detector::model_dir::ScoreKind;
-use crate::detector::pipeline::ClassModel;
-use crate::detector::resident::Settings;
-use crate::detector::scoring::AnomalyMap;
+use crate::detector::resident::{ScoreChain, Settings};
 use crate::error::{Error, Result};
 use crate::ops::nn_search::Nearest;
 use crate::recon::vit::Vit;
@@ -56,15 +54,7 @@ impl CudaBackend {
         match *self {}
     }
 
-    pub(crate) fn score_resident(
-        &self,
-        _settings: Settings<'_>,
-        _class: &ClassModel,
-        _x: &[f32],
-        _batch: usize,
-        _kind: ScoreKind,
-        _want_maps: bool,
-    ) -> Result<Vec<AnomalyMap>> {
+    pub(crate) fn chain<'a>(&'a self, _settings: Settings<'a>) -> ScoreChain<'a, CpuOps> {
         match *self {}
     }
 

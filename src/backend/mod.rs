@@ -158,7 +158,9 @@ impl Backend {
                 };
                 resident::score(&chain, class, x, batch, kind, want_maps)
             }
-            Backend::Cuda(gpu) => gpu.score_resident(settings, class, x, batch, kind, want_maps),
+            Backend::Cuda(gpu) => {
+                resident::score(&gpu.chain(settings), class, x, batch, kind, want_maps)
+            }
         }
     }
 

@@ -105,19 +105,25 @@ pub struct AnomalyMap {
 /// Patch scores `[grid*grid]` -> blurred map + image score.
 pub fn patch_scores_to_map(patch: &[f32], grid: usize, spec: &MapSpec) -> AnomalyMap {
     let mut values = vec![0.0; spec.size * spec.size];
-    bilinear_plane(patch, grid, grid, spec.size, spec.size, &mut values);
-    gaussian_blur(
-        &mut values,
-        spec.size,
-        spec.size,
-        spec.sigma_at_256 * spec.size as f32 / 256.0,
-    );
+    patch_map_into(patch, grid, spec, &mut values);
     let score = spec.image_score.of(&values);
     AnomalyMap {
         size: spec.size,
         values,
         score,
     }
+}
+
+/// The map alone (no image score) of patch scores `[grid*grid]`: bilinearly upsampled into
+/// `out [spec.size²]`, then blurred.
+pub fn patch_map_into(patch: &[f32], grid: usize, spec: &MapSpec, out: &mut [f32]) {
+    bilinear_plane(patch, grid, grid, spec.size, spec.size, out);
+    gaussian_blur(
+        out,
+        spec.size,
+        spec.size,
+        spec.sigma_at_256 * spec.size as f32 / 256.0,
+    );
 }
 
 /// Value at quantile `q` (0..=1, linear interpolation) of `v` (not modified).

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pmad::backend::CudaOps;
+use pmad::backend::Precision::F32;
 use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
@@ -216,7 +217,7 @@ fn cuda_kernels(c: &mut Criterion) {
         &format!("linear_{lr}x{lc}to3072"),
         (2 * lr * lc * 3072) as u64,
         || {
-            linear(&dev, &x, &w, &bias, None, lr, lc, 3072).expect("linear");
+            linear(&dev, F32, &x, &w, &bias, None, lr, lc, 3072).expect("linear");
         },
     );
     time(
@@ -301,7 +302,7 @@ fn cuda_kernels(c: &mut Criterion) {
         "pointwise_16to96_112_b64",
         pw_flops,
         || {
-            pointwise_conv(&dev, &x16, &w96, 64, 16, 96, 112 * 112).expect("pointwise");
+            pointwise_conv(&dev, F32, &x16, &w96, 64, 16, 96, 112 * 112).expect("pointwise");
         },
     );
     let x96 = randn(&dev, 64 * 96 * 112 * 112, &mut rng);
@@ -394,7 +395,7 @@ fn cuda_kernels(c: &mut Criterion) {
             )
             .expect("feature spec");
             let gf = pmad::models::efficientnet_infer::InferFeatures::new(
-                pmad::backend::CudaOps::new(dev.clone()),
+                pmad::backend::CudaOps::new(dev.clone(), F32),
                 &fx,
             )
             .expect("upload");
@@ -426,7 +427,7 @@ fn cuda_kernels(c: &mut Criterion) {
     for preset in ["small", "base"] {
         let cfg = VitConfig::preset(preset, 8192).expect("preset");
         let vit = Vit::new(cfg.clone(), 1).expect("vit");
-        let gv = InferVit::new(CudaOps::new(dev.clone()), &vit).expect("upload vit");
+        let gv = InferVit::new(CudaOps::new(dev.clone(), F32), &vit).expect("upload vit");
         let batch = 64;
         let images: Vec<f32> = (0..batch * cfg.image_len()).map(|_| rng.normal()).collect();
         let mask: Vec<bool> = (0..batch * cfg.patches()).map(|i| i % 10 < 3).collect();

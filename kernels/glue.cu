@@ -6,6 +6,8 @@
 //                     cancellation). mean and rstd are written for the backward pass.
 //                     One warp per row, 8 rows per 256-thread block.
 // gelu_fwd_f32        y = 0.5 x (1 + erf(x / sqrt 2))   (exact form, torch's default)
+// f32_to_bf16         y = bf16(x) as raw bits, rounded to nearest, ties to even; NaN stays a
+//                     (quiet) NaN: the operands of the bf16 tensor-core GEMMs (--precision bf16)
 // bias_residual_add_f32
 //                     y[r, c] = x[r, c] + bias[c] (+ residual[r, c])
 // dwconv2d_f32        depthwise conv, weight [C, 1, KH, KW], stride (sh, sw), explicit padding
@@ -75,6 +77,23 @@ extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
          i += (size_t)gridDim.x * blockDim.x) {
         const float v = x[i];
         y[i] = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    }
+}
+
+// ----------------------------------------------------------------------------- f32 -> bf16
+// grid-stride; grid min(ceil(n/256), 65535), block 256. Integer rounding (no cuda_bf16.h, so
+// the same code runs on every architecture and in the emulator): adding 0x7fff plus the
+// lowest kept bit to the f32 bits and truncating rounds to nearest, ties to even (a carry
+// into the exponent is the correct rounding up, to infinity past the largest bf16).
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+    f32_to_bf16(const float* __restrict__ x, unsigned short* __restrict__ y,
+                const ConvertParams p) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)p.n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const unsigned int u = __float_as_uint(x[i]);
+        y[i] = (u & 0x7fffffffu) > 0x7f800000u
+                   ? (unsigned short)((u >> 16) | 0x0040u)  // NaN: keep it quiet and a NaN
+                   : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
     }
 }
 

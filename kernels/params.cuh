@@ -68,6 +68,12 @@ struct GeluParams {
 };
 static_assert(sizeof(GeluParams) == 4, "GeluParams layout");
 
+// glue.cu: f32_to_bf16
+struct ConvertParams {
+    int n;  // elements
+};
+static_assert(sizeof(ConvertParams) == 4, "ConvertParams layout");
+
 // glue.cu: bias_residual_add_f32
 struct BiasResidualParams {
     int rows;

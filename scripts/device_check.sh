@@ -5,8 +5,9 @@
 #   1. every CUDA parity test (kernels vs CPU references, ViT end to end vs the CPU model) and
 #      the Detector end to end, CPU vs CUDA (bin/cuda_e2e);
 #   2. kernel timings (criterion: bin/cuda_kernels);
-#   3. `pmad inspect` images/s at batch 1, 64 and 256, --device cuda and cpu, and the
-#      host<->device bytes per image;
+#   3. `pmad inspect` images/s at batch 1, 64 and 256: --device cuda in f32 and in bf16
+#      (--precision bf16: tensor-core GEMMs), and cpu; the host<->device bytes per image and
+#      each GPU run's image scores against the CPU's;
 #   4. the same operations in PyTorch on that machine (SDPA attention, cdist + argmin, the
 #      same ViT forward), side by side with 2 as ratios (scripts/device_torch.py).
 # PMAD_REQUIRE_GPU=1 (exported here unless already set): a CUDA test or bench that finds no
@@ -86,23 +87,26 @@ rm -rf "$data"
 "$KIT/bin/pmad" synth --out "$data" $(cat "$KIT/synth_args") > /dev/null 2>&1 \
     || echo "pmad synth failed" >> "$RES"
 imgs=("$data"/synth_wood/test/*/)
-for dev in cuda cpu; do
+for run in cuda:f32 cuda:bf16 cpu:f32; do
+    dev=${run%:*}; prec=${run#*:}
     for b in 1 64 256; do
+        log="$OUTDIR/inspect_${dev}_${prec}_b$b"
         timeout 120 "$KIT/bin/pmad" inspect --model "$KIT/model" --class synth_wood --weights "$W" \
-            --score product --device "$dev" --batch "$b" --timings "${imgs[@]}" \
-            > "$OUTDIR/inspect_${dev}_b$b.jsonl" 2> "$OUTDIR/inspect_${dev}_b$b.log"
-        echo "[$dev batch $b, exit $?] $(grep -E 'images/s|B/image' "$OUTDIR/inspect_${dev}_b$b.log" | tr '\n' ' ')" >> "$RES"
+            --score product --device "$dev" --precision "$prec" --batch "$b" --timings "${imgs[@]}" \
+            > "$log.jsonl" 2> "$log.log"
+        echo "[$dev $prec batch $b, exit $?] $(grep -E 'images/s|B/image' "$log.log" | tr '\n' ' ')" >> "$RES"
     done
 done
-if [ -s "$OUTDIR/inspect_cuda_b64.jsonl" ]; then
-    python3 - "$OUTDIR/inspect_cuda_b64.jsonl" "$OUTDIR/inspect_cpu_b64.jsonl" >> "$RES" <<'PY'
+for prec in f32 bf16; do
+    [ -s "$OUTDIR/inspect_cuda_${prec}_b64.jsonl" ] || continue
+    python3 - "$prec" "$OUTDIR/inspect_cuda_${prec}_b64.jsonl" "$OUTDIR/inspect_cpu_f32_b64.jsonl" >> "$RES" <<'PY'
 import json, sys
-g = [json.loads(l)["score"] for l in open(sys.argv[1])]
-c = [json.loads(l)["score"] for l in open(sys.argv[2])]
+g = [json.loads(l)["score"] for l in open(sys.argv[2])]
+c = [json.loads(l)["score"] for l in open(sys.argv[3])]
 d = max(abs(a - b) / max(abs(b), 1.0) for a, b in zip(g, c)) if g and len(g) == len(c) else float("nan")
-print(f"image scores cuda vs cpu: {len(g)} images, max relative difference {d:.2e}")
+print(f"image scores cuda {sys.argv[1]} vs cpu f32: {len(g)} images, max relative difference {d:.2e}")
 PY
-fi
+done
 endsection
 
 # 4. PyTorch side by side.

@@ -112,6 +112,7 @@ fn inspect_cpu_vs_cuda() {
         det.register(class, &list_images(&class_dir.join("train/good")).unwrap())
             .unwrap();
         compare_backends(&model, &weights, class, &images, &paths, feature_input);
+        compare_bf16(&model, &weights, class, &images);
         if feature_input {
             // Fail closed on the device: a NaN in the ViT is an error naming the stage (the
             // flags read back before any score), never a score.
@@ -217,5 +218,58 @@ fn compare_backends(
             "{kind_name}: degenerate scores {scores:?}"
         );
         println!("{kind_name}: largest map |cuda - cpu| {worst_map:e}");
+    }
+}
+
+/// `--precision bf16` (the GEMMs on bf16 operands, f32 accumulation) against the CPU's f32:
+/// the scores within the rounding's reach, the verdicts equal away from the threshold, the
+/// images in the same order. Measured on the emulated device (its bf16 GEMM = the CPU GEMM on
+/// the rounded operands), both models: largest relative score error 2.5e-3 for distance and
+/// for product; the tolerance is 3x that.
+fn compare_bf16(
+    model: &std::path::Path,
+    weights: &std::path::Path,
+    class: &str,
+    images: &[pmad::data::image::RgbImage],
+) {
+    use pmad::backend::Precision;
+    let mut cpu = Detector::open(model, Some(weights)).unwrap();
+    let mut gpu = Detector::open(model, Some(weights)).unwrap();
+    gpu.set_backend(Device::Cuda, Precision::Bf16).unwrap();
+    assert_eq!(gpu.precision(), Precision::Bf16);
+    for (kind, rtol) in [(ScoreKind::Distance, 0.0075), (ScoreKind::Product, 0.0075)] {
+        cpu.config.score = kind;
+        gpu.config.score = kind;
+        let want = cpu.inspect_batch_with(class, images, false).unwrap();
+        let got = gpu.inspect_batch_with(class, images, false).unwrap();
+        let mut worst = 0.0f32;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let rel = (g.map.score - w.map.score).abs() / w.map.score.abs();
+            println!(
+                "bf16 {kind:?} [{i}]: score {} vs f32 cpu {} (rel {rel:.2e}), threshold {}",
+                g.map.score, w.map.score, w.threshold
+            );
+            assert!(
+                rel <= rtol,
+                "bf16 {kind:?} [{i}]: relative error {rel:e} > {rtol}"
+            );
+            worst = worst.max(rel);
+            if (w.map.score - w.threshold).abs() > rtol * w.threshold.abs() {
+                assert_eq!(g.anomalous, w.anomalous, "bf16 {kind:?} [{i}]: verdict");
+            }
+        }
+        // The ranking of clearly separated images is kept.
+        for a in 0..want.len() {
+            for b in 0..want.len() {
+                let (wa, wb) = (want[a].map.score, want[b].map.score);
+                if wa > wb * (1.0 + 2.0 * rtol) {
+                    assert!(
+                        got[a].map.score > got[b].map.score,
+                        "bf16 {kind:?}: order {a} {b}"
+                    );
+                }
+            }
+        }
+        println!("bf16 {kind:?}: largest relative score error {worst:.2e}");
     }
 }

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use pmad::Tensor;
 use pmad::autograd::Tape;
+use pmad::backend::Precision::{Bf16, F32};
 use pmad::backend::{ConvOps, CpuOps, InferOps};
 use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
@@ -1013,7 +1014,7 @@ fn linear_cublas() {
         linear_rows(&x, &w, Some(&b), rows, inp, out, &mut want);
         want.iter_mut().zip(&res).for_each(|(y, &r)| *y += r);
         let (xd, wd, bd, rd) = (up(&dev, &x), up(&dev, &w), up(&dev, &b), up(&dev, &res));
-        let y = linear(&dev, &xd, &wd, &bd, Some(&rd), rows, inp, out).unwrap();
+        let y = linear(&dev, F32, &xd, &wd, &bd, Some(&rd), rows, inp, out).unwrap();
         // Two f32 GEMMs with K up to 768: accumulation-order error ~ sqrt(K) ulp of |x||w|
         // on each side.
         let tol = Tol {
@@ -1070,7 +1071,7 @@ fn vit_token_uncertainty() {
         let (e_cpu, c_cpu) = vit
             .token_uncertainty(&images, &mask, Some(&tokens))
             .unwrap();
-        let gpu = InferVit::new(CudaOps::new(dev.clone()), &vit).unwrap();
+        let gpu = InferVit::new(CudaOps::new(dev.clone(), F32), &vit).unwrap();
         let (e_gpu, c_gpu) = gpu
             .token_uncertainty(&images, &mask, Some(&tokens))
             .unwrap();
@@ -1200,6 +1201,7 @@ fn pointwise_conv_cublas() {
         conv2d_into(&x, &w, None, &s, Activation::None, &mut want);
         let y = pointwise_conv(
             &dev,
+            F32,
             &up(&dev, &x),
             &up(&dev, &w),
             batch,
@@ -1214,6 +1216,151 @@ fn pointwise_conv_cublas() {
         };
         let name = format!("pointwise_conv {batch}x{c_in}->{c_out} x{plane}");
         compare(&name, &down(&dev, &y.unwrap()), &want, tol);
+    }
+}
+
+/// `--precision bf16`: the conversion kernel against the host's rounding bit for bit, then the
+/// bf16 GEMMs (linear, pointwise conv) against the CPU ops twice — on the operands rounded to
+/// bf16 (the same products: f32 tolerances), and on the f32 operands (the rounding's own
+/// error, bounded per element by `2^-8 Σ_k |x_k w_k|`: each operand's relative rounding
+/// error is at most 2^-9).
+#[test]
+fn gemms_in_bf16() {
+    use pmad::backend::bf16_bits;
+    use pmad::cuda::glue::f32_to_bf16;
+    let dev = device_or_skip!();
+    let mut rng = Rng::new(0xBF16);
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| f32::from_bits(u32::from(bf16_bits(x)) << 16))
+            .collect()
+    };
+    // The conversion: ragged length, ties both ways, subnormals, signed zeros, the largest
+    // finite values (rounding up to infinity), infinities and NaNs.
+    let mut x = rng.normals(1037, 10.0);
+    x.extend([
+        1.0 + 1.0 / 256.0,
+        1.0 + 3.0 / 256.0,
+        -(1.0 + 1.0 / 256.0),
+        1e-40,
+        -1e-42,
+        0.0,
+        -0.0,
+        f32::MAX,
+        -f32::MAX,
+        3.389_531_4e38,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0x7f80_0001),
+    ]);
+    let got = down(&dev, &f32_to_bf16(&dev, &up(&dev, &x)).unwrap());
+    for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+        let want = bf16_bits(v);
+        if v.is_nan() {
+            assert!(
+                f32::from_bits(u32::from(g) << 16).is_nan(),
+                "[{i}] NaN -> {g:#06x}"
+            );
+        } else {
+            assert_eq!(g, want, "[{i}] bf16({v:e}): {g:#06x} vs {want:#06x}");
+        }
+    }
+    println!(
+        "f32_to_bf16: {} values bit-identical to the host rounding",
+        x.len()
+    );
+
+    // Per element, the bound of the rounding's error: 2^-8 Σ_k |x_rk w_ck| (+ f32 slack).
+    let bound = |x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize| -> Vec<f64> {
+        let mut b = vec![0.0f64; rows * out];
+        for r in 0..rows {
+            for c in 0..out {
+                let s: f64 = (0..inp)
+                    .map(|k| f64::from(x[r * inp + k].abs()) * f64::from(w[c * inp + k].abs()))
+                    .sum();
+                b[r * out + c] = s / 256.0 + 1e-4;
+            }
+        }
+        b
+    };
+    let f32_tol = Tol {
+        atol: 1e-4,
+        rtol: 1e-4,
+        nmse: 1e-9,
+    };
+    for (rows, inp, out) in [(1, 1, 1), (37, 19, 23), (196 * 2, 192, 576), (5, 768, 1003)] {
+        let x = rng.normals(rows * inp, 1.0);
+        let w = rng.normals(out * inp, 0.1);
+        let b = rng.normals(out, 1.0);
+        let (xd, wd, bd) = (up(&dev, &x), up(&dev, &w), up(&dev, &b));
+        let y = down(
+            &dev,
+            &linear(&dev, Bf16, &xd, &wd, &bd, None, rows, inp, out).unwrap(),
+        );
+        let name = format!("linear bf16 {rows}x{inp}->{out}");
+        // The same products on the CPU: the operands rounded as the GPU rounds them.
+        let mut want = vec![0.0; rows * out];
+        linear_rows(&round(&x), &round(&w), Some(&b), rows, inp, out, &mut want);
+        compare(&format!("{name} (bf16 operands)"), &y, &want, f32_tol);
+        // Against f32: within the rounding bound everywhere.
+        let mut exact = vec![0.0; rows * out];
+        linear_rows(&x, &w, Some(&b), rows, inp, out, &mut exact);
+        let lim = bound(&x, &w, rows, inp, out);
+        let (mut worst, mut used) = (0.0f64, 0.0f64);
+        for i in 0..y.len() {
+            let err = (f64::from(y[i]) - f64::from(exact[i])).abs();
+            assert!(
+                err <= lim[i],
+                "{name} [{i}]: |{} - {}| > {:e}",
+                y[i],
+                exact[i],
+                lim[i]
+            );
+            worst = worst.max(err);
+            used = used.max(err / lim[i]);
+        }
+        println!(
+            "{name} vs f32: max|err| {worst:.3e}, {:.0}% of the bound",
+            100.0 * used
+        );
+    }
+    for (batch, c_in, c_out, plane) in [(3, 17, 23, 29), (2, 27, 32, 112 * 112)] {
+        let x = rng.normals(batch * c_in * plane, 1.0);
+        let w = rng.normals(c_out * c_in, 0.3);
+        let s = ConvShape {
+            batch,
+            c_in,
+            h: plane,
+            w: 1,
+            c_out,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            groups: 1,
+            pad: Padding::default(),
+        };
+        let y = pointwise_conv(
+            &dev,
+            Bf16,
+            &up(&dev, &x),
+            &up(&dev, &w),
+            batch,
+            c_in,
+            c_out,
+            plane,
+        );
+        let mut want = vec![0.0; batch * c_out * plane];
+        conv2d_into(
+            &round(&x),
+            &round(&w),
+            None,
+            &s,
+            Activation::None,
+            &mut want,
+        );
+        let name = format!("pointwise_conv bf16 {batch}x{c_in}->{c_out} x{plane}");
+        compare(&name, &down(&dev, &y.unwrap()), &want, f32_tol);
     }
 }
 
@@ -1280,7 +1427,7 @@ fn backbone_features() {
             .extract(&pmad::Tensor::new(x.clone(), &[batch, 3, s, s]).unwrap())
             .unwrap()
             .into_f32_vec();
-        let gpu = InferFeatures::new(CudaOps::new(dev.clone()), &fx).unwrap();
+        let gpu = InferFeatures::new(CudaOps::new(dev.clone(), F32), &fx).unwrap();
         let rows = gpu.extract(&x, batch).unwrap();
         // Up to 11 blocks of f32 convs with different summation orders (cuBLAS vs the CPU
         // GEMM).

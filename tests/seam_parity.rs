@@ -45,7 +45,7 @@ impl Pair {
     fn new() -> Option<Pair> {
         let dev = device()?;
         Some(Pair {
-            gpu: CudaOps::new(dev.clone()),
+            gpu: CudaOps::new(dev.clone(), pmad::backend::Precision::F32),
             dev,
         })
     }

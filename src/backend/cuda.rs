@@ -14,7 +14,20 @@ use crate::recon::vit::Vit;
 use crate::recon::vit_infer::InferVit;
 use crate::tensor::Tensor;
 
-use super::{CudaOps, Uncertainty};
+use super::{CudaOps, Precision, Uncertainty};
+
+/// Why `dev` cannot run GEMMs in `precision`, if it cannot: cuBLAS multiplies bf16 only from
+/// compute capability 8.0 (Ampere) on. The emulated device serves every precision.
+fn precision_problem(dev: &CudaDevice, precision: Precision) -> Option<String> {
+    let (major, minor) = dev.compute_capability();
+    (precision == Precision::Bf16 && major < 8 && !dev.is_emulated()).then(|| {
+        format!(
+            "--precision bf16 needs a GPU of compute capability 8.0 or newer (bf16 tensor \
+             cores); {} is {major}.{minor}: use --precision f32",
+            dev.name()
+        )
+    })
+}
 
 /// The detector's state on the GPU: the device, the backbone's and the ViT's weights.
 pub struct CudaBackend {
@@ -49,11 +62,21 @@ impl DeviceBank {
 
 impl CudaBackend {
     /// Opens the shared device (an error, not a panic, without a usable GPU).
-    pub fn open(features: &FeatureExtractor, vit: Option<&Vit>) -> Result<CudaBackend> {
+    /// `precision`: that of the GEMMs ([`Precision`]); bf16 needs a GPU of compute capability
+    /// 8.0+ (tensor cores with bf16), or the emulated device.
+    pub fn open(
+        features: &FeatureExtractor,
+        vit: Option<&Vit>,
+        precision: Precision,
+    ) -> Result<CudaBackend> {
         let dev = CudaDevice::shared()?;
+        if let Some(why) = precision_problem(&dev, precision) {
+            return Err(Error::invalid(why));
+        }
+        let ops = CudaOps::new(dev.clone(), precision);
         let mut s = CudaBackend {
-            features: InferFeatures::new(CudaOps::new(dev.clone()), features)?,
-            ops: CudaOps::new(dev.clone()),
+            features: InferFeatures::new(ops.clone(), features)?,
+            ops,
             dev,
             vit: None,
         };
@@ -73,7 +96,7 @@ impl CudaBackend {
                         c.width, c.heads
                     )));
                 }
-                Some(InferVit::new(CudaOps::new(self.dev.clone()), v)?)
+                Some(InferVit::new(self.ops.clone(), v)?)
             }
             None => None,
         };
@@ -110,6 +133,11 @@ impl CudaBackend {
             vit: self.vit.as_ref(),
             settings,
         }
+    }
+
+    /// The number format of the GEMMs.
+    pub(crate) fn precision(&self) -> Precision {
+        self.ops.precision()
     }
 
     /// Bytes copied `(host -> device, device -> host)` so far on this (shared) device.

@@ -5,8 +5,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::DeviceBank;
 use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
+use super::{DeviceBank, Precision};
 use crate::cuda::attention::{AttentionDims, attention_fwd};
 use crate::cuda::entropy::entropy_fwd;
 use crate::cuda::glue::{
@@ -25,15 +25,21 @@ use crate::error::{Error, Result};
 use crate::ops::attention::AttnShape;
 use crate::ops::conv::{Activation, Padding};
 
-/// The CUDA op set on one device.
+/// The CUDA op set on one device, its GEMMs in one [`Precision`].
 #[derive(Clone)]
 pub struct CudaOps {
     dev: Arc<CudaDevice>,
+    precision: Precision,
 }
 
 impl CudaOps {
-    pub fn new(dev: Arc<CudaDevice>) -> CudaOps {
-        CudaOps { dev }
+    pub fn new(dev: Arc<CudaDevice>, precision: Precision) -> CudaOps {
+        CudaOps { dev, precision }
+    }
+
+    /// The number format of this op set's GEMMs.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The device these ops run on.
@@ -76,7 +82,15 @@ impl InferOps for CudaOps {
         rows: usize,
     ) -> Result<CudaSlice<f32>> {
         Ok(linear(
-            &self.dev, x, &l.w, &l.b, residual, rows, l.inp, l.out,
+            &self.dev,
+            self.precision,
+            x,
+            &l.w,
+            &l.b,
+            residual,
+            rows,
+            l.inp,
+            l.out,
         )?)
     }
 
@@ -200,7 +214,16 @@ impl ConvOps for CudaOps {
             )));
         }
         let gemm = if c.kernel == 1 && c.stride == 1 {
-            pointwise_conv(dev, x, &c.weight, batch, c.c_in, c.c_out, h * w)?
+            pointwise_conv(
+                dev,
+                self.precision,
+                x,
+                &c.weight,
+                batch,
+                c.c_in,
+                c.c_out,
+                h * w,
+            )?
         } else {
             let cols = im2col(
                 dev,
@@ -220,7 +243,16 @@ impl ConvOps for CudaOps {
                 },
             )?;
             let k = c.c_in * c.kernel * c.kernel;
-            pointwise_conv(dev, &cols, &c.weight, batch, k, c.c_out, oh * ow)?
+            pointwise_conv(
+                dev,
+                self.precision,
+                &cols,
+                &c.weight,
+                batch,
+                k,
+                c.c_out,
+                oh * ow,
+            )?
         };
         match &c.bias {
             Some(bias) => Ok(bias_act_nchw(

@@ -2,7 +2,7 @@
 //! one's methods, so `Backend::Cuda` arms compile everywhere and can never be reached (only
 //! [`CudaBackend::open`] can be called, and it explains how to get a CUDA build).
 
-use crate::backend::CpuOps;
+use crate::backend::{CpuOps, Precision};
 use crate::detector::features::FeatureExtractor;
 use crate::detector::resident::{ScoreChain, Settings};
 use crate::error::{Error, Result};
@@ -19,7 +19,11 @@ pub struct DeviceBank(());
 
 impl CudaBackend {
     /// Always an error: this pmad was built without the CUDA backend.
-    pub fn open(_features: &FeatureExtractor, _vit: Option<&Vit>) -> Result<CudaBackend> {
+    pub fn open(
+        _features: &FeatureExtractor,
+        _vit: Option<&Vit>,
+        _precision: Precision,
+    ) -> Result<CudaBackend> {
         Err(Error::invalid(
             "this pmad was built without the CUDA backend; rebuild with \
              `cargo build --release --features cuda` (see README, CUDA backend)",
@@ -59,6 +63,10 @@ impl CudaBackend {
     }
 
     pub(crate) fn bytes_copied(&self) -> (u64, u64) {
+        match *self {}
+    }
+
+    pub(crate) fn precision(&self) -> Precision {
         match *self {}
     }
 }

@@ -41,12 +41,14 @@ mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_ops;
 mod ops;
+mod precision;
 
 pub use cpu_ops::{CpuOps, CpuWeight};
 pub use cuda::{CudaBackend, DeviceBank};
 #[cfg(feature = "cuda")]
 pub use cuda_ops::CudaOps;
 pub use ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
+pub use precision::{Precision, bf16_bits};
 
 use crate::detector::device::Device;
 use crate::detector::features::FeatureExtractor;
@@ -80,11 +82,32 @@ pub type Uncertainty = (Vec<f32>, Option<Vec<f32>>);
 impl Backend {
     /// Opens `device` for a model with these features (and ViT, when trained). A CUDA
     /// request fails with a clear error when the binary has no CUDA backend or no usable GPU.
-    pub fn open(device: Device, features: &FeatureExtractor, vit: Option<&Vit>) -> Result<Self> {
-        Ok(match device {
-            Device::Cpu => Backend::Cpu,
-            Device::Cuda => Backend::Cuda(Box::new(CudaBackend::open(features, vit)?)),
+    /// `precision` is that of the GPU's GEMMs ([`Precision`]); the CPU computes in f32 only.
+    pub fn open(
+        device: Device,
+        precision: Precision,
+        features: &FeatureExtractor,
+        vit: Option<&Vit>,
+    ) -> Result<Self> {
+        Ok(match (device, precision) {
+            (Device::Cpu, Precision::F32) => Backend::Cpu,
+            (Device::Cpu, p) => {
+                return Err(crate::error::Error::invalid(format!(
+                    "--precision {} runs the GPU's GEMMs on tensor cores (--device cuda); the \
+                     CPU computes in f32",
+                    p.name()
+                )));
+            }
+            (Device::Cuda, p) => Backend::Cuda(Box::new(CudaBackend::open(features, vit, p)?)),
         })
+    }
+
+    /// The number format of the GEMMs (f32 on the CPU).
+    pub fn precision(&self) -> Precision {
+        match self {
+            Backend::Cpu => Precision::F32,
+            Backend::Cuda(gpu) => gpu.precision(),
+        }
     }
 
     /// Which device this is.

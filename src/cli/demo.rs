@@ -171,6 +171,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             weights: None,
             score: None,
             device: pmad::detector::Device::Cpu,
+            precision: pmad::backend::Precision::F32,
             batch: pmad::detector::pipeline::BATCH,
             timings: false,
             save_map: false,

@@ -59,6 +59,11 @@ pub struct EvalArgs {
     /// build with `--features cuda` and a GPU of compute capability 7.5+).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
+    /// Number format of the GPU's GEMMs: f32 (the reference) | bf16 (tensor cores, f32
+    /// accumulation; compute capability 8.0+; the ViT's linears and the backbone's 1x1 and
+    /// im2col convs, everything else stays f32). CUDA only.
+    #[arg(long, default_value = "f32")]
+    pub precision: pmad::backend::Precision,
     #[arg(long)]
     pub weights: Option<PathBuf>,
 }
@@ -110,7 +115,7 @@ pub fn run(args: EvalArgs) -> pmad::Result<()> {
     if let Some(p) = args.patch_score {
         det.config.map.patch_score = p;
     }
-    det.set_device(args.device)?;
+    det.set_backend(args.device, args.precision)?;
     let kind = args.score.unwrap_or(det.config.score);
     let mut report = Report {
         classes: BTreeMap::new(),

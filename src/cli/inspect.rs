@@ -43,6 +43,11 @@ pub struct InspectArgs {
     /// build with `--features cuda` and a GPU of compute capability 7.5+).
     #[arg(long, default_value = "cpu")]
     pub device: pmad::detector::Device,
+    /// Number format of the GPU's GEMMs: f32 (the reference) | bf16 (tensor cores, f32
+    /// accumulation; compute capability 8.0+; the ViT's linears and the backbone's 1x1 and
+    /// im2col convs, everything else stays f32). CUDA only.
+    #[arg(long, default_value = "f32")]
+    pub precision: pmad::backend::Precision,
     /// Images per batch (decoded in parallel, one backbone / search / ViT pass each).
     #[arg(long, default_value_t = pmad::detector::pipeline::BATCH)]
     pub batch: usize,
@@ -356,7 +361,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     let start = std::time::Instant::now();
     let mut det = Detector::open(&args.model, args.weights.as_deref())?;
-    det.set_device(args.device)?;
+    det.set_backend(args.device, args.precision)?;
     if let Some(kind) = args.score {
         // For this run only (model.json keeps its default).
         det.config.score = kind;
@@ -462,10 +467,11 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if args.timings {
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
-            "inspect: {} images, batch {}, device {}, {secs:.2} s, {:.2} images/s",
+            "inspect: {} images, batch {}, device {} ({}), {secs:.2} s, {:.2} images/s",
             paths.len(),
             args.batch,
             args.device.name(),
+            det.precision().name(),
             paths.len() as f64 / secs
         );
         let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);

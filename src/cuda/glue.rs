@@ -13,7 +13,7 @@ use super::launch::launch;
 
 use super::params::{BiasActParams, Im2colParams, PoolParams, ToRowsParams};
 use super::params::{
-    BiasResidualParams, BlurParams, DwConv2dParams, GeluParams, LayerNormParams,
+    BiasResidualParams, BlurParams, ConvertParams, DwConv2dParams, GeluParams, LayerNormParams,
     ResizeBilinearParams, RowSelectParams,
 };
 use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
@@ -101,6 +101,30 @@ pub fn gelu_fwd(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<f3
             dev,
             KernelModule::Glue,
             "gelu_fwd_f32",
+            elementwise(dev, n)?,
+            &mut [In(x), Out(&mut y), Params(&p)],
+        )
+    }?;
+    Ok(y)
+}
+
+/// `x` rounded to bfloat16 (nearest, ties to even; raw bits), the operands of the bf16 GEMMs
+/// ([`super::linear`]); the host twin is [`crate::backend::bf16_bits`].
+pub fn f32_to_bf16(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<u16>> {
+    let n = x.len();
+    let p = ConvertParams {
+        n: to_i32(n, "f32_to_bf16 n")?,
+    };
+    let mut y = dev.alloc_out::<u16>(n)?;
+    if n == 0 {
+        return Ok(y);
+    }
+    // SAFETY: `(const float* x, unsigned short* y, ConvertParams)`, both n elements.
+    unsafe {
+        launch(
+            dev,
+            KernelModule::Glue,
+            "f32_to_bf16",
             elementwise(dev, n)?,
             &mut [In(x), Out(&mut y), Params(&p)],
         )

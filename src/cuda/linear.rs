@@ -6,19 +6,30 @@
 //! the row-major `Y [M, N] = X [M, K] · Wᵀ` is computed as the column-major
 //! `Yᵀ [N, M] = op(W) · Xᵀ` with `op = transpose` on the stored `W` (`K x N` column-major,
 //! `lda = K`), `Xᵀ` as stored (`ldb = K`) and `ldc = N`.
+//!
+//! Precision ([`Precision`]): in `F32` every product is cuBLAS' SGEMM. In `Bf16` both operands
+//! are first rounded to bfloat16 on the device (glue.cu `f32_to_bf16`) and the product is
+//! `cublasGemmEx` with bf16 inputs, f32 output and `CUBLAS_COMPUTE_32F`: tensor cores, exact
+//! bf16 x bf16 products summed in f32. The weights are converted at each call (one pass over
+//! them, small against the GEMM's `2 rows` flops per weight at the batch sizes inspection
+//! runs), so the model code keeps one f32 copy of every weight. On the emulated device the
+//! same converted operands are widened back to f32 and multiplied by the CPU GEMM — the
+//! tensor cores' numbers up to the order of the f32 sums.
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
 
-use super::buffer::Mem;
+use super::buffer::{HostMem, Mem};
 use super::device::Backing;
-use super::glue::bias_residual_add;
+use super::glue::{bias_residual_add, f32_to_bf16};
 use super::{CudaDevice, CudaError, CudaResult, CudaSlice, check_len, to_i32};
+use crate::backend::Precision;
 
 /// `x [rows, inp] · w [out, inp]ᵀ + bias [out] (+ residual [rows, out])`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     dev: &CudaDevice,
+    precision: Precision,
     x: &CudaSlice<f32>,
     w: &CudaSlice<f32>,
     bias: &CudaSlice<f32>,
@@ -27,7 +38,7 @@ pub fn linear(
     inp: usize,
     out: usize,
 ) -> CudaResult<CudaSlice<f32>> {
-    let y = matmul_wt(dev, x, w, rows, inp, out)?;
+    let y = matmul_wt(dev, precision, x, w, rows, inp, out)?;
     check_len("linear", "bias", bias.len(), out)?;
     bias_residual_add(dev, &y, bias, residual, rows, out)
 }
@@ -35,6 +46,7 @@ pub fn linear(
 /// `x [rows, inp] · w [out, inp]ᵀ` (no bias).
 pub fn matmul_wt(
     dev: &CudaDevice,
+    precision: Precision,
     x: &CudaSlice<f32>,
     w: &CudaSlice<f32>,
     rows: usize,
@@ -71,8 +83,9 @@ pub fn matmul_wt(
     };
     // SAFETY: with the column-major reading above, A = w is K x N (lda K, N*K elements), B = x
     // is K x M (ldb K, M*K elements), C = y is N x M (ldc N, M*N elements): the lengths were
-    // checked, and beta = 0 means y is written, never read.
-    unsafe { sgemm(dev, Sgemm::One(cfg), w, x, &mut y) }?;
+    // checked (the bf16 copies have the same lengths), and beta = 0 means y is written, never
+    // read.
+    unsafe { gemm(dev, precision, Sgemm::One(cfg), w, x, &mut y) }?;
     Ok(y)
 }
 
@@ -83,8 +96,10 @@ pub fn matmul_wt(
 ///
 /// Column-major reading: `x[b]` is the `HW x C_in` matrix (ld `HW`), `w` the `C_in x C_out`
 /// one (ld `C_in`), `y[b]` the `HW x C_out` one (ld `HW`): `y[b] = x[b] · w`, no transposes.
+#[allow(clippy::too_many_arguments)]
 pub fn pointwise_conv(
     dev: &CudaDevice,
+    precision: Precision,
     x: &CudaSlice<f32>,
     w: &CudaSlice<f32>,
     batch: usize,
@@ -130,8 +145,32 @@ pub fn pointwise_conv(
     // SAFETY: per batch entry b, A = x + b*C_in*HW spans HW*C_in elements, B = w (shared)
     // C_in*C_out, C = y + b*C_out*HW spans HW*C_out: all inside the checked lengths; beta = 0
     // means y is only written.
-    unsafe { sgemm(dev, Sgemm::StridedBatched(cfg), x, w, &mut y) }?;
+    unsafe { gemm(dev, precision, Sgemm::StridedBatched(cfg), x, w, &mut y) }?;
     Ok(y)
+}
+
+/// [`sgemm`] in `precision`: f32 as it is, or both operands rounded to bf16 first and
+/// multiplied by [`gemm_bf16`].
+///
+/// # Safety
+/// As [`sgemm`].
+unsafe fn gemm(
+    dev: &CudaDevice,
+    precision: Precision,
+    call: Sgemm,
+    a: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    c: &mut CudaSlice<f32>,
+) -> CudaResult<()> {
+    match precision {
+        // SAFETY: the caller's contract.
+        Precision::F32 => unsafe { sgemm(dev, call, a, b, c) },
+        Precision::Bf16 => {
+            let (a16, b16) = (f32_to_bf16(dev, a)?, f32_to_bf16(dev, b)?);
+            // SAFETY: the bf16 copies have the f32 buffers' lengths; the caller's contract.
+            unsafe { gemm_bf16(dev, call, &a16, &b16, c) }
+        }
+    }
 }
 
 /// A cuBLAS SGEMM call: one product, or a strided batch of them.
@@ -191,6 +230,118 @@ pub unsafe fn sgemm(
         }
         _ => Err(CudaError::Invalid(
             "sgemm: buffers of another device kind (GPU vs emulated)".into(),
+        )),
+    }
+}
+
+/// `C = alpha op(A) op(B) + beta C` as [`sgemm`], with `A` and `B` bfloat16 (raw `u16` bits)
+/// and `C` f32: `cublasGemmEx` / `cublasGemmStridedBatchedEx` with f32 compute on a GPU
+/// (tensor cores); on the emulated device the operands widened to f32 (exactly) and the CPU
+/// GEMM.
+///
+/// # Safety
+/// On a GPU, as cuBLAS: the configuration must stay inside the three buffers.
+pub unsafe fn gemm_bf16(
+    dev: &CudaDevice,
+    call: Sgemm,
+    a: &CudaSlice<u16>,
+    b: &CudaSlice<u16>,
+    c: &mut CudaSlice<f32>,
+) -> CudaResult<()> {
+    use cudarc::cublas::{result, sys};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    match (dev.backing(), &a.mem, &b.mem, &mut c.mem) {
+        (Backing::Driver(d), Mem::Driver(a), Mem::Driver(b), Mem::Driver(c)) => {
+            let blas = dev.blas()?;
+            let (bf16, f32) = (
+                sys::cudaDataType_t::CUDA_R_16BF,
+                sys::cudaDataType_t::CUDA_R_32F,
+            );
+            let compute = sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+            let algo = sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+            let (a, _ra) = a.device_ptr(&d.stream);
+            let (b, _rb) = b.device_ptr(&d.stream);
+            let (c, _rc) = c.device_ptr_mut(&d.stream);
+            let (a, b, c) = (a as *const _, b as *const _, c as *mut _);
+            match call {
+                Sgemm::One(g) => {
+                    // SAFETY: the caller's contract; alpha and beta are f32, as
+                    // CUBLAS_COMPUTE_32F reads them, and live through the call.
+                    unsafe {
+                        result::gemm_ex(
+                            *blas.handle(),
+                            g.transa,
+                            g.transb,
+                            g.m,
+                            g.n,
+                            g.k,
+                            (&g.alpha) as *const f32 as *const _,
+                            a,
+                            bf16,
+                            g.lda,
+                            b,
+                            bf16,
+                            g.ldb,
+                            (&g.beta) as *const f32 as *const _,
+                            c,
+                            f32,
+                            g.ldc,
+                            compute,
+                            algo,
+                        )
+                    }?
+                }
+                Sgemm::StridedBatched(s) => {
+                    let g = s.gemm;
+                    // SAFETY: as above, per batch entry.
+                    unsafe {
+                        result::gemm_strided_batched_ex(
+                            *blas.handle(),
+                            g.transa,
+                            g.transb,
+                            g.m,
+                            g.n,
+                            g.k,
+                            (&g.alpha) as *const f32 as *const _,
+                            a,
+                            bf16,
+                            g.lda,
+                            s.stride_a,
+                            b,
+                            bf16,
+                            g.ldb,
+                            s.stride_b,
+                            (&g.beta) as *const f32 as *const _,
+                            c,
+                            f32,
+                            g.ldc,
+                            s.stride_c,
+                            s.batch_size,
+                            compute,
+                            algo,
+                        )
+                    }?
+                }
+            }
+            Ok(())
+        }
+        (Backing::Emulated, Mem::Host(a16), Mem::Host(b16), Mem::Host(_)) => {
+            // bf16 -> f32 is exact (the bits are the upper half of the f32's).
+            let widen = |h: &[u16]| -> Vec<f32> {
+                h.iter()
+                    .map(|&u| f32::from_bits(u32::from(u) << 16))
+                    .collect()
+            };
+            let host = |v: Vec<f32>| CudaSlice {
+                mem: Mem::Host(HostMem::from_slice(&v)),
+            };
+            let (a, b) = (host(widen(a16.as_slice())), host(widen(b16.as_slice())));
+            // SAFETY: the caller's contract (same lengths as the bf16 operands); the emulated
+            // sgemm checks every element it touches anyway.
+            unsafe { sgemm(dev, call, &a, &b, c) }
+        }
+        _ => Err(CudaError::Invalid(
+            "gemm_bf16: buffers of another device kind (GPU vs emulated)".into(),
         )),
     }
 }

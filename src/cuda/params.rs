@@ -99,6 +99,13 @@ pub struct GeluParams {
     pub n: i32,
 }
 
+/// `ConvertParams` — glue.cu `f32_to_bf16`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvertParams {
+    pub n: i32,
+}
+
 /// `BiasResidualParams` — glue.cu `bias_residual_add_f32`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -232,6 +239,7 @@ device_repr! {
     EntropyParams = 16,
     LayerNormParams = 12,
     GeluParams = 4,
+    ConvertParams = 4,
     BiasResidualParams = 12,
     DwConv2dParams = 60,
     ResizeBilinearParams = 28,

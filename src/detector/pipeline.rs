@@ -20,7 +20,7 @@
 
 #![warn(missing_docs)]
 
-use crate::backend::{Backend, DeviceBank};
+use crate::backend::{Backend, DeviceBank, Precision};
 use crate::data::image::{RgbImage, to_network_input};
 use crate::data::view::ImageView;
 use crate::detector::class_store;
@@ -338,8 +338,19 @@ impl Detector {
     /// feature and a usable GPU (compute capability 7.5+); otherwise a clear error and nothing
     /// changes.
     pub fn set_device(&mut self, device: Device) -> Result<()> {
-        self.backend = Backend::open(device, &self.features, self.vit.as_ref())?;
+        self.set_backend(device, Precision::F32)
+    }
+
+    /// [`Self::set_device`] with the number format of the GPU's GEMMs: `Precision::Bf16`
+    /// runs them on tensor cores (compute capability 8.0+; an error on the CPU).
+    pub fn set_backend(&mut self, device: Device, precision: Precision) -> Result<()> {
+        self.backend = Backend::open(device, precision, &self.features, self.vit.as_ref())?;
         Ok(())
+    }
+
+    /// The number format of the scoring device's GEMMs.
+    pub fn precision(&self) -> Precision {
+        self.backend.precision()
     }
 
     /// The device scoring runs on.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pmad::backend::CudaOps;
-use pmad::backend::Precision::F32;
+use pmad::backend::Precision::{Bf16, F32};
 use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
@@ -220,6 +220,17 @@ fn cuda_kernels(c: &mut Criterion) {
             linear(&dev, F32, &x, &w, &bias, None, lr, lc, 3072).expect("linear");
         },
     );
+    // --precision bf16: the operands rounded on the device, then the tensor-core GEMM.
+    time(
+        c,
+        &dev,
+        "glue",
+        &format!("linear_bf16_{lr}x{lc}to3072"),
+        (2 * lr * lc * 3072) as u64,
+        || {
+            linear(&dev, Bf16, &x, &w, &bias, None, lr, lc, 3072).expect("linear bf16");
+        },
+    );
     time(
         c,
         &dev,
@@ -394,23 +405,18 @@ fn cuda_kernels(c: &mut Criterion) {
                 pmad::detector::FeatureSpec::default(),
             )
             .expect("feature spec");
-            let gf = pmad::models::efficientnet_infer::InferFeatures::new(
-                pmad::backend::CudaOps::new(dev.clone(), F32),
-                &fx,
-            )
-            .expect("upload");
             let batch = 64;
             let x: Vec<f32> = (0..batch * 3 * 224 * 224).map(|_| rng.normal()).collect();
-            time(
-                c,
-                &dev,
-                "backbone",
-                "features_b64_224",
-                batch as u64,
-                || {
+            for (precision, name) in [(F32, "features_b64_224"), (Bf16, "features_bf16_b64_224")] {
+                let gf = pmad::models::efficientnet_infer::InferFeatures::new(
+                    pmad::backend::CudaOps::new(dev.clone(), precision),
+                    &fx,
+                )
+                .expect("upload");
+                time(c, &dev, "backbone", name, batch as u64, || {
                     gf.extract(&x, batch).expect("features");
-                },
-            );
+                });
+            }
         }
         Err(e) => {
             assert!(
@@ -424,10 +430,19 @@ fn cuda_kernels(c: &mut Criterion) {
 
     // The whole ViT inference forward (small and base presets, |V| 8192), 64 images, 30%
     // masked, entropy + cross-entropy; includes the host unfold and the upload.
-    for preset in ["small", "base"] {
+    for (preset, precision) in [
+        ("small", F32),
+        ("base", F32),
+        ("small", Bf16),
+        ("base", Bf16),
+    ] {
         let cfg = VitConfig::preset(preset, 8192).expect("preset");
         let vit = Vit::new(cfg.clone(), 1).expect("vit");
-        let gv = InferVit::new(CudaOps::new(dev.clone(), F32), &vit).expect("upload vit");
+        let gv = InferVit::new(CudaOps::new(dev.clone(), precision), &vit).expect("upload vit");
+        let preset = match precision {
+            F32 => preset.to_string(),
+            Bf16 => format!("{preset}_bf16"),
+        };
         let batch = 64;
         let images: Vec<f32> = (0..batch * cfg.image_len()).map(|_| rng.normal()).collect();
         let mask: Vec<bool> = (0..batch * cfg.patches()).map(|i| i % 10 < 3).collect();

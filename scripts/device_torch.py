@@ -8,7 +8,10 @@ criterion's estimates (written by bin/cuda_kernels into --criterion).
   log_softmax entropy + CE      vs entropy/r3776_v8192
   the same ViT forward          vs vit/{small,base}_forward_b64 (unfold, patch embed, [M]
                                    token, pre-norm blocks, head on masked rows, entropy + CE)
-Matmuls stay fp32 (TF32 off: torch's default for matmul; set explicitly here) like pmad's.
+  bf16 autocast linear, ViT      vs glue/linear_bf16_*, vit/{small,base}_bf16_forward_b64
+                                   (pmad --precision bf16: GEMMs on bf16 operands, f32 sums)
+  bf16 matmul + argmin search    vs proto_nn/f32_* (pmad's search stays f32)
+The fp32 rows keep TF32 off (torch's default for matmul; set explicitly here) like pmad's f32.
 Without CUDA it runs on the CPU with small shapes and prints no ratios (a dry run).
 Prints a markdown table to stdout.
 """
@@ -77,6 +80,17 @@ with torch.no_grad():
     x = torch.randn(R, 768, device=dev)
     lin = torch.nn.Linear(768, 3072).to(dev)
     report(f"linear {R}x768->3072", "glue", f"linear_{R}x768to3072", timed(lambda: lin(x)))
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        report(f"linear {R}x768->3072 bf16", "glue", f"linear_bf16_{R}x768to3072", timed(lambda: lin(x)))
+    for P, D in ((16384, 152), (100000, 272)):
+        if small:
+            P = 2048
+        q16 = torch.randn(8 * 784, D, device=dev).bfloat16()
+        b16 = torch.randn(P, D, device=dev).bfloat16()
+        bn = (b16.float() ** 2).sum(1)
+        # |q - p|^2 = |q|^2 - 2 q.p + |p|^2: the argmin needs only |p|^2 - 2 q.p (bf16 GEMM).
+        report(f"nearest 6272 x {P} x {D} (bf16 matmul+argmin)", "proto_nn", f"f32_6272x{P}x{D}",
+               timed(lambda: (bn - 2 * (q16 @ b16.T).float()).argmin(1)))
     ln = torch.nn.LayerNorm(768, eps=1e-6).to(dev)
     report(f"layernorm {R}x768", "glue", f"layernorm_{R}x768", timed(lambda: ln(x)))
     rows_e = 64 * 59
@@ -132,6 +146,10 @@ with torch.no_grad():
             ce = -lp.gather(1, t[m][:, None])[:, 0]
             return e.cpu(), ce.cpu()
         report(f"ViT {preset} forward, {Bv} images", "vit", f"{preset}_forward_b64", timed(vit, reps=10))
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            report(f"ViT {preset} forward, {Bv} images, bf16", "vit", f"{preset}_bf16_forward_b64",
+                   timed(vit, reps=10))
+
 
 print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if cuda else 'cpu (dry run, small shapes)'}, TF32 off\n")
 print("| operation | torch ms | pmad ms | torch / pmad (>1: pmad faster) |")

@@ -6,8 +6,9 @@
 //                     cancellation). mean and rstd are written for the backward pass.
 //                     One warp per row, 8 rows per 256-thread block.
 // gelu_fwd_f32        y = 0.5 x (1 + erf(x / sqrt 2))   (exact form, torch's default)
-// f32_to_bf16         y = bf16(x) as raw bits, rounded to nearest, ties to even; NaN stays a
-//                     (quiet) NaN: the operands of the bf16 tensor-core GEMMs (--precision bf16)
+// f32_to_bf16         y[i] = bf16(x[offset + i]) as raw bits, rounded to nearest, ties to even;
+//                     NaN stays a (quiet) NaN: the operands of the bf16 tensor-core GEMMs
+//                     (--precision bf16)
 // bias_residual_add_f32
 //                     y[r, c] = x[r, c] + bias[c] (+ residual[r, c])
 // dwconv2d_f32        depthwise conv, weight [C, 1, KH, KW], stride (sh, sw), explicit padding
@@ -90,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
                 const ConvertParams p) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)p.n;
          i += (size_t)gridDim.x * blockDim.x) {
-        const unsigned int u = __float_as_uint(x[i]);
+        const unsigned int u = __float_as_uint(x[(size_t)p.offset + i]);
         y[i] = (u & 0x7fffffffu) > 0x7f800000u
                    ? (unsigned short)((u >> 16) | 0x0040u)  // NaN: keep it quiet and a NaN
                    : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);

@@ -29,6 +29,15 @@ struct ProtoNnParams {
 };
 static_assert(sizeof(ProtoNnParams) == 16, "ProtoNnParams layout");
 
+// proto_nn.cu: proto_nn_sqnorm_f32, proto_nn_rerank_f32 (the bf16 tensor-core search)
+struct ProtoNnTcParams {
+    int rows;        // queries in this chunk (proto_nn_sqnorm_f32: rows of the bank)
+    int num_protos;  // P
+    int dim;         // D
+    int q_offset;    // first query of the chunk
+};
+static_assert(sizeof(ProtoNnTcParams) == 16, "ProtoNnTcParams layout");
+
 // topk_mask.cu: topk_mask_f32
 struct TopkMaskParams {
     int rows;  // images
@@ -70,9 +79,10 @@ static_assert(sizeof(GeluParams) == 4, "GeluParams layout");
 
 // glue.cu: f32_to_bf16
 struct ConvertParams {
-    int n;  // elements
+    int n;       // elements converted
+    int offset;  // first element of x read
 };
-static_assert(sizeof(ConvertParams) == 4, "ConvertParams layout");
+static_assert(sizeof(ConvertParams) == 8, "ConvertParams layout");
 
 // glue.cu: bias_residual_add_f32
 struct BiasResidualParams {

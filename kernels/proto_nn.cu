@@ -192,3 +192,176 @@ extern "C" __global__ void proto_nn_finalize_u64(const unsigned long long* __res
     idx[i] = (unsigned int)(key & 0xffffffffull);
     dist[i] = __uint_as_float((unsigned int)(key >> 32));
 }
+
+// ------------------------------------------------ the bf16 tensor-core search (exact, re-ranked)
+// --precision bf16 (src/cuda/proto_nn.rs `proto_nn_tc`): the host computes, per chunk of
+// queries, the dot products s = q~ . p~ of the bf16-rounded queries and bank as one cuBLAS
+// GEMM on tensor cores (f32 sums), and |p|^2 of the f32 bank (proto_nn_sqnorm_f32). Then one
+// block per query (proto_nn_rerank_f32):
+//   1. approximate distances v(p) = |p|^2 - 2 s(p) (|q|^2 is the same for every p of the row);
+//      the PNN_K + 1 smallest, as keys (order-preserving bits of v) << 32 | p (ties: lowest p);
+//   2. the PNN_K best re-ranked with the exact f32 distance, computed exactly as proto_nn_f32
+//      does (sum over d in order of fmaf(q_d - p_d, q_d - p_d, acc)), so the chosen (dist, idx)
+//      is the f32 kernel's whenever the true nearest is among them;
+//   3. a certificate that it is: bf16 rounds each operand with relative error <= 2^-9, so
+//      |s~ - s| <= (2^-8 + 2^-18) sum_d |q_d p_d| <= 2^-8 (1 + 2^-10) |q| |p| and the
+//      approximate distance |q|^2 + v is within eps = 2^-7 * 1.03 |q| max|p| (+ the f32
+//      rounding of the norms) of the true one. Every prototype outside the candidates has
+//      |q|^2 + v >= |q|^2 + v_K (v_K: the (K+1)-th smallest), so its true distance is at least
+//      |q|^2 + v_K - eps and its f32 distance at least that times (1 - (D + 8) 2^-22). If that
+//      exceeds the best candidate's f32 distance, no prototype outside can win: certified.
+//   4. otherwise (or on any NaN / infinity) the block scans the whole bank in f32 exactly like
+//      proto_nn_f32 and counts the row in `rescans`. Either way best[q] is what proto_nn_f32
+//      would have produced (distances bit-identical), so the result is exact.
+#define PNN_K 16
+
+// Order-preserving u32 image of a float (negatives below positives); NaN never reaches it.
+__device__ __forceinline__ unsigned int pnn_ordered(float v) {
+    const unsigned int u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float pnn_unordered(unsigned int k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// proto_nn_f32's distance of query q to prototype row b: the same fmaf chain, d in order.
+__device__ __forceinline__ float pnn_dist(const float* __restrict__ q, const float* __restrict__ b,
+                                         int D) {
+    float acc = 0.0f;
+    for (int d = 0; d < D; ++d) {
+        const float diff = q[d] - b[d];
+        acc = fmaf(diff, diff, acc);
+    }
+    return acc;
+}
+
+__device__ __forceinline__ unsigned long long pnn_warp_min(unsigned long long k) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long other = __shfl_xor_sync(PMAD_FULL_MASK, k, o);
+        k = other < k ? other : k;
+    }
+    return k;
+}
+
+// Block-wide min of a u64 (blockDim 256). Contains __syncthreads(): call from all threads.
+__device__ __forceinline__ unsigned long long pnn_block_min(unsigned long long k,
+                                                            unsigned long long* red) {
+    k = pnn_warp_min(k);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = k;
+    __syncthreads();
+    k = (threadIdx.x & 31) < PNN_THREADS / 32 ? red[threadIdx.x & 31] : ~0ull;
+    return pnn_warp_min(k);
+}
+
+// y[i] = sum_d x[i, d]^2 over `rows` rows. grid ceil(rows/256), block 256
+extern "C" __global__ void __launch_bounds__(PNN_THREADS)
+    proto_nn_sqnorm_f32(const float* __restrict__ x, float* __restrict__ y,
+                        const ProtoNnTcParams p) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.rows) return;
+    const float* r = x + (size_t)i * p.dim;
+    float acc = 0.0f;
+    for (int d = 0; d < p.dim; ++d) acc = fmaf(r[d], r[d], acc);
+    y[i] = acc;
+}
+
+// grid p.rows (one block per query of the chunk), block 256. dots: [rows, P] (chunk-local),
+// queries: all [Q, D] (row q_offset + blockIdx.x), best: all [Q], rescans: one counter.
+extern "C" __global__ void __launch_bounds__(PNN_THREADS)
+    proto_nn_rerank_f32(const float* __restrict__ queries, const float* __restrict__ bank,
+                        const float* __restrict__ pnorm, const float* __restrict__ dots,
+                        unsigned long long* __restrict__ best, int* __restrict__ rescans,
+                        const ProtoNnTcParams p) {
+    __shared__ unsigned long long lists[PNN_THREADS * PNN_K];  // each thread's K best, sorted
+    __shared__ unsigned long long red[PNN_THREADS / 32];
+    __shared__ unsigned long long cand[PNN_K + 1];
+    __shared__ float fred[32];
+    __shared__ int bad_s;
+    const int tid = threadIdx.x;
+    const int P = p.num_protos, D = p.dim;
+    const size_t g = (size_t)p.q_offset + blockIdx.x;
+    const float* q = queries + g * D;
+    const float* s = dots + (size_t)blockIdx.x * P;
+    unsigned long long* mine = lists + tid * PNN_K;
+
+    // 1. each thread's PNN_K smallest approximate distances (insertion into a sorted list)
+    for (int j = 0; j < PNN_K; ++j) mine[j] = ~0ull;
+    if (tid == 0) bad_s = 0;
+    __syncthreads();  // before any thread can set it
+    float pmax = 0.0f;
+    int bad = 0;
+    for (int i = tid; i < P; i += PNN_THREADS) {
+        const float pn = pnorm[i];
+        const float v = pn - 2.0f * s[i];
+        if (!(fabsf(v) <= 3.0e38f) || !(pn <= 3.0e38f)) {  // NaN or (near) infinity
+            bad = 1;
+            continue;
+        }
+        pmax = fmaxf(pmax, pn);
+        const unsigned long long key = ((unsigned long long)pnn_ordered(v) << 32) | (unsigned)i;
+        if (key < mine[PNN_K - 1]) {
+            int j = PNN_K - 1;
+            while (j > 0 && mine[j - 1] > key) {
+                mine[j] = mine[j - 1];
+                --j;
+            }
+            mine[j] = key;
+        }
+    }
+    float qq = 0.0f;
+    for (int d = tid; d < D; d += PNN_THREADS) qq = fmaf(q[d], q[d], qq);
+    if (bad) bad_s = 1;  // every writer writes 1
+    const float qn = block_sum(qq, fred);
+    pmax = block_max(pmax, fred);
+
+    // 2. the block's PNN_K + 1 smallest: K + 1 rounds of a block min over the lists' heads
+    int head = 0;
+    for (int round = 0; round <= PNN_K; ++round) {
+        const unsigned long long mine_head = head < PNN_K ? mine[head] : ~0ull;
+        const unsigned long long m = pnn_block_min(mine_head, red);
+        if (tid == 0) cand[round] = m;
+        if (m != ~0ull && mine_head == m) ++head;  // keys are unique (they hold the index)
+    }
+    __syncthreads();
+
+    // 3. exact f32 distances of the K candidates (thread t: candidate t), the best key
+    unsigned long long ek = ~0ull;
+    if (tid < PNN_K && cand[tid] != ~0ull) {
+        const unsigned int i = (unsigned int)(cand[tid] & 0xffffffffull);
+        const float dist = pnn_dist(q, bank + (size_t)i * D, D);
+        if (dist < pos_inf()) ek = pnn_pack(dist, i);  // as proto_nn_f32: NaN / inf never win
+    }
+    const unsigned long long best_key = pnn_block_min(ek, red);
+    int certified = !bad_s && best_key != ~0ull;
+    if (certified && cand[PNN_K] != ~0ull) {
+        // a prototype outside the candidates exists: the bound of step 3 above
+        const float vk = pnn_unordered((unsigned int)(cand[PNN_K] >> 32));
+        const float eps = 1.03f * 0.0078125f * sqrtf(qn) * sqrtf(pmax) +
+                          (float)(D + 8) * 2.384185791015625e-7f * (qn + pmax);
+        const float shrink = 1.0f - (float)(D + 8) * 2.384185791015625e-7f;
+        const float best_dist = __uint_as_float((unsigned int)(best_key >> 32));
+        certified = (qn + vk - eps) * shrink > best_dist;
+    }
+    if (certified) {
+        if (tid == 0) best[g] = best_key;
+        return;  // block-uniform
+    }
+
+    // 4. no certificate: the f32 scan (each thread its prototypes in increasing order, strict <)
+    float bd = pos_inf();
+    unsigned int bi = 0xffffffffu;
+    for (int i = tid; i < P; i += PNN_THREADS) {
+        const float dist = pnn_dist(q, bank + (size_t)i * D, D);
+        if (dist < bd) {
+            bd = dist;
+            bi = (unsigned int)i;
+        }
+    }
+    const unsigned long long k = pnn_block_min(bi == 0xffffffffu ? ~0ull : pnn_pack(bd, bi), red);
+    if (tid == 0) {
+        best[g] = k;
+        atomicAdd(rescans, 1);
+    }
+}

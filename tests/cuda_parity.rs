@@ -405,6 +405,94 @@ fn proto_nn_ties_take_lowest_index() {
     );
 }
 
+/// The bf16 tensor-core search (`proto_nn_tc`) returns exactly what the f32 kernel returns
+/// (indices and distances bit for bit) on ragged shapes, several query chunks, banks of 16
+/// prototypes or fewer (no bound needed) and one over (the 17th is the bound), exact ties
+/// (lowest index), clustered banks whose near ties defeat the certificate (the f32 rescan)
+/// and a NaN query (no finite candidate: index u32::MAX, distance NaN, as the f32 kernel).
+#[test]
+fn proto_nn_tensor_cores_exact() {
+    use pmad::cuda::proto_nn::proto_nn_tc;
+    let dev = device_or_skip!();
+    let mut rng = Rng::new(0x7C);
+    // (name, queries, dim, query rows, bank rows)
+    type Case = (String, usize, usize, Vec<f32>, Vec<f32>);
+    let mut cases: Vec<Case> = Vec::new();
+    for &(nq, np, dim) in &[
+        (300, 1000, 152),
+        (129, 257, 37),
+        (5, 3, 1),
+        (40, 16, 8),
+        (40, 17, 8),
+    ] {
+        let q = rng.normals(nq * dim, 1.0);
+        let b = rng.normals(np * dim, 1.0);
+        cases.push((format!("random Q{nq} P{np} D{dim}"), nq, dim, q, b));
+    }
+    // Clustered: prototypes = 40 centres + tiny noise, queries near the centres: many
+    // prototypes within the bf16 error of the nearest, so certificates fail and rows rescan.
+    let (dim, centres) = (64, 40);
+    let c = rng.normals(centres * dim, 3.0);
+    let mut b = Vec::new();
+    for i in 0..1200 {
+        let k = i % centres;
+        b.extend((0..dim).map(|d| c[k * dim + d] + 1e-3 * rng.normal()));
+    }
+    let mut q = Vec::new();
+    for i in 0..200 {
+        let k = (i * 7) % centres;
+        q.extend((0..dim).map(|d| c[k * dim + d] + 1e-3 * rng.normal()));
+    }
+    // exact ties: prototype 1100 + j duplicates prototype j; two queries equal to them; a NaN query
+    for j in 0..50 {
+        b.copy_within(j * dim..(j + 1) * dim, (1100 + j) * dim);
+    }
+    q[..dim].copy_from_slice(&b[3 * dim..4 * dim]);
+    q[dim..2 * dim].copy_from_slice(&b[1120 * dim..1121 * dim]);
+    q[5 * dim + 7] = f32::NAN;
+    cases.push(("clustered, ties, a NaN query".into(), 200, dim, q, b));
+
+    for (name, nq, dim, q, b) in cases {
+        let np = b.len() / dim;
+        let (qd, bd) = (up(&dev, &q), up(&dev, &b));
+        let (wi, wd) = proto_nn(&dev, &qd, ProtoBank::F32(&bd), nq, np, dim).unwrap();
+        let (gi, gd, rescans) = proto_nn_tc(&dev, &qd, &bd, nq, np, dim).unwrap();
+        let (wi, wd, gi, gd) = (
+            down(&dev, &wi),
+            down(&dev, &wd),
+            down(&dev, &gi),
+            down(&dev, &gd),
+        );
+        let rescans = down(&dev, &rescans)[0];
+        for i in 0..nq {
+            assert_eq!(gi[i], wi[i], "{name}: query {i}: index");
+            assert_eq!(
+                gd[i].to_bits(),
+                wd[i].to_bits(),
+                "{name}: query {i}: distance"
+            );
+        }
+        println!(
+            "proto_nn_tc {name}: {nq} queries equal to proto_nn f32 bit for bit, {rescans} rescanned in f32"
+        );
+        if name.starts_with("clustered") {
+            assert!(
+                rescans > 0,
+                "{name}: the near ties should defeat some certificates"
+            );
+            assert_eq!(gi[0], 3, "{name}: tie to the lower index");
+            assert_eq!(gi[1], 1120 - 1100, "{name}: tie to the lower index");
+            assert_eq!(
+                (gi[5], gd[5].is_nan()),
+                (u32::MAX, true),
+                "{name}: NaN query"
+            );
+        } else if np > 16 {
+            assert!(rescans < nq as i32, "{name}: some certificates should hold");
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------ topk_mask
 
 /// 0/1 flags of the chosen indices of each row of `n`.

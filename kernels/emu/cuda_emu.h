@@ -84,6 +84,12 @@ inline unsigned long long atomicMin(unsigned long long* a, unsigned long long v)
     if (v < old) *a = v;
     return old;
 }
+inline int atomicAdd(int* a, int v) {
+    std::lock_guard<std::mutex> g(emu_atomic_mu);
+    int old = *a;
+    *a = old + v;
+    return old;
+}
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }

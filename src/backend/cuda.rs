@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::cuda::proto_nn::{ProtoBank, proto_nn};
 use crate::cuda::{CudaDevice, CudaSlice};
 use crate::detector::features::FeatureExtractor;
 use crate::detector::resident::{ScoreChain, Settings};
@@ -157,7 +156,7 @@ impl CudaBackend {
         let gpu_bank = on_device.get_or_upload(&self.dev, bank)?;
         let (nq, np) = (feats.len() / dim, bank.len() / dim);
         let q = self.dev.upload(feats)?;
-        let (idx, dist) = proto_nn(&self.dev, &q, ProtoBank::F32(&gpu_bank), nq, np, dim)?;
+        let (idx, dist) = self.ops.nearest(&q, &gpu_bank, nq, np, dim)?;
         Ok(Nearest {
             index: self.dev.download(&idx)?,
             dist2: self.dev.download(&dist)?,

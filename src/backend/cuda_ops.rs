@@ -15,7 +15,7 @@ use crate::cuda::glue::{
 };
 use crate::cuda::glue::{gaussian_blur, resize_bilinear as resize};
 use crate::cuda::linear::{linear, pointwise_conv};
-use crate::cuda::proto_nn::{ProtoBank, proto_nn};
+use crate::cuda::proto_nn::{ProtoBank, proto_nn, proto_nn_tc};
 use crate::cuda::score;
 use crate::cuda::topk_mask::topk_mask;
 use crate::cuda::{CudaDevice, CudaSlice};
@@ -40,6 +40,26 @@ impl CudaOps {
     /// The number format of this op set's GEMMs.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Nearest prototype of each of the `rows` queries in a class's `bank` (`[np, dim]`):
+    /// the f32 kernel, or in bf16 the tensor-core search, whose result is the same bit for
+    /// bit (`proto_nn_tc`: re-ranked in f32 under an error bound, rescanned without one).
+    pub(crate) fn nearest(
+        &self,
+        queries: &CudaSlice<f32>,
+        bank: &CudaSlice<f32>,
+        rows: usize,
+        np: usize,
+        dim: usize,
+    ) -> Result<(CudaSlice<u32>, CudaSlice<f32>)> {
+        Ok(match self.precision {
+            Precision::F32 => proto_nn(&self.dev, queries, ProtoBank::F32(bank), rows, np, dim)?,
+            Precision::Bf16 => {
+                let (idx, dist2, _rescans) = proto_nn_tc(&self.dev, queries, bank, rows, np, dim)?;
+                (idx, dist2)
+            }
+        })
     }
 
     /// The device these ops run on.
@@ -320,7 +340,7 @@ impl ScoreOps for CudaOps {
     ) -> Result<CudaSlice<f32>> {
         let bank = class.on_device.get_or_upload(&self.dev, &class.bank)?;
         let np = class.bank.len() / dim.max(1);
-        let (_idx, dist2) = proto_nn(&self.dev, feats, ProtoBank::F32(&bank), rows, np, dim)?;
+        let (_idx, dist2) = self.nearest(feats, &bank, rows, np, dim)?;
         Ok(score::sqrt(&self.dev, &dist2)?)
     }
 

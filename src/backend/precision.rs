@@ -4,8 +4,10 @@
 //! runs the GEMMs — the ViT's linears and the backbone's 1x1 and im2col convs — on tensor
 //! cores: both operands rounded to bfloat16 (8 exponent bits, 8 significant bits: relative
 //! rounding error at most 2^-9), products exact and summed in f32 (cuBLAS'
-//! `CUBLAS_COMPUTE_32F`), the result f32. Everything between the GEMMs (bias, activations,
-//! layernorm, attention, the search, the maps) stays f32. The CPU computes in f32 only.
+//! `CUBLAS_COMPUTE_32F`), the result f32. The nearest-prototype search does its bulk the same
+//! way and stays exact (`crate::cuda::proto_nn::proto_nn_tc`: re-ranked in f32 under the
+//! rounding's error bound). Everything else (bias, activations, layernorm, attention, the
+//! maps) stays f32. The CPU computes in f32 only.
 
 /// The number format of the GPU's GEMM operands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

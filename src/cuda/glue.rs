@@ -111,15 +111,33 @@ pub fn gelu_fwd(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<f3
 /// `x` rounded to bfloat16 (nearest, ties to even; raw bits), the operands of the bf16 GEMMs
 /// ([`super::linear`]); the host twin is [`crate::backend::bf16_bits`].
 pub fn f32_to_bf16(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<u16>> {
-    let n = x.len();
+    f32_to_bf16_range(dev, x, 0, x.len())
+}
+
+/// [`f32_to_bf16`] of `x[offset..offset + n]` (a chunk of rows).
+pub fn f32_to_bf16_range(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    offset: usize,
+    n: usize,
+) -> CudaResult<CudaSlice<u16>> {
+    if offset + n > x.len() {
+        return Err(CudaError::Invalid(format!(
+            "f32_to_bf16: elements {offset}..{} of a buffer of {}",
+            offset + n,
+            x.len()
+        )));
+    }
     let p = ConvertParams {
         n: to_i32(n, "f32_to_bf16 n")?,
+        offset: to_i32(offset + n, "f32_to_bf16 offset + n").map(|_| offset as i32)?,
     };
     let mut y = dev.alloc_out::<u16>(n)?;
     if n == 0 {
         return Ok(y);
     }
-    // SAFETY: `(const float* x, unsigned short* y, ConvertParams)`, both n elements.
+    // SAFETY: `(const float* x, unsigned short* y, ConvertParams)`: the kernel reads
+    // x[offset..offset + n] (inside x, checked) and writes y's n elements.
     unsafe {
         launch(
             dev,

@@ -53,6 +53,75 @@ pub fn matmul_wt(
     inp: usize,
     out: usize,
 ) -> CudaResult<CudaSlice<f32>> {
+    match precision {
+        Precision::F32 => matmul_wt_in(dev, x, w, rows, inp, out),
+        Precision::Bf16 => {
+            let (x16, w16) = (f32_to_bf16(dev, x)?, f32_to_bf16(dev, w)?);
+            matmul_wt_in(dev, &x16, &w16, rows, inp, out)
+        }
+    }
+}
+
+/// [`matmul_wt`] of operands already in bf16 (raw bits), f32 result: the GEMM of the bf16
+/// nearest-prototype search ([`super::proto_nn::proto_nn_tc`]).
+pub fn matmul_wt_bf16(
+    dev: &CudaDevice,
+    x: &CudaSlice<u16>,
+    w: &CudaSlice<u16>,
+    rows: usize,
+    inp: usize,
+    out: usize,
+) -> CudaResult<CudaSlice<f32>> {
+    matmul_wt_in(dev, x, w, rows, inp, out)
+}
+
+/// The operand types a GEMM takes: f32 (SGEMM) or bf16 bits (GemmEx, f32 result).
+trait GemmOperand: super::DeviceElem {
+    /// # Safety
+    /// As [`sgemm`].
+    unsafe fn gemm(
+        dev: &CudaDevice,
+        call: Sgemm,
+        a: &CudaSlice<Self>,
+        b: &CudaSlice<Self>,
+        c: &mut CudaSlice<f32>,
+    ) -> CudaResult<()>;
+}
+
+impl GemmOperand for f32 {
+    unsafe fn gemm(
+        dev: &CudaDevice,
+        call: Sgemm,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+    ) -> CudaResult<()> {
+        // SAFETY: the caller's contract.
+        unsafe { sgemm(dev, call, a, b, c) }
+    }
+}
+
+impl GemmOperand for u16 {
+    unsafe fn gemm(
+        dev: &CudaDevice,
+        call: Sgemm,
+        a: &CudaSlice<u16>,
+        b: &CudaSlice<u16>,
+        c: &mut CudaSlice<f32>,
+    ) -> CudaResult<()> {
+        // SAFETY: the caller's contract.
+        unsafe { gemm_bf16(dev, call, a, b, c) }
+    }
+}
+
+fn matmul_wt_in<T: GemmOperand>(
+    dev: &CudaDevice,
+    x: &CudaSlice<T>,
+    w: &CudaSlice<T>,
+    rows: usize,
+    inp: usize,
+    out: usize,
+) -> CudaResult<CudaSlice<f32>> {
     check_len("linear", "x", x.len(), rows * inp)?;
     check_len("linear", "w", w.len(), out * inp)?;
     let (m, n, k) = (
@@ -83,9 +152,8 @@ pub fn matmul_wt(
     };
     // SAFETY: with the column-major reading above, A = w is K x N (lda K, N*K elements), B = x
     // is K x M (ldb K, M*K elements), C = y is N x M (ldc N, M*N elements): the lengths were
-    // checked (the bf16 copies have the same lengths), and beta = 0 means y is written, never
-    // read.
-    unsafe { gemm(dev, precision, Sgemm::One(cfg), w, x, &mut y) }?;
+    // checked, and beta = 0 means y is written, never read.
+    unsafe { T::gemm(dev, Sgemm::One(cfg), w, x, &mut y) }?;
     Ok(y)
 }
 

@@ -99,11 +99,22 @@ pub struct GeluParams {
     pub n: i32,
 }
 
+/// `ProtoNnTcParams` — proto_nn.cu `proto_nn_sqnorm_f32`, `proto_nn_rerank_f32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtoNnTcParams {
+    pub rows: i32,
+    pub num_protos: i32,
+    pub dim: i32,
+    pub q_offset: i32,
+}
+
 /// `ConvertParams` — glue.cu `f32_to_bf16`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConvertParams {
     pub n: i32,
+    pub offset: i32,
 }
 
 /// `BiasResidualParams` — glue.cu `bias_residual_add_f32`.
@@ -239,7 +250,8 @@ device_repr! {
     EntropyParams = 16,
     LayerNormParams = 12,
     GeluParams = 4,
-    ConvertParams = 4,
+    ConvertParams = 8,
+    ProtoNnTcParams = 16,
     BiasResidualParams = 12,
     DwConv2dParams = 60,
     ResizeBilinearParams = 28,

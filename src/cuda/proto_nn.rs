@@ -16,7 +16,9 @@ use super::CudaSlice;
 use super::launch::KernelArg::{In, Out, Params};
 use super::launch::{BufferArg, launch};
 
-use super::params::ProtoNnParams;
+use super::glue::{f32_to_bf16, f32_to_bf16_range};
+use super::linear::matmul_wt_bf16;
+use super::params::{ProtoNnParams, ProtoNnTcParams};
 use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
 
 /// Queries and prototypes per tile (`PNN_TQ`, `PNN_TP` in the kernel).
@@ -133,4 +135,130 @@ pub fn proto_nn(
         )
     }?;
     Ok((idx, dist))
+}
+
+/// Rows of the dot-product matrix one chunk of [`proto_nn_tc`] may hold: 2^26 f32 (256 MiB)
+/// on a GPU; 2^15 on the emulated device, so that its tests run several chunks.
+fn tc_chunk_floats(dev: &CudaDevice) -> usize {
+    if dev.is_emulated() { 1 << 15 } else { 1 << 26 }
+}
+
+/// [`proto_nn`] over an f32 bank with the bulk of the work on tensor cores, and the same
+/// result: per chunk of queries, the dot products of the bf16-rounded queries and bank as one
+/// cuBLAS GEMM ([`super::linear::matmul_wt_bf16`]), then per query the 16 nearest by that
+/// approximation re-ranked with proto_nn_f32's own f32 distance, and a certificate (an error
+/// bound of the bf16 rounding, `kernels/proto_nn.cu`) that no other prototype can be nearer;
+/// a query without one is scanned in f32. Indices and distances equal [`proto_nn`]'s
+/// bit for bit. Also returns the device counter of the queries that needed the f32 scan.
+pub fn proto_nn_tc(
+    dev: &CudaDevice,
+    queries: &CudaSlice<f32>,
+    bank: &CudaSlice<f32>,
+    num_queries: usize,
+    num_protos: usize,
+    dim: usize,
+) -> CudaResult<(CudaSlice<u32>, CudaSlice<f32>, CudaSlice<i32>)> {
+    check_len("proto_nn_tc", "queries", queries.len(), num_queries * dim)?;
+    check_len("proto_nn_tc", "bank", bank.len(), num_protos * dim)?;
+    let rescans = dev.zeros::<i32>(1)?;
+    if num_protos == 0 || num_queries == 0 || dim == 0 {
+        // Nothing to multiply: the f32 kernel's answer (and its errors).
+        let (idx, dist) = proto_nn(
+            dev,
+            queries,
+            ProtoBank::F32(bank),
+            num_queries,
+            num_protos,
+            dim,
+        )?;
+        return Ok((idx, dist, rescans));
+    }
+    let mut rescans = rescans;
+    let tc = |rows: usize, q_offset: usize| -> CudaResult<ProtoNnTcParams> {
+        Ok(ProtoNnTcParams {
+            rows: to_i32(rows, "rows")?,
+            num_protos: to_i32(num_protos, "num_protos")?,
+            dim: to_i32(dim, "dim")?,
+            q_offset: to_i32(q_offset, "q_offset")?,
+        })
+    };
+    to_i32(num_queries * dim, "proto_nn_tc Q*D")?;
+    to_i32(num_protos * dim, "proto_nn_tc P*D")?;
+    // |p|^2 of the f32 bank, and the bank in bf16, once per call.
+    let mut pnorm = dev.alloc_out::<f32>(num_protos)?;
+    let sq = tc(num_protos, 0)?;
+    // SAFETY: `(const float* x, float* y, ProtoNnTcParams)`: rows = P rows of D in the bank
+    // (checked), y has P elements.
+    unsafe {
+        launch(
+            dev,
+            KernelModule::ProtoNn,
+            "proto_nn_sqnorm_f32",
+            LaunchConfig {
+                grid_dim: (blocks(num_protos, 256)?, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &mut [In(bank), Out(&mut pnorm), Params(&sq)],
+        )
+    }?;
+    let bank16 = f32_to_bf16(dev, bank)?;
+    let mut best = dev.alloc_out::<u64>(num_queries)?;
+    let chunk = (tc_chunk_floats(dev) / num_protos).clamp(1, num_queries.min(65535));
+    for q0 in (0..num_queries).step_by(chunk) {
+        let rows = chunk.min(num_queries - q0);
+        let q16 = f32_to_bf16_range(dev, queries, q0 * dim, rows * dim)?;
+        let dots = matmul_wt_bf16(dev, &q16, &bank16, rows, dim, num_protos)?;
+        let p = tc(rows, q0)?;
+        let cfg = LaunchConfig {
+            grid_dim: (to_i32(rows, "rows")? as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `(const float* queries, const float* bank, const float* pnorm, const float*
+        // dots, unsigned long long* best, int* rescans, ProtoNnTcParams)`: block r reads query
+        // q0 + r < Q (D floats), the bank (P x D), pnorm (P), dots row r of rows x P, and
+        // writes best[q0 + r] (Q elements) and the one counter.
+        unsafe {
+            launch(
+                dev,
+                KernelModule::ProtoNn,
+                "proto_nn_rerank_f32",
+                cfg,
+                &mut [
+                    In(queries),
+                    In(bank),
+                    In(&pnorm),
+                    In(&dots),
+                    Out(&mut best),
+                    Out(&mut rescans),
+                    Params(&p),
+                ],
+            )
+        }?;
+    }
+    let mut idx = dev.alloc_out::<u32>(num_queries)?;
+    let mut dist = dev.alloc_out::<f32>(num_queries)?;
+    let fin = ProtoNnParams {
+        num_queries: to_i32(num_queries, "num_queries")?,
+        num_protos: to_i32(num_protos, "num_protos")?,
+        dim: to_i32(dim, "dim")?,
+        tiles_per_block: 1,
+    };
+    // SAFETY: `(const unsigned long long* best, unsigned* idx, float* dist, ProtoNnParams)`,
+    // all three of num_queries elements (every best[q] was written by its rerank block).
+    unsafe {
+        launch(
+            dev,
+            KernelModule::ProtoNn,
+            "proto_nn_finalize_u64",
+            LaunchConfig {
+                grid_dim: (blocks(num_queries, 256)?, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &mut [In(&best), Out(&mut idx), Out(&mut dist), Params(&fin)],
+        )
+    }?;
+    Ok((idx, dist, rescans))
 }

@@ -23,7 +23,7 @@ use pmad::cuda::glue::{
     gaussian_blur, gelu_fwd, im2col, layernorm_fwd, mask_rows, nchw_to_rows, resize_bilinear,
 };
 use pmad::cuda::linear::{linear, pointwise_conv};
-use pmad::cuda::proto_nn::{ProtoBank, proto_nn};
+use pmad::cuda::proto_nn::{proto_nn, proto_nn_tc};
 use pmad::cuda::topk_mask::topk_mask;
 use pmad::cuda::{CudaDevice, CudaSlice};
 use pmad::recon::vit::{Vit, VitConfig};
@@ -109,17 +109,12 @@ fn cuda_kernels(c: &mut Criterion) {
         });
     }
 
-    // Nearest prototype: FLOPs = 2 Q P D (f32, and the bank stored as f16).
+    // Nearest prototype: FLOPs = 2 Q P D (f32 on CUDA cores, and the bf16 tensor-core search
+    // with its f32 re-rank, `--precision bf16`).
     for (protos, dim) in [(16_384, 152), (100_000, 272)] {
         let nq = 8 * 784;
         let q = randn(&dev, nq * dim, &mut rng);
-        let bank_host: Vec<f32> = (0..protos * dim).map(|_| rng.normal()).collect();
-        let bank = dev.upload(&bank_host).expect("upload");
-        let bank16: Vec<u16> = bank_host
-            .iter()
-            .map(|&v| half::f16::from_f32(v).to_bits())
-            .collect();
-        let bank16 = dev.upload(&bank16).expect("upload");
+        let bank = randn(&dev, protos * dim, &mut rng);
         let flops = (2 * nq * protos * dim) as u64;
         time(
             c,
@@ -128,17 +123,17 @@ fn cuda_kernels(c: &mut Criterion) {
             &format!("f32_{nq}x{protos}x{dim}"),
             flops,
             || {
-                proto_nn(&dev, &q, ProtoBank::F32(&bank), nq, protos, dim).expect("proto_nn");
+                proto_nn(&dev, &q, &bank, nq, protos, dim).expect("proto_nn");
             },
         );
         time(
             c,
             &dev,
             "proto_nn",
-            &format!("f16_{nq}x{protos}x{dim}"),
+            &format!("tc_bf16_{nq}x{protos}x{dim}"),
             flops,
             || {
-                proto_nn(&dev, &q, ProtoBank::F16(&bank16), nq, protos, dim).expect("proto_nn");
+                proto_nn_tc(&dev, &q, &bank, nq, protos, dim).expect("proto_nn_tc");
             },
         );
     }

@@ -5,7 +5,8 @@
 //   dist_q = min_p    ||f_q - b_p||^2    (squared L2, f32)
 // Distances use the difference form sum_d (f_qd - b_pd)^2, not |f|^2 + |b|^2 - 2 f.b: the
 // residual f - n that ProtoFlow consumes is small, and the expanded form loses it to
-// cancellation. The bank may be stored as f32, f16 or bf16 (raw u16 bits); compute is f32.
+// cancellation. (--precision bf16 searches with proto_nn_tc, at the end of this file: tensor
+// cores for the bulk, the same result.)
 //
 // Tiling: a block owns PNN_TQ=128 queries and scans `tiles_per_block` tiles of PNN_TP=128
 // prototypes (grid.y splits the bank so that all SMs are busy even for a few thousand
@@ -41,29 +42,14 @@
 #define PNN_KD 16
 #define PNN_STRIDE (PNN_TQ + 4)
 
-struct PnnF16 {
-    __device__ __forceinline__ static float load(const unsigned short* b, size_t i) {
-        return f16_bits_to_f32(b[i]);
-    }
-};
-struct PnnBf16 {
-    __device__ __forceinline__ static float load(const unsigned short* b, size_t i) {
-        return bf16_bits_to_f32(b[i]);
-    }
-};
-struct PnnF32 {
-    __device__ __forceinline__ static float load(const float* b, size_t i) { return b[i]; }
-};
-
 __device__ __forceinline__ unsigned long long pnn_pack(float d, unsigned int i) {
     return ((unsigned long long)__float_as_uint(d) << 32) | (unsigned long long)i;
 }
 
-template <typename Load, typename T>
-__device__ __forceinline__ void proto_nn_impl(const float* __restrict__ queries,
-                                              const T* __restrict__ bank,
-                                              unsigned long long* __restrict__ best,
-                                              const ProtoNnParams p) {
+// grid (ceil(Q/128), ceil(ceil(P/128) / tiles_per_block)), block 256
+extern "C" __global__ void __launch_bounds__(PNN_THREADS, 2)
+    proto_nn_f32(const float* __restrict__ queries, const float* __restrict__ bank,
+                 unsigned long long* __restrict__ best, const ProtoNnParams p) {
     __shared__ __align__(16) float Qs[PNN_KD * PNN_STRIDE];
     __shared__ __align__(16) float Bs[PNN_KD * PNN_STRIDE];
 
@@ -97,7 +83,7 @@ __device__ __forceinline__ void proto_nn_impl(const float* __restrict__ queries,
                 float qv = 0.0f, bv = 0.0f;
                 if (d < D) {
                     if (q0 + r < Q) qv = queries[(size_t)(q0 + r) * D + d];
-                    if (p0 + r < P) bv = Load::load(bank, (size_t)(p0 + r) * D + d);
+                    if (p0 + r < P) bv = bank[(size_t)(p0 + r) * D + d];
                 }
                 Qs[kk * PNN_STRIDE + r] = qv;
                 Bs[kk * PNN_STRIDE + r] = bv;
@@ -152,27 +138,6 @@ __device__ __forceinline__ void proto_nn_impl(const float* __restrict__ queries,
     __syncthreads();
     for (int r = tid; r < PNN_TQ; r += PNN_THREADS)
         if (q0 + r < Q && best_s[r] != ~0ull) atomicMin(&best[q0 + r], best_s[r]);
-}
-
-// grid (ceil(Q/128), ceil(ceil(P/128) / tiles_per_block)), block 256
-extern "C" __global__ void __launch_bounds__(PNN_THREADS, 2)
-    proto_nn_f32(const float* __restrict__ queries, const float* __restrict__ bank,
-                 unsigned long long* __restrict__ best, const ProtoNnParams p) {
-    proto_nn_impl<PnnF32>(queries, bank, best, p);
-}
-
-// bank holds IEEE binary16 bits
-extern "C" __global__ void __launch_bounds__(PNN_THREADS, 2)
-    proto_nn_f16(const float* __restrict__ queries, const unsigned short* __restrict__ bank,
-                 unsigned long long* __restrict__ best, const ProtoNnParams p) {
-    proto_nn_impl<PnnF16>(queries, bank, best, p);
-}
-
-// bank holds bfloat16 bits
-extern "C" __global__ void __launch_bounds__(PNN_THREADS, 2)
-    proto_nn_bf16(const float* __restrict__ queries, const unsigned short* __restrict__ bank,
-                  unsigned long long* __restrict__ best, const ProtoNnParams p) {
-    proto_nn_impl<PnnBf16>(queries, bank, best, p);
 }
 
 // best[q] = ~0 (the identity of min). grid ceil(Q/256), block 256

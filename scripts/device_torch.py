@@ -10,7 +10,7 @@ criterion's estimates (written by bin/cuda_kernels into --criterion).
                                    token, pre-norm blocks, head on masked rows, entropy + CE)
   bf16 autocast linear, ViT      vs glue/linear_bf16_*, vit/{small,base}_bf16_forward_b64
                                    (pmad --precision bf16: GEMMs on bf16 operands, f32 sums)
-  bf16 matmul + argmin search    vs proto_nn/f32_* (pmad's search stays f32)
+  bf16 matmul + argmin search    vs proto_nn/tc_bf16_* (pmad's bf16 search: tensor cores, exact)
 The fp32 rows keep TF32 off (torch's default for matmul; set explicitly here) like pmad's f32.
 Without CUDA it runs on the CPU with small shapes and prints no ratios (a dry run).
 Prints a markdown table to stdout.
@@ -89,7 +89,7 @@ with torch.no_grad():
         b16 = torch.randn(P, D, device=dev).bfloat16()
         bn = (b16.float() ** 2).sum(1)
         # |q - p|^2 = |q|^2 - 2 q.p + |p|^2: the argmin needs only |p|^2 - 2 q.p (bf16 GEMM).
-        report(f"nearest 6272 x {P} x {D} (bf16 matmul+argmin)", "proto_nn", f"f32_6272x{P}x{D}",
+        report(f"nearest 6272 x {P} x {D} (bf16 matmul+argmin)", "proto_nn", f"tc_bf16_6272x{P}x{D}",
                timed(lambda: (bn - 2 * (q16 @ b16.T).float()).argmin(1)))
     ln = torch.nn.LayerNorm(768, eps=1e-6).to(dev)
     report(f"layernorm {R}x768", "glue", f"layernorm_{R}x768", timed(lambda: ln(x)))

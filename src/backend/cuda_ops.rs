@@ -15,7 +15,7 @@ use crate::cuda::glue::{
 };
 use crate::cuda::glue::{gaussian_blur, resize_bilinear as resize};
 use crate::cuda::linear::{linear, pointwise_conv};
-use crate::cuda::proto_nn::{ProtoBank, proto_nn, proto_nn_tc};
+use crate::cuda::proto_nn::{proto_nn, proto_nn_tc};
 use crate::cuda::score;
 use crate::cuda::topk_mask::topk_mask;
 use crate::cuda::{CudaDevice, CudaSlice};
@@ -54,7 +54,7 @@ impl CudaOps {
         dim: usize,
     ) -> Result<(CudaSlice<u32>, CudaSlice<f32>)> {
         Ok(match self.precision {
-            Precision::F32 => proto_nn(&self.dev, queries, ProtoBank::F32(bank), rows, np, dim)?,
+            Precision::F32 => proto_nn(&self.dev, queries, bank, rows, np, dim)?,
             Precision::Bf16 => {
                 let (idx, dist2, _rescans) = proto_nn_tc(&self.dev, queries, bank, rows, np, dim)?;
                 (idx, dist2)
@@ -354,7 +354,7 @@ impl ScoreOps for CudaOps {
     ) -> Result<CudaSlice<u32>> {
         let codes_dev = on_device.get_or_upload(&self.dev, codes)?;
         let k = codes.len() / dim.max(1);
-        let (idx, _dist2) = proto_nn(&self.dev, rows, ProtoBank::F32(&codes_dev), n, k, dim)?;
+        let (idx, _dist2) = proto_nn(&self.dev, rows, &codes_dev, n, k, dim)?;
         Ok(idx)
     }
 

@@ -1,8 +1,9 @@
 //! Launcher of `kernels/proto_nn.cu`: for each query row, the index and squared L2 distance of
-//! the nearest prototype of a bank (f32, or f16/bf16 stored as raw `u16` bits).
+//! the nearest prototype of an f32 bank: [`proto_nn`] on CUDA cores, [`proto_nn_tc`] with its
+//! bulk on tensor cores (`--precision bf16`), the same result.
 //!
 //! Three launches on the stream: `proto_nn_init_u64` (fill packed keys with `u64::MAX`), the
-//! search (`proto_nn_{f32,f16,bf16}`: 128 queries x 128 prototypes per tile, 256 threads,
+//! search (`proto_nn_f32`: 128 queries x 128 prototypes per tile, 256 threads,
 //! 8x8 register tile per thread, atomicMin of packed `(dist bits << 32) | idx` per query and
 //! block), then `proto_nn_finalize_u64` (unpack). Grid: `x = ceil(Q/128)` query tiles,
 //! `y` = bank chunks, chosen so that about 8 blocks per SM exist (2 fit per SM at 121
@@ -14,7 +15,7 @@ use cudarc::driver::LaunchConfig;
 
 use super::CudaSlice;
 use super::launch::KernelArg::{In, Out, Params};
-use super::launch::{BufferArg, launch};
+use super::launch::launch;
 
 use super::glue::{f32_to_bf16, f32_to_bf16_range};
 use super::linear::matmul_wt_bf16;
@@ -24,32 +25,13 @@ use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, 
 /// Queries and prototypes per tile (`PNN_TQ`, `PNN_TP` in the kernel).
 const TILE: usize = 128;
 
-/// The prototype bank, `[P, D]` row-major, in one of the supported storage types.
-#[derive(Clone, Copy, Debug)]
-pub enum ProtoBank<'a> {
-    F32(&'a CudaSlice<f32>),
-    /// IEEE binary16 bits (e.g. `half::f16::to_bits`).
-    F16(&'a CudaSlice<u16>),
-    /// bfloat16 bits (e.g. `half::bf16::to_bits`).
-    Bf16(&'a CudaSlice<u16>),
-}
-
-impl ProtoBank<'_> {
-    fn len(&self) -> usize {
-        match self {
-            ProtoBank::F32(s) => s.len(),
-            ProtoBank::F16(s) | ProtoBank::Bf16(s) => s.len(),
-        }
-    }
-}
-
 /// Nearest prototype of each query: `(idx [Q] u32, dist [Q] f32 squared L2)`.
 /// `queries` is `[num_queries, dim]`, the bank `[num_protos, dim]`. With `num_protos == 0`
 /// every index is `u32::MAX` and every distance NaN.
 pub fn proto_nn(
     dev: &CudaDevice,
     queries: &CudaSlice<f32>,
-    bank: ProtoBank<'_>,
+    bank: &CudaSlice<f32>,
     num_queries: usize,
     num_protos: usize,
     dim: usize,
@@ -107,20 +89,11 @@ pub fn proto_nn(
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let name = match bank {
-            ProtoBank::F32(_) => "proto_nn_f32",
-            ProtoBank::F16(_) => "proto_nn_f16",
-            ProtoBank::Bf16(_) => "proto_nn_bf16",
-        };
-        let bank_arg: &dyn BufferArg = match bank {
-            ProtoBank::F32(s) => s,
-            ProtoBank::F16(s) | ProtoBank::Bf16(s) => s,
-        };
-        let args = &mut [In(queries), In(bank_arg), Out(&mut best), Params(&p)];
-        // SAFETY: `(const float* queries, const T* bank, unsigned long long* best,
-        // ProtoNnParams)` with T = float / unsigned short matching the variant; queries holds
-        // Q*D, bank P*D, best Q elements (checked); the kernel bounds-checks rows and dims.
-        unsafe { launch(dev, KernelModule::ProtoNn, name, cfg, args) }?;
+        let args = &mut [In(queries), In(bank), Out(&mut best), Params(&p)];
+        // SAFETY: `(const float* queries, const float* bank, unsigned long long* best,
+        // ProtoNnParams)`; queries holds Q*D, bank P*D, best Q elements (checked); the kernel
+        // bounds-checks rows and dims.
+        unsafe { launch(dev, KernelModule::ProtoNn, "proto_nn_f32", cfg, args) }?;
     }
 
     // SAFETY: `(const unsigned long long* best, unsigned* idx, float* dist, ProtoNnParams)`,
@@ -163,14 +136,7 @@ pub fn proto_nn_tc(
     let rescans = dev.zeros::<i32>(1)?;
     if num_protos == 0 || num_queries == 0 || dim == 0 {
         // Nothing to multiply: the f32 kernel's answer (and its errors).
-        let (idx, dist) = proto_nn(
-            dev,
-            queries,
-            ProtoBank::F32(bank),
-            num_queries,
-            num_protos,
-            dim,
-        )?;
+        let (idx, dist) = proto_nn(dev, queries, bank, num_queries, num_protos, dim)?;
         return Ok((idx, dist, rescans));
     }
     let mut rescans = rescans;

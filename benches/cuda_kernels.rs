@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pmad::backend::CudaOps;
 use pmad::backend::Precision::{Bf16, F32};
-use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
+use pmad::cuda::attention::{AttentionDims, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
 use pmad::cuda::glue::{
@@ -100,13 +100,6 @@ fn cuda_kernels(c: &mut Criterion) {
                 attention_fwd(&dev, &q, &k, &v, dims, None).expect("attention");
             },
         );
-        // Backward (training): recomputes P per tile, ~2.5x the forward's FLOPs.
-        let (o, lse) = attention_fwd(&dev, &q, &k, &v, dims, None).expect("attention");
-        let dout = randn(&dev, dims.numel(), &mut rng);
-        let name = format!("bwd_b64_n196_h{heads}_d{head_dim}");
-        time(c, &dev, "attention", &name, (flops * 5 / 2) as u64, || {
-            attention_bwd(&dev, &q, &k, &v, &o, &dout, &lse, dims, None).expect("attention bwd");
-        });
     }
 
     // Nearest prototype: FLOPs = 2 Q P D (f32 on CUDA cores, and the bf16 tensor-core search

@@ -31,7 +31,7 @@ use pmad::Tensor;
 use pmad::autograd::Tape;
 use pmad::backend::Precision::{Bf16, F32};
 use pmad::backend::{ConvOps, CpuOps, InferOps};
-use pmad::cuda::attention::{AttentionDims, attention_bwd, attention_fwd};
+use pmad::cuda::attention::{AttentionDims, attention_fwd};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
 use pmad::cuda::glue::{
@@ -44,7 +44,7 @@ use pmad::cuda::proto_nn::proto_nn;
 use pmad::cuda::topk_mask::{topk_count, topk_mask};
 use pmad::cuda::{CudaDevice, CudaError, CudaSlice};
 use pmad::detector::flow::affine_coupling;
-use pmad::ops::attention::{AttnShape, attention_backward, attention_forward};
+use pmad::ops::attention::{AttnShape, attention_forward};
 use pmad::ops::blur::gaussian_kernel;
 use pmad::ops::conv::{Activation, ConvShape, Padding, conv2d_into};
 use pmad::ops::elementwise::{add, gelu_inplace, relu6};
@@ -235,9 +235,7 @@ fn attention() {
         let q = rng.normals(d.numel(), 1.0);
         let k = rng.normals(d.numel(), 1.0);
         let v = rng.normals(d.numel(), 1.0);
-        let dout = rng.normals(d.numel(), 1.0);
-        // The CPU ops (scale 1/√D, like the launchers' default): forward, then the backward
-        // from the CPU's own output and log-sum-exp.
+        // The CPU op (scale 1/√D, like the launcher's default).
         let s = AttnShape {
             batch,
             tokens: seq,
@@ -246,23 +244,8 @@ fn attention() {
         };
         let (mut o_cpu, mut lse_cpu) = (vec![0.0; d.numel()], vec![0.0; d.stat_numel()]);
         attention_forward(&q, &k, &v, s, &mut o_cpu, &mut lse_cpu);
-        let mut dq_cpu = vec![0.0; d.numel()];
-        let mut dk_cpu = vec![0.0; d.numel()];
-        let mut dv_cpu = vec![0.0; d.numel()];
-        attention_backward(
-            &q,
-            &k,
-            &v,
-            &o_cpu,
-            &lse_cpu,
-            &dout,
-            s,
-            &mut dq_cpu,
-            &mut dk_cpu,
-            &mut dv_cpu,
-        );
 
-        let (qd, kd, vd, gd) = (up(&dev, &q), up(&dev, &k), up(&dev, &v), up(&dev, &dout));
+        let (qd, kd, vd) = (up(&dev, &q), up(&dev, &k), up(&dev, &v));
         let (o, lse) = attention_fwd(&dev, &qd, &kd, &vd, d, None).unwrap();
         let tag = format!("attention B{batch} N{seq} H{heads} D{head_dim}");
         let fwd_tol = Tol {
@@ -272,16 +255,6 @@ fn attention() {
         };
         compare(&format!("{tag} o"), &down(&dev, &o), &o_cpu, fwd_tol);
         compare(&format!("{tag} lse"), &down(&dev, &lse), &lse_cpu, fwd_tol);
-
-        let (dq, dk, dv) = attention_bwd(&dev, &qd, &kd, &vd, &o, &gd, &lse, d, None).unwrap();
-        let bwd_tol = Tol {
-            atol: 1e-4,
-            rtol: 1e-3,
-            nmse: 1e-8,
-        };
-        compare(&format!("{tag} dq"), &down(&dev, &dq), &dq_cpu, bwd_tol);
-        compare(&format!("{tag} dk"), &down(&dev, &dk), &dk_cpu, bwd_tol);
-        compare(&format!("{tag} dv"), &down(&dev, &dv), &dv_cpu, bwd_tol);
     }
 }
 

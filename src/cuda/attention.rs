@@ -1,17 +1,13 @@
-//! Launchers of `kernels/attention.cu`: fused multi-head attention forward (flash-style, with
-//! log-sum-exp for the backward) and its three backward kernels. Layout `[B, N, H*D]`, head `h`
-//! in columns `h*D..h*D+D`; `lse`/`delta` are `[B, H, N]`. See the .cu file for the math.
+//! Launcher of `kernels/attention.cu`: fused multi-head attention forward (flash-style, with
+//! the log-sum-exp per query row). Layout `[B, N, H*D]`, head `h` in columns `h*D..h*D+D`;
+//! `lse` is `[B, H, N]`. See the .cu file for the math. (The backward kernels were pruned:
+//! training runs on the CPU's autograd tape.)
 //!
 //! Launch configuration (block 128 = 16 x 8 threads everywhere):
 //! | kernel | D | rows per block | keys per tile | grid |
 //! |---|---|---|---|---|
 //! | `attention_fwd_d64_f32` | <= 64 | 64 queries | 32 | (ceil(N/64), H, B) |
 //! | `attention_fwd_d128_f32` | <= 128 | 32 queries | 16 | (ceil(N/32), H, B) |
-//! | `attention_bwd_dq_d64_f32` | <= 64 | 32 queries | 32 | (ceil(N/32), H, B) |
-//! | `attention_bwd_dq_d128_f32` | <= 128 | 16 queries | 16 | (ceil(N/16), H, B) |
-//! | `attention_bwd_dkdv_d64_f32` | <= 64 | 32 keys | 32 queries | (ceil(N/32), H, B) |
-//! | `attention_bwd_dkdv_d128_f32` | <= 128 | 16 keys | 16 queries | (ceil(N/16), H, B) |
-//! | `attention_bwd_delta_f32` | any | 8 (b,n,h) rows | - | ceil(B*N*H/8), block 256 |
 //!
 //! Tiles are sized so static shared memory stays under 48 KiB (no opt-in attribute needed) and
 //! ptxas allocates <= 96 registers without spills; for N = 196 the d64 forward runs
@@ -116,167 +112,4 @@ pub fn attention_fwd(
     // indexes for this grid.
     unsafe { launch(dev, KernelModule::Attention, name, cfg, args) }?;
     Ok((o, lse))
-}
-
-/// `delta [B,H,N] = rowsum(dO * O)` per head.
-pub fn attention_bwd_delta(
-    dev: &CudaDevice,
-    o: &CudaSlice<f32>,
-    dout: &CudaSlice<f32>,
-    dims: AttentionDims,
-) -> CudaResult<CudaSlice<f32>> {
-    let p = dims.params(None)?;
-    check_len("attention_bwd_delta", "o", o.len(), dims.numel())?;
-    check_len("attention_bwd_delta", "dout", dout.len(), dims.numel())?;
-    let mut delta = dev.alloc_out::<f32>(dims.stat_numel())?;
-    if dims.is_empty() {
-        return Ok(delta);
-    }
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(dims.stat_numel(), 8)?, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: signature `(const float* o, const float* dout, float* delta, AttentionParams)`;
-    // lengths checked; one warp per (b, n, h) row, guarded by the row count.
-    unsafe {
-        launch(
-            dev,
-            KernelModule::Attention,
-            "attention_bwd_delta_f32",
-            cfg,
-            &mut [In(o), In(dout), Out(&mut delta), Params(&p)],
-        )
-    }?;
-    Ok(delta)
-}
-
-/// `dQ` from q, k, v, dO and the forward's lse plus [`attention_bwd_delta`].
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dq(
-    dev: &CudaDevice,
-    q: &CudaSlice<f32>,
-    k: &CudaSlice<f32>,
-    v: &CudaSlice<f32>,
-    dout: &CudaSlice<f32>,
-    lse: &CudaSlice<f32>,
-    delta: &CudaSlice<f32>,
-    dims: AttentionDims,
-    scale: Option<f32>,
-) -> CudaResult<CudaSlice<f32>> {
-    let p = dims.params(scale)?;
-    for (name, t) in [("q", q), ("k", k), ("v", v), ("dout", dout)] {
-        check_len("attention_bwd_dq", name, t.len(), dims.numel())?;
-    }
-    check_len("attention_bwd_dq", "lse", lse.len(), dims.stat_numel())?;
-    check_len("attention_bwd_dq", "delta", delta.len(), dims.stat_numel())?;
-    let mut dq = dev.alloc_out::<f32>(dims.numel())?;
-    if dims.is_empty() {
-        return Ok(dq);
-    }
-    let (name, rows) = if dims.head_dim <= 64 {
-        ("attention_bwd_dq_d64_f32", 32)
-    } else {
-        ("attention_bwd_dq_d128_f32", 16)
-    };
-    let cfg = dims.grid(rows)?;
-    // SAFETY: signature `(q, k, v, dout, lse, delta, float* dq, AttentionParams)`; all lengths
-    // checked against dims.
-    unsafe {
-        launch(
-            dev,
-            KernelModule::Attention,
-            name,
-            cfg,
-            &mut [
-                In(q),
-                In(k),
-                In(v),
-                In(dout),
-                In(lse),
-                In(delta),
-                Out(&mut dq),
-                Params(&p),
-            ],
-        )
-    }?;
-    Ok(dq)
-}
-
-/// `(dK, dV)` from q, k, v, dO, lse and delta.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_dkdv(
-    dev: &CudaDevice,
-    q: &CudaSlice<f32>,
-    k: &CudaSlice<f32>,
-    v: &CudaSlice<f32>,
-    dout: &CudaSlice<f32>,
-    lse: &CudaSlice<f32>,
-    delta: &CudaSlice<f32>,
-    dims: AttentionDims,
-    scale: Option<f32>,
-) -> CudaResult<(CudaSlice<f32>, CudaSlice<f32>)> {
-    let p = dims.params(scale)?;
-    for (name, t) in [("q", q), ("k", k), ("v", v), ("dout", dout)] {
-        check_len("attention_bwd_dkdv", name, t.len(), dims.numel())?;
-    }
-    check_len("attention_bwd_dkdv", "lse", lse.len(), dims.stat_numel())?;
-    check_len(
-        "attention_bwd_dkdv",
-        "delta",
-        delta.len(),
-        dims.stat_numel(),
-    )?;
-    let mut dk = dev.alloc_out::<f32>(dims.numel())?;
-    let mut dv = dev.alloc_out::<f32>(dims.numel())?;
-    if dims.is_empty() {
-        return Ok((dk, dv));
-    }
-    let (name, rows) = if dims.head_dim <= 64 {
-        ("attention_bwd_dkdv_d64_f32", 32)
-    } else {
-        ("attention_bwd_dkdv_d128_f32", 16)
-    };
-    let cfg = dims.grid(rows)?;
-    // SAFETY: signature `(q, k, v, dout, lse, delta, float* dk, float* dv, AttentionParams)`;
-    // all lengths checked against dims.
-    unsafe {
-        launch(
-            dev,
-            KernelModule::Attention,
-            name,
-            cfg,
-            &mut [
-                In(q),
-                In(k),
-                In(v),
-                In(dout),
-                In(lse),
-                In(delta),
-                Out(&mut dk),
-                Out(&mut dv),
-                Params(&p),
-            ],
-        )
-    }?;
-    Ok((dk, dv))
-}
-
-/// Full backward: `(dQ, dK, dV)` given the forward's `o` and `lse` and the upstream `dout`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd(
-    dev: &CudaDevice,
-    q: &CudaSlice<f32>,
-    k: &CudaSlice<f32>,
-    v: &CudaSlice<f32>,
-    o: &CudaSlice<f32>,
-    dout: &CudaSlice<f32>,
-    lse: &CudaSlice<f32>,
-    dims: AttentionDims,
-    scale: Option<f32>,
-) -> CudaResult<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)> {
-    let delta = attention_bwd_delta(dev, o, dout, dims)?;
-    let dq = attention_bwd_dq(dev, q, k, v, dout, lse, &delta, dims, scale)?;
-    let (dk, dv) = attention_bwd_dkdv(dev, q, k, v, dout, lse, &delta, dims, scale)?;
-    Ok((dq, dk, dv))
 }

@@ -248,6 +248,22 @@ pub enum Sgemm {
     StridedBatched(StridedBatchedConfig<f32>),
 }
 
+impl Sgemm {
+    /// The call as a strided batch (one product: a batch of one, strides 0).
+    fn strided(self) -> StridedBatchedConfig<f32> {
+        match self {
+            Sgemm::One(gemm) => StridedBatchedConfig {
+                gemm,
+                batch_size: 1,
+                stride_a: 0,
+                stride_b: 0,
+                stride_c: 0,
+            },
+            Sgemm::StridedBatched(s) => s,
+        }
+    }
+}
+
 /// `C = alpha op(A) op(B) + beta C` (column-major, cuBLAS' conventions) on `dev`: cuBLAS on a
 /// GPU; on the emulated device the CPU GEMM (the `gemm` crate, as `src/ops/matmul.rs`) reading
 /// the same configuration — transposes, leading dimensions, batch strides — after checking
@@ -273,29 +289,12 @@ pub unsafe fn sgemm(
             }
             Ok(())
         }
-        (Backing::Emulated, Mem::Host(a), Mem::Host(b), Mem::Host(c)) => {
-            let (cfg, batch) = match call {
-                Sgemm::One(cfg) => (
-                    cfg,
-                    Batch {
-                        count: 1,
-                        stride_a: 0,
-                        stride_b: 0,
-                        stride_c: 0,
-                    },
-                ),
-                Sgemm::StridedBatched(s) => (
-                    s.gemm,
-                    Batch {
-                        count: s.batch_size,
-                        stride_a: s.stride_a,
-                        stride_b: s.stride_b,
-                        stride_c: s.stride_c,
-                    },
-                ),
-            };
-            host_sgemm(&cfg, batch, a.as_slice(), b.as_slice(), c.as_mut_slice())
-        }
+        (Backing::Emulated, Mem::Host(a), Mem::Host(b), Mem::Host(c)) => host_sgemm(
+            &call.strided(),
+            a.as_slice(),
+            b.as_slice(),
+            c.as_mut_slice(),
+        ),
         _ => Err(CudaError::Invalid(
             "sgemm: buffers of another device kind (GPU vs emulated)".into(),
         )),
@@ -330,67 +329,38 @@ pub unsafe fn gemm_bf16(
             let (a, _ra) = a.device_ptr(&d.stream);
             let (b, _rb) = b.device_ptr(&d.stream);
             let (c, _rc) = c.device_ptr_mut(&d.stream);
-            let (a, b, c) = (a as *const _, b as *const _, c as *mut _);
-            match call {
-                Sgemm::One(g) => {
-                    // SAFETY: the caller's contract; alpha and beta are f32, as
-                    // CUBLAS_COMPUTE_32F reads them, and live through the call.
-                    unsafe {
-                        result::gemm_ex(
-                            *blas.handle(),
-                            g.transa,
-                            g.transb,
-                            g.m,
-                            g.n,
-                            g.k,
-                            (&g.alpha) as *const f32 as *const _,
-                            a,
-                            bf16,
-                            g.lda,
-                            b,
-                            bf16,
-                            g.ldb,
-                            (&g.beta) as *const f32 as *const _,
-                            c,
-                            f32,
-                            g.ldc,
-                            compute,
-                            algo,
-                        )
-                    }?
-                }
-                Sgemm::StridedBatched(s) => {
-                    let g = s.gemm;
-                    // SAFETY: as above, per batch entry.
-                    unsafe {
-                        result::gemm_strided_batched_ex(
-                            *blas.handle(),
-                            g.transa,
-                            g.transb,
-                            g.m,
-                            g.n,
-                            g.k,
-                            (&g.alpha) as *const f32 as *const _,
-                            a,
-                            bf16,
-                            g.lda,
-                            s.stride_a,
-                            b,
-                            bf16,
-                            g.ldb,
-                            s.stride_b,
-                            (&g.beta) as *const f32 as *const _,
-                            c,
-                            f32,
-                            g.ldc,
-                            s.stride_c,
-                            s.batch_size,
-                            compute,
-                            algo,
-                        )
-                    }?
-                }
-            }
+            // One product is a strided batch of one (strides unused).
+            let s = call.strided();
+            let g = s.gemm;
+            // SAFETY: the caller's contract; alpha and beta are f32, as CUBLAS_COMPUTE_32F reads
+            // them, and live through the call.
+            unsafe {
+                result::gemm_strided_batched_ex(
+                    *blas.handle(),
+                    g.transa,
+                    g.transb,
+                    g.m,
+                    g.n,
+                    g.k,
+                    (&g.alpha) as *const f32 as *const _,
+                    a as *const _,
+                    bf16,
+                    g.lda,
+                    s.stride_a,
+                    b as *const _,
+                    bf16,
+                    g.ldb,
+                    s.stride_b,
+                    (&g.beta) as *const f32 as *const _,
+                    c as *mut _,
+                    f32,
+                    g.ldc,
+                    s.stride_c,
+                    s.batch_size,
+                    compute,
+                    algo,
+                )
+            }?;
             Ok(())
         }
         (Backing::Emulated, Mem::Host(a16), Mem::Host(b16), Mem::Host(_)) => {
@@ -412,15 +382,6 @@ pub unsafe fn gemm_bf16(
             "gemm_bf16: buffers of another device kind (GPU vs emulated)".into(),
         )),
     }
-}
-
-/// The batch of a strided-batched call (`count` 1 and strides 0 for a single product).
-#[derive(Clone, Copy, Debug)]
-struct Batch {
-    count: i32,
-    stride_a: i64,
-    stride_b: i64,
-    stride_c: i64,
 }
 
 /// An operand as cuBLAS reads it: `rows x cols` of `op(X)`, stored column-major with leading
@@ -473,8 +434,7 @@ impl Operand {
 
 /// cuBLAS SGEMM semantics on the CPU (see [`sgemm`]).
 fn host_sgemm(
-    cfg: &GemmConfig<f32>,
-    batch: Batch,
+    batch: &StridedBatchedConfig<f32>,
     a: &[f32],
     b: &[f32],
     c: &mut [f32],
@@ -483,8 +443,9 @@ fn host_sgemm(
         usize::try_from(v)
             .map_err(|_| CudaError::Invalid(format!("sgemm (emulated): {what} = {v}")))
     };
+    let cfg = &batch.gemm;
     let (m, n, k) = (dim(cfg.m, "m")?, dim(cfg.n, "n")?, dim(cfg.k, "k")?);
-    let count = dim(batch.count, "batch")?;
+    let count = dim(batch.batch_size, "batch")?;
     let is_t = |op: cublasOperation_t| op == cublasOperation_t::CUBLAS_OP_T;
     let op_a = Operand {
         name: "A",

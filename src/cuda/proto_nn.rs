@@ -43,10 +43,8 @@ pub fn proto_nn(
     }
     to_i32(num_queries * dim, "proto_nn Q*D")?;
     to_i32(num_protos * dim, "proto_nn P*D")?;
-    let mut idx = dev.alloc_out::<u32>(num_queries)?;
-    let mut dist = dev.alloc_out::<f32>(num_queries)?;
     if num_queries == 0 {
-        return Ok((idx, dist));
+        return Ok((dev.alloc_out::<u32>(0)?, dev.alloc_out::<f32>(0)?));
     }
 
     let grid_x = blocks(num_queries, TILE)?;
@@ -96,18 +94,7 @@ pub fn proto_nn(
         unsafe { launch(dev, KernelModule::ProtoNn, "proto_nn_f32", cfg, args) }?;
     }
 
-    // SAFETY: `(const unsigned long long* best, unsigned* idx, float* dist, ProtoNnParams)`,
-    // all three of num_queries elements.
-    unsafe {
-        launch(
-            dev,
-            KernelModule::ProtoNn,
-            "proto_nn_finalize_u64",
-            small,
-            &mut [In(&best), Out(&mut idx), Out(&mut dist), Params(&p)],
-        )
-    }?;
-    Ok((idx, dist))
+    finalize(dev, &best, &p)
 }
 
 /// Rows of the dot-product matrix one chunk of [`proto_nn_tc`] may hold: 2^26 f32 (256 MiB)
@@ -203,28 +190,40 @@ pub fn proto_nn_tc(
             )
         }?;
     }
-    let mut idx = dev.alloc_out::<u32>(num_queries)?;
-    let mut dist = dev.alloc_out::<f32>(num_queries)?;
     let fin = ProtoNnParams {
         num_queries: to_i32(num_queries, "num_queries")?,
         num_protos: to_i32(num_protos, "num_protos")?,
         dim: to_i32(dim, "dim")?,
         tiles_per_block: 1,
     };
+    let (idx, dist) = finalize(dev, &best, &fin)?;
+    Ok((idx, dist, rescans))
+}
+
+/// Unpacks the per-query keys `best` (`(dist bits << 32) | idx`, `u64::MAX` for none) into
+/// `(idx, dist)`, `p.num_queries` of each.
+fn finalize(
+    dev: &CudaDevice,
+    best: &CudaSlice<u64>,
+    p: &ProtoNnParams,
+) -> CudaResult<(CudaSlice<u32>, CudaSlice<f32>)> {
+    let n = best.len();
+    let mut idx = dev.alloc_out::<u32>(n)?;
+    let mut dist = dev.alloc_out::<f32>(n)?;
     // SAFETY: `(const unsigned long long* best, unsigned* idx, float* dist, ProtoNnParams)`,
-    // all three of num_queries elements (every best[q] was written by its rerank block).
+    // all three of num_queries = n elements.
     unsafe {
         launch(
             dev,
             KernelModule::ProtoNn,
             "proto_nn_finalize_u64",
             LaunchConfig {
-                grid_dim: (blocks(num_queries, 256)?, 1, 1),
+                grid_dim: (blocks(n, 256)?, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             },
-            &mut [In(&best), Out(&mut idx), Out(&mut dist), Params(&fin)],
+            &mut [In(best), Out(&mut idx), Out(&mut dist), Params(p)],
         )
     }?;
-    Ok((idx, dist, rescans))
+    Ok((idx, dist))
 }

@@ -11,7 +11,8 @@
 # Writes OUT/<C>/model, OUT/<C>/eval_<score>.json and prints one table at the end.
 # Extra `pmad train` options can be passed in PMAD_TRAIN_ARGS (e.g. "--preset small
 # --vit-epochs 8", or "--skip tokenizer,vit" for the proposal stage only); the evaluated
-# scores in PMAD_SCORES (default below; entries SCORE or SCORE@MASK).
+# scores in PMAD_SCORES (default below; entries SCORE or SCORE@MASK). PMAD_FOLDS="A B" runs only
+# those folds (each still trains on every other class given).
 set -euo pipefail
 root=${1:?dataset root}; out=${2:?output folder}; shift 2
 pmad=${PMAD:-target/release/pmad}
@@ -20,7 +21,8 @@ if [ $# -gt 0 ]; then classes=("$@"); else
     mapfile -t classes < <(for d in "$root"/*/; do [ -d "$d/train/good" ] && basename "$d"; done)
 fi
 mkdir -p "$out"
-for c in "${classes[@]}"; do
+read -r -a folds <<< "${PMAD_FOLDS:-${classes[*]}}"
+for c in "${folds[@]}"; do
     seen=$(printf '%s\n' "${classes[@]}" | grep -vx "$c" | paste -sd, -)
     model="$out/$c/model"
     rm -rf "$model"; mkdir -p "$out/$c"
@@ -36,6 +38,7 @@ done
 PMAD_SCORES=${PMAD_SCORES:-distance flow flow-nll product entropy product@random} python3 - "$out" "${classes[@]}" <<'PY'
 import json, os, re, sys
 out, classes = sys.argv[1], sys.argv[2:]
+classes = [c for c in classes if os.path.exists(f"{out}/{c}/eval_{os.environ['PMAD_SCORES'].split()[0]}.json")]
 scores = os.environ["PMAD_SCORES"].split()
 def peak(f):
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f).read())

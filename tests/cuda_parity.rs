@@ -1215,15 +1215,18 @@ fn backbone_glue() {
     compare("nchw_to_rows", &down(&dev, &rows), &want, TIGHT);
 }
 
+/// The 1x1 conv GEMM in both precisions against `ops::conv::conv2d_into` (the CPU's pointwise
+/// GEMM) on the operands as the GPU multiplies them: as given in f32, rounded to bf16 in bf16
+/// (exact products, f32 sums on both sides: the f32 tolerance either way).
 #[test]
 fn pointwise_conv_cublas() {
+    use pmad::backend::bf16_bits;
     let dev = device_or_skip!();
     let mut rng = Rng::new(0x1C0);
     // Ragged, then the stem's im2col GEMM (27 -> 32 over 112²).
     for (batch, c_in, c_out, plane) in [(3, 17, 23, 29), (2, 27, 32, 112 * 112)] {
         let x = rng.normals(batch * c_in * plane, 1.0);
         let w = rng.normals(c_out * c_in, 0.3);
-        // `ops::conv::conv2d_into` with a 1x1 kernel: the CPU's pointwise GEMM.
         let s = ConvShape {
             batch,
             c_in,
@@ -1236,30 +1239,48 @@ fn pointwise_conv_cublas() {
             groups: 1,
             pad: Padding::default(),
         };
-        let mut want = vec![0.0; batch * c_out * plane];
-        conv2d_into(&x, &w, None, &s, Activation::None, &mut want);
-        let y = pointwise_conv(
-            &dev,
-            F32,
-            &up(&dev, &x),
-            &up(&dev, &w),
-            batch,
-            c_in,
-            c_out,
-            plane,
-        );
-        let tol = Tol {
-            atol: 1e-4,
-            rtol: 1e-4,
-            nmse: 1e-9,
-        };
-        let name = format!("pointwise_conv {batch}x{c_in}->{c_out} x{plane}");
-        compare(&name, &down(&dev, &y.unwrap()), &want, tol);
+        for precision in [F32, Bf16] {
+            let operand = |v: &[f32]| -> Vec<f32> {
+                match precision {
+                    F32 => v.to_vec(),
+                    Bf16 => v
+                        .iter()
+                        .map(|&x| f32::from_bits(u32::from(bf16_bits(x)) << 16))
+                        .collect(),
+                }
+            };
+            let mut want = vec![0.0; batch * c_out * plane];
+            conv2d_into(
+                &operand(&x),
+                &operand(&w),
+                None,
+                &s,
+                Activation::None,
+                &mut want,
+            );
+            let y = pointwise_conv(
+                &dev,
+                precision,
+                &up(&dev, &x),
+                &up(&dev, &w),
+                batch,
+                c_in,
+                c_out,
+                plane,
+            );
+            let tol = Tol {
+                atol: 1e-4,
+                rtol: 1e-4,
+                nmse: 1e-9,
+            };
+            let name = format!("pointwise_conv {precision:?} {batch}x{c_in}->{c_out} x{plane}");
+            compare(&name, &down(&dev, &y.unwrap()), &want, tol);
+        }
     }
 }
 
 /// `--precision bf16`: the conversion kernel against the host's rounding bit for bit, then the
-/// bf16 GEMMs (linear, pointwise conv) against the CPU ops twice — on the operands rounded to
+/// bf16 linear (the pointwise conv: [`pointwise_conv_cublas`]) against the CPU op twice — on the operands rounded to
 /// bf16 (the same products: f32 tolerances), and on the f32 operands (the rounding's own
 /// error, bounded per element by `2^-8 Σ_k |x_k w_k|`: each operand's relative rounding
 /// error is at most 2^-9).
@@ -1363,43 +1384,6 @@ fn gemms_in_bf16() {
             "{name} vs f32: max|err| {worst:.3e}, {:.0}% of the bound",
             100.0 * used
         );
-    }
-    for (batch, c_in, c_out, plane) in [(3, 17, 23, 29), (2, 27, 32, 112 * 112)] {
-        let x = rng.normals(batch * c_in * plane, 1.0);
-        let w = rng.normals(c_out * c_in, 0.3);
-        let s = ConvShape {
-            batch,
-            c_in,
-            h: plane,
-            w: 1,
-            c_out,
-            kh: 1,
-            kw: 1,
-            stride: 1,
-            groups: 1,
-            pad: Padding::default(),
-        };
-        let y = pointwise_conv(
-            &dev,
-            Bf16,
-            &up(&dev, &x),
-            &up(&dev, &w),
-            batch,
-            c_in,
-            c_out,
-            plane,
-        );
-        let mut want = vec![0.0; batch * c_out * plane];
-        conv2d_into(
-            &round(&x),
-            &round(&w),
-            None,
-            &s,
-            Activation::None,
-            &mut want,
-        );
-        let name = format!("pointwise_conv bf16 {batch}x{c_in}->{c_out} x{plane}");
-        compare(&name, &down(&dev, &y.unwrap()), &want, f32_tol);
     }
 }
 

@@ -128,9 +128,11 @@ pub fn f32_to_bf16_range(
             x.len()
         )));
     }
+    // The kernel indexes x[offset + i] in size_t, but both ends must fit its int fields.
+    to_i32(offset + n, "f32_to_bf16 offset + n")?;
     let p = ConvertParams {
         n: to_i32(n, "f32_to_bf16 n")?,
-        offset: to_i32(offset + n, "f32_to_bf16 offset + n").map(|_| offset as i32)?,
+        offset: to_i32(offset, "f32_to_bf16 offset")?,
     };
     let mut y = dev.alloc_out::<u16>(n)?;
     if n == 0 {

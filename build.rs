@@ -83,7 +83,7 @@ const PTX_ISA: (u32, u32) = (8, 0);
 /// (1000 * major + 10 * minor).
 const PTX_ISA_MIN_DRIVER: u32 = 12000;
 /// Kernel files whose code must not spill registers on any checked arch.
-const NO_SPILL: &[&str] = &["attention", "proto_nn"];
+const NO_SPILL: &[&str] = &["attention", "attention_tc", "proto_nn"];
 /// The line that declares a file's PTX variants.
 const ARCH_DIRECTIVE: &str = "// pmad-arch:";
 

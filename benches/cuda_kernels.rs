@@ -1,5 +1,5 @@
 //! Criterion benches of the CUDA kernels (feature `cuda`), at the shapes PMAD runs: the ViT's
-//! attention and GEMMs (small and base presets, batch 64 x 196 tokens), the nearest-prototype
+//! attention (f32, and bf16 on tensor cores) and GEMMs (small and base presets, batch 64 x 196 tokens), the nearest-prototype
 //! search (a batch of 8 images' 784 patches against 16k and 100k-prototype banks), top-k
 //! proposal masking, token entropy over |V| = 8192, the coupling layer (forward and backward),
 //! attention backward, every glue op, the backbone's layers and its whole feature extraction,
@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pmad::backend::CudaOps;
 use pmad::backend::Precision::{Bf16, F32};
-use pmad::cuda::attention::{AttentionDims, attention_fwd};
+use pmad::cuda::attention::{AttentionDims, attention_fwd, attention_fwd_tc};
 use pmad::cuda::coupling::{coupling_bwd, coupling_fwd};
 use pmad::cuda::entropy::entropy_fwd;
 use pmad::cuda::glue::{
@@ -100,6 +100,19 @@ fn cuda_kernels(c: &mut Criterion) {
                 attention_fwd(&dev, &q, &k, &v, dims, None).expect("attention");
             },
         );
+        // The tensor-core forward (`--precision bf16`; compute capability 8.0+).
+        if dev.compute_capability() >= (8, 0) {
+            time(
+                c,
+                &dev,
+                "attention",
+                &format!("tc_bf16_b64_n196_h{heads}_d{head_dim}"),
+                flops as u64,
+                || {
+                    attention_fwd_tc(&dev, &q, &k, &v, dims, None).expect("attention_tc");
+                },
+            );
+        }
     }
 
     // Nearest prototype: FLOPs = 2 Q P D (f32 on CUDA cores, and the bf16 tensor-core search

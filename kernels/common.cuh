@@ -80,5 +80,16 @@ __device__ __forceinline__ float bf16_bits_to_f32(unsigned short h) {
     return __uint_as_float(((unsigned int)h) << 16);
 }
 
+// f32 -> bfloat16 bits, rounded to nearest, ties to even. Integer arithmetic (no
+// cuda_bf16.h, so it runs on every architecture and in the emulator): adding 0x7fff plus the
+// lowest kept bit to the f32 bits and truncating rounds to nearest even (a carry into the
+// exponent is the correct rounding up, to infinity past the largest bf16); a NaN stays a
+// quiet NaN.
+__device__ __forceinline__ unsigned short f32_to_bf16_bits(float x) {
+    const unsigned int u = __float_as_uint(x);
+    return (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x0040u)
+                                           : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
 __device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }

@@ -82,20 +82,14 @@ extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
 }
 
 // ----------------------------------------------------------------------------- f32 -> bf16
-// grid-stride; grid min(ceil(n/256), 65535), block 256. Integer rounding (no cuda_bf16.h, so
-// the same code runs on every architecture and in the emulator): adding 0x7fff plus the
-// lowest kept bit to the f32 bits and truncating rounds to nearest, ties to even (a carry
-// into the exponent is the correct rounding up, to infinity past the largest bf16).
+// grid-stride; grid min(ceil(n/256), 65535), block 256; the rounding is common.cuh's
+// f32_to_bf16_bits (integer arithmetic: every architecture and the emulator).
 extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
     f32_to_bf16(const float* __restrict__ x, unsigned short* __restrict__ y,
                 const ConvertParams p) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)p.n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const unsigned int u = __float_as_uint(x[(size_t)p.offset + i]);
-        y[i] = (u & 0x7fffffffu) > 0x7f800000u
-                   ? (unsigned short)((u >> 16) | 0x0040u)  // NaN: keep it quiet and a NaN
-                   : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = f32_to_bf16_bits(x[(size_t)p.offset + i]);
 }
 
 // ------------------------------------------------------------------------ bias + residual

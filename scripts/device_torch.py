@@ -3,6 +3,7 @@ shapes as benches/cuda_kernels.rs, timed on this machine, with pmad/torch ratios
 criterion's estimates (written by bin/cuda_kernels into --criterion).
 
   SDPA attention (fp32)         vs attention/fwd_b64_n196_h{3,12}_d64
+  SDPA attention (bf16)         vs attention/tc_bf16_b64_n196_h{3,12}_d64 (tensor cores)
   cdist + argmin                vs proto_nn/f32_6272x{16384x152,100000x272}
   linear, layer_norm            vs glue/linear_12544x768to3072, glue/layernorm_12544x768
   log_softmax entropy + CE      vs entropy/r3776_v8192
@@ -69,6 +70,9 @@ with torch.no_grad():
         q, k, v = (torch.randn(B, H, 196, 64, device=dev) for _ in range(3))
         report(f"attention b{B} n196 h{H} d64", "attention", f"fwd_b64_n196_h{H}_d64",
                timed(lambda: F.scaled_dot_product_attention(q, k, v)))
+        qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        report(f"attention b{B} n196 h{H} d64 bf16", "attention", f"tc_bf16_b64_n196_h{H}_d64",
+               timed(lambda: F.scaled_dot_product_attention(qb, kb, vb)))
     for P, D in ((16384, 152), (100000, 272)):
         if small:
             P = 2048

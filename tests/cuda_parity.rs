@@ -258,6 +258,89 @@ fn attention() {
     }
 }
 
+/// The tensor-core forward (`--precision bf16`) against the CPU op, on ragged shapes (N not a
+/// multiple of the 64-key tile, D < 64 zero-padded). Two references: the CPU op on q, k, v
+/// rounded to bf16 first (what the kernel reads), where only the rounding of the softmax
+/// weights to bf16 is left (<= 2^-9 relative each); and on the f32 inputs, where bf16's
+/// rounding of every operand adds about 2^-8 |v|.
+#[test]
+fn attention_tensor_cores() {
+    use pmad::backend::bf16_bits;
+    use pmad::cuda::attention::attention_fwd_tc;
+    let dev = device_or_skip!();
+    if !dev.is_emulated() && dev.compute_capability() < (8, 0) {
+        println!("attention_tensor_cores: skipped (compute capability < 8.0)");
+        return;
+    }
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| f32::from_bits(u32::from(bf16_bits(x)) << 16))
+            .collect()
+    };
+    let mut rng = Rng::new(0x7C47);
+    for &(batch, seq, heads, head_dim) in &[
+        (2, 37, 3, 64),
+        (1, 196, 2, 64),
+        (2, 70, 2, 40),
+        (1, 1, 1, 64),
+        (1, 130, 1, 16),
+    ] {
+        let d = AttentionDims {
+            batch,
+            seq,
+            heads,
+            head_dim,
+        };
+        let s = AttnShape {
+            batch,
+            tokens: seq,
+            heads,
+            head_dim,
+        };
+        let q = rng.normals(d.numel(), 1.0);
+        let k = rng.normals(d.numel(), 1.0);
+        let v = rng.normals(d.numel(), 1.0);
+        let cpu = |q: &[f32], k: &[f32], v: &[f32]| {
+            let (mut o, mut lse) = (vec![0.0; d.numel()], vec![0.0; d.stat_numel()]);
+            attention_forward(q, k, v, s, &mut o, &mut lse);
+            o
+        };
+        let o = down(
+            &dev,
+            &attention_fwd_tc(&dev, &up(&dev, &q), &up(&dev, &k), &up(&dev, &v), d, None).unwrap(),
+        );
+        let tag = format!("attention_tc B{batch} N{seq} H{heads} D{head_dim}");
+        let rounded_in = cpu(&round(&q), &round(&k), &round(&v));
+        let tight = Tol {
+            atol: 2e-3,
+            rtol: 1e-2,
+            nmse: 1e-5,
+        };
+        compare(
+            &format!("{tag} vs CPU on bf16 inputs"),
+            &o,
+            &rounded_in,
+            tight,
+        );
+        let loose = Tol {
+            atol: 1e-2,
+            rtol: 2e-2,
+            nmse: 1e-4,
+        };
+        compare(&format!("{tag} vs CPU f32"), &o, &cpu(&q, &k, &v), loose);
+    }
+    // Over 64: refused with a message, not run wrong.
+    let d = AttentionDims {
+        batch: 1,
+        seq: 3,
+        heads: 1,
+        head_dim: 80,
+    };
+    let x = up(&dev, &vec![0.0; d.numel()]);
+    let err = attention_fwd_tc(&dev, &x, &x, &x, d, None).unwrap_err();
+    assert!(err.to_string().contains("head_dim 80"), "{err}");
+}
+
 // ------------------------------------------------------------------------------ proto_nn
 
 /// Checks GPU (idx, dist) against the CPU search, `nearest_rows` (the `|q|² - 2 q·p + |p|²`
@@ -1557,13 +1640,18 @@ fn ptx_variants_are_portable() {
             );
         }
         // The runtime choice: the highest variant not above the GPU, else a named refusal.
-        assert_eq!(
-            variants[0].0,
-            BASE_ARCH,
-            "{} needs more than Turing",
-            m.name()
-        );
-        assert_eq!(m.ptx_for((7, 5)).unwrap(), variants[0].1);
+        // Every module runs on Turing but the tensor-core attention (mma bf16: Ampere, 8.0).
+        let floor = match m {
+            KernelModule::AttentionTc => 80,
+            _ => BASE_ARCH,
+        };
+        assert_eq!(variants[0].0, floor, "{}: lowest variant", m.name());
+        if floor > 75 {
+            let err = m.ptx_for((7, 5)).unwrap_err().to_string();
+            assert!(err.contains(m.name()) && err.contains("8.0"), "{err}");
+        } else {
+            assert_eq!(m.ptx_for((7, 5)).unwrap(), variants[0].1);
+        }
         assert_eq!(m.ptx_for((9, 0)).unwrap(), variants.last().unwrap().1);
         let err = m.ptx_for((6, 1)).unwrap_err().to_string();
         assert!(err.contains(m.name()) && err.contains("6.1"), "{err}");

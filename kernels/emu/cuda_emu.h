@@ -48,6 +48,7 @@ struct EmuBlock {
     std::vector<EmuFiber> fibers;
     jmp_buf sched;
     uint64_t slots[1024];
+    uint32_t mma_slots[1024][6];  // each lane's A and B registers during an mma
 };
 // One fiber runs at a time, so these are plain globals: the scheduler sets them before it
 // switches to a fiber.
@@ -89,6 +90,41 @@ inline int atomicAdd(int* a, int v) {
     int old = *a;
     *a = old + v;
     return old;
+}
+// Kernels test this to swap a PTX instruction for its host stand-in (mma.cuh).
+#define PMAD_EMU 1
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for the calling thread's warp, with the
+// PTX fragment layout (kernels/mma.cuh): every lane posts its A and B registers, then computes
+// its own four D elements from the whole warp's operands. Products of two bf16 are exact in
+// f32; they are summed in f32 in k order onto C (tensor cores sum in an unspecified order).
+inline float emu_bf16_at(uint32_t reg, int hi) {
+    uint32_t bits = hi ? (reg >> 16) : (reg & 0xffffu);
+    float f;
+    bits <<= 16;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+inline void emu_mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    EmuBlock* c = emu_ctx;
+    const int t = emu_tid, lane = t & 31, w0 = t - lane;
+    for (int i = 0; i < 4; ++i) c->mma_slots[t][i] = a[i];
+    for (int i = 0; i < 2; ++i) c->mma_slots[t][4 + i] = b[i];
+    __syncwarp();
+    const int g = lane >> 2, tg = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * tg + (i & 1);
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) {
+            // A(row, k): lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8)
+            const uint32_t ar = c->mma_slots[w0 + (row & 7) * 4 + ((k & 7) >> 1)][(row >> 3) + 2 * (k >> 3)];
+            // B(k, col): lane col * 4 + (k % 8) / 2, register (k >= 8)
+            const uint32_t br = c->mma_slots[w0 + col * 4 + ((k & 7) >> 1)][4 + (k >> 3)];
+            acc += emu_bf16_at(ar, k & 1) * emu_bf16_at(br, k & 1);
+        }
+        d[i] = acc;
+    }
+    __syncwarp();  // every lane has read the operands before any posts the next ones
 }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }

@@ -89,6 +89,24 @@ for (B, N, H, D) in [(2, 37, 3, 64), (1, 196, 2, 64), (2, 70, 2, 40), (1, 1, 1, 
     tag = f"attention B{B} N{N} H{H} D{D}"
     compare(tag + " o", o, o_r, 2e-5, 1e-4); compare(tag + " lse", lse, lse_r, 2e-5, 1e-4)
 
+# attention on tensor cores (bf16 operands, f32 accumulation; D <= 64). Against the reference
+# on bf16-rounded q, k, v the only other rounding is P's (<= 2^-9 relative per weight): tight.
+# Against the f32 reference: bf16's error on every operand.
+def bf16_round(a):
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7fff + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32)
+for (B, N, H, D) in [(2, 37, 3, 64), (1, 196, 2, 64), (2, 70, 2, 40), (1, 1, 1, 64), (1, 130, 1, 16)]:
+    q, k, v, g = [f32(rng.standard_normal((B, N, H * D))) for _ in range(4)]
+    scale = 1 / math.sqrt(D)
+    o = np.full_like(q, np.nan)
+    launch('attention_fwd_tc_d64_bf16', (cdiv(N, 64), H, B), 128, q, k, v, o, AttP(B, N, H, D, scale))
+    tag = f"attention_tc B{B} N{N} H{H} D{D}"
+    o_b, _ = attn_ref(bf16_round(q), bf16_round(k), bf16_round(v), g, B, N, H, D, scale)
+    compare(tag + " o vs bf16-rounded inputs", o, o_b, 2e-3, 1e-2, nmse_max=1e-5)
+    o_r, _ = attn_ref(q, k, v, g, B, N, H, D, scale)
+    compare(tag + " o vs f32", o, o_r, 1e-2, 2e-2, nmse_max=1e-4)
+
 # ---------------------------------------------------------------- proto_nn
 def proto(qs, bank_arr, kind, Q, P, D, sm=132):
     grid_x = cdiv(Q, 128); p_tiles = max(cdiv(P, 128), 1)

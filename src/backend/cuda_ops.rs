@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
 use super::{DeviceBank, Precision};
-use crate::cuda::attention::{AttentionDims, attention_fwd};
+use crate::cuda::attention::{AttentionDims, TC_MAX_HEAD_DIM, attention_fwd, attention_fwd_tc};
 use crate::cuda::entropy::entropy_fwd;
 use crate::cuda::glue::{
     DwConv2dDims, Im2colDims, avg_pool, bias_act_nchw, bias_residual_add, dwconv2d, gather_rows,
@@ -163,6 +163,11 @@ impl InferOps for CudaOps {
             heads: s.heads,
             head_dim: s.head_dim,
         };
+        // bf16: the tensor-core kernel where it applies (head dim <= 64, every ViT preset);
+        // f32 otherwise.
+        if self.precision == Precision::Bf16 && s.head_dim <= TC_MAX_HEAD_DIM {
+            return Ok(attention_fwd_tc(&self.dev, q, k, v, dims, None)?);
+        }
         let (o, _lse) = attention_fwd(&self.dev, q, k, v, dims, None)?;
         Ok(o)
     }

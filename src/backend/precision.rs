@@ -6,8 +6,10 @@
 //! rounding error at most 2^-9), products exact and summed in f32 (cuBLAS'
 //! `CUBLAS_COMPUTE_32F`), the result f32. The nearest-prototype search does its bulk the same
 //! way and stays exact (`crate::cuda::proto_nn::proto_nn_tc`: re-ranked in f32 under the
-//! rounding's error bound). Everything else (bias, activations, layernorm, attention, the
-//! maps) stays f32. The CPU computes in f32 only.
+//! rounding's error bound). Attention (head dim <= 64) runs on tensor cores too
+//! (`crate::cuda::attention::attention_fwd_tc`: q, k, v and the softmax weights in bf16,
+//! sums and the softmax statistics in f32). Everything else (bias, activations, layernorm,
+//! the maps) stays f32. The CPU computes in f32 only.
 
 /// The number format of the GPU's GEMM operands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

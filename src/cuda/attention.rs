@@ -1,13 +1,15 @@
-//! Launcher of `kernels/attention.cu`: fused multi-head attention forward (flash-style, with
-//! the log-sum-exp per query row). Layout `[B, N, H*D]`, head `h` in columns `h*D..h*D+D`;
-//! `lse` is `[B, H, N]`. See the .cu file for the math. (The backward kernels were pruned:
-//! training runs on the CPU's autograd tape.)
+//! Launchers of `kernels/attention.cu` and `kernels/attention_tc.cu`: fused multi-head
+//! attention forward (flash-style). Layout `[B, N, H*D]`, head `h` in columns `h*D..h*D+D`;
+//! the f32 kernels also write the log-sum-exp per query row, `lse` `[B, H, N]`. See the .cu
+//! files for the math. (The backward kernels were pruned: training runs on the CPU's autograd
+//! tape.)
 //!
-//! Launch configuration (block 128 = 16 x 8 threads everywhere):
+//! Launch configuration (block 128 everywhere):
 //! | kernel | D | rows per block | keys per tile | grid |
 //! |---|---|---|---|---|
 //! | `attention_fwd_d64_f32` | <= 64 | 64 queries | 32 | (ceil(N/64), H, B) |
 //! | `attention_fwd_d128_f32` | <= 128 | 32 queries | 16 | (ceil(N/32), H, B) |
+//! | `attention_fwd_tc_d64_bf16` (tensor cores, 8.0+) | <= 64 | 64 queries (16 per warp) | 64 | (ceil(N/64), H, B) |
 //!
 //! Tiles are sized so static shared memory stays under 48 KiB (no opt-in attribute needed) and
 //! ptxas allocates <= 96 registers without spills; for N = 196 the d64 forward runs
@@ -112,4 +114,50 @@ pub fn attention_fwd(
     // indexes for this grid.
     unsafe { launch(dev, KernelModule::Attention, name, cfg, args) }?;
     Ok((o, lse))
+}
+
+/// The largest head dim the tensor-core forward takes (smaller ones are zero-padded to it).
+pub const TC_MAX_HEAD_DIM: usize = 64;
+
+/// Forward on tensor cores (`--precision bf16`): q, k, v and the softmax weights rounded to
+/// bf16, products summed in f32; returns `o [B,N,H*D]` (no log-sum-exp). Head dim
+/// <= [`TC_MAX_HEAD_DIM`]; needs compute capability 8.0+ (the module's load names it
+/// otherwise). Error against the f32 forward: about 2^-8 of |v| (see `kernels/attention_tc.cu`).
+pub fn attention_fwd_tc(
+    dev: &CudaDevice,
+    q: &CudaSlice<f32>,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    dims: AttentionDims,
+    scale: Option<f32>,
+) -> CudaResult<CudaSlice<f32>> {
+    if dims.head_dim > TC_MAX_HEAD_DIM {
+        return Err(CudaError::Invalid(format!(
+            "attention_fwd_tc: head_dim {} > {TC_MAX_HEAD_DIM}",
+            dims.head_dim
+        )));
+    }
+    let p = dims.params(scale)?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        check_len("attention_fwd_tc", name, t.len(), dims.numel())?;
+    }
+    let mut o = dev.alloc_out::<f32>(dims.numel())?;
+    if dims.is_empty() {
+        return Ok(o);
+    }
+    let cfg = dims.grid(64)?;
+    let args = &mut [In(q), In(k), In(v), Out(&mut o), Params(&p)];
+    // SAFETY: arguments match `(const float* q, k, v, float* o, AttentionParams)`; q/k/v/o
+    // hold B*N*H*D elements (checked above) and D <= 64, which is all the kernel indexes for
+    // this grid.
+    unsafe {
+        launch(
+            dev,
+            KernelModule::AttentionTc,
+            "attention_fwd_tc_d64_bf16",
+            cfg,
+            args,
+        )
+    }?;
+    Ok(o)
 }

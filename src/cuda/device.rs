@@ -31,6 +31,7 @@ use super::{CudaError, CudaResult, ptx};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelModule {
     Attention,
+    AttentionTc,
     ProtoNn,
     TopkMask,
     Coupling,
@@ -40,8 +41,9 @@ pub enum KernelModule {
 }
 
 impl KernelModule {
-    pub const ALL: [KernelModule; 7] = [
+    pub const ALL: [KernelModule; 8] = [
         KernelModule::Attention,
+        KernelModule::AttentionTc,
         KernelModule::ProtoNn,
         KernelModule::TopkMask,
         KernelModule::Coupling,
@@ -54,6 +56,7 @@ impl KernelModule {
     pub fn name(self) -> &'static str {
         match self {
             KernelModule::Attention => "attention",
+            KernelModule::AttentionTc => "attention_tc",
             KernelModule::ProtoNn => "proto_nn",
             KernelModule::TopkMask => "topk_mask",
             KernelModule::Coupling => "coupling",
@@ -67,6 +70,7 @@ impl KernelModule {
     pub fn ptx(self) -> &'static [(u32, &'static str)] {
         match self {
             KernelModule::Attention => ptx::ATTENTION_PTX,
+            KernelModule::AttentionTc => ptx::ATTENTION_TC_PTX,
             KernelModule::ProtoNn => ptx::PROTO_NN_PTX,
             KernelModule::TopkMask => ptx::TOPK_MASK_PTX,
             KernelModule::Coupling => ptx::COUPLING_PTX,
@@ -80,6 +84,7 @@ impl KernelModule {
     pub fn kernels(self) -> &'static [&'static str] {
         match self {
             KernelModule::Attention => ptx::ATTENTION_KERNELS,
+            KernelModule::AttentionTc => ptx::ATTENTION_TC_KERNELS,
             KernelModule::ProtoNn => ptx::PROTO_NN_KERNELS,
             KernelModule::TopkMask => ptx::TOPK_MASK_KERNELS,
             KernelModule::Coupling => ptx::COUPLING_KERNELS,
@@ -199,7 +204,7 @@ pub(crate) enum Backing {
 pub(crate) struct DriverDevice {
     ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
-    modules: Mutex<[Option<Arc<CudaModule>>; 6]>,
+    modules: Mutex<[Option<Arc<CudaModule>>; KernelModule::ALL.len()]>,
     blas: OnceLock<Result<Arc<CudaBlas>, String>>,
 }
 
@@ -402,14 +407,22 @@ impl CudaDevice {
         }
     }
 
-    /// Loads every module now (surfaces JIT errors early, e.g. a driver too old for the PTX);
-    /// nothing to load on the emulated device.
+    /// Loads every module this GPU can run now (surfaces JIT errors early, e.g. a driver too
+    /// old for the PTX); nothing to load on the emulated device. Modules built only for a
+    /// newer capability than the GPU's (the tensor-core attention, 8.0+) are skipped: they
+    /// serve `--precision bf16`, which such a GPU refuses up front.
     pub fn load_all(&self) -> CudaResult<()> {
         if self.is_emulated() {
             return Ok(());
         }
+        let have = cc_x10(self.compute_capability);
         for m in KernelModule::ALL {
-            self.module(m)?;
+            if m.ptx()
+                .first()
+                .is_some_and(|(arch, _)| i64::from(*arch) <= have)
+            {
+                self.module(m)?;
+            }
         }
         Ok(())
     }

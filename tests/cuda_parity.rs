@@ -1558,6 +1558,41 @@ fn modules_load() {
     println!("{dev:?}: all modules loaded");
 }
 
+/// Zero-length buffers: no device allocation behind them (a 0-byte `cuMemAlloc` is an error on
+/// a GPU), they download as empty, a kernel given one (an empty bank) does not touch it, and
+/// the device works on afterwards.
+#[test]
+fn empty_buffers() {
+    let dev = device_or_skip!();
+    let e = up(&dev, &[]);
+    assert!(e.is_empty() && down(&dev, &e).is_empty());
+    let z = dev.zeros::<u32>(0).unwrap();
+    assert!(down(&dev, &z).is_empty());
+    // No queries: empty results.
+    let (idx, dist) = proto_nn(&dev, &e, &up(&dev, &[1.0; 6]), 0, 2, 3).unwrap();
+    assert!(idx.is_empty() && dist.is_empty());
+    // No prototypes: every query is told so (no index), not given a made-up neighbour.
+    let (idx, dist) = proto_nn(&dev, &up(&dev, &[1.0; 6]), &e, 2, 0, 3).unwrap();
+    let (idx, dist) = (down(&dev, &idx), down(&dev, &dist));
+    assert_eq!(idx.len(), 2);
+    assert!(
+        idx.iter().all(|&i| i == u32::MAX) && dist.iter().all(|d| !d.is_finite() || *d > 1e30),
+        "{idx:?} {dist:?}"
+    );
+    drop((e, z));
+    dev.synchronize().unwrap();
+    let (idx, _) = proto_nn(
+        &dev,
+        &up(&dev, &[0.0, 1.0]),
+        &up(&dev, &[5.0, 0.0, 1.0]),
+        2,
+        3,
+        1,
+    )
+    .unwrap();
+    assert_eq!(down(&dev, &idx), vec![1, 2]);
+}
+
 // ------------------------------------------------------------- portability (no GPU needed)
 
 /// The runtime check accepts every GPU the PTX supports and names the reason otherwise.

@@ -55,7 +55,10 @@ struct EmuBlock {
 inline dim3 threadIdx, blockIdx;
 inline EmuBlock* emu_ctx;
 inline int emu_tid;
-alignas(16) inline unsigned char emu_dyn_smem[65536];
+// 48 KiB: what a GPU grants a launch without the opt-in attribute (static + dynamic; the one
+// kernel with dynamic shared memory, topk_mask, has no static), so a launch asking for more
+// fails here as it would there.
+alignas(16) inline unsigned char emu_dyn_smem[49152];
 inline std::mutex emu_atomic_mu;
 
 inline void emu_wait(int state) {

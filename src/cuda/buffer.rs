@@ -30,6 +30,11 @@ pub(crate) enum Mem<T> {
     Driver(cudarc::driver::CudaSlice<T>),
     /// In host memory, for the emulated device.
     Host(HostMem<T>),
+    /// No elements, on a GPU: nothing is allocated (`cuMemAlloc` of 0 bytes is an error, and
+    /// some drivers' pool allocators "succeed" without writing a pointer). A kernel given one
+    /// gets a null pointer, which it never dereferences (launchers return before launching
+    /// work on empty sizes).
+    Empty,
 }
 
 impl<T> CudaSlice<T> {
@@ -38,6 +43,7 @@ impl<T> CudaSlice<T> {
         match &self.mem {
             Mem::Driver(s) => s.len(),
             Mem::Host(h) => h.len,
+            Mem::Empty => 0,
         }
     }
 

@@ -251,6 +251,10 @@ impl CudaDevice {
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| CudaError::Unavailable("the CUDA driver panicked on init".into()))?
             .map_err(|e| CudaError::Unavailable(format!("cannot open device {ordinal}: {e}")))?;
+        // SAFETY: pmad queues all its work on one stream (the context's default stream), and
+        // cudarc's event tracking only orders buffer uses *between* streams; left on, it would
+        // create and destroy two CUDA events with every allocation for nothing.
+        unsafe { ctx.disable_event_tracking() };
         let compute_capability = ctx.compute_capability()?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
         if let Some(why) = capability_problem(compute_capability) {
@@ -459,7 +463,7 @@ impl CudaDevice {
             .fetch_add(std::mem::size_of_val(host) as u64, Ordering::Relaxed);
         let mem = match &self.backing {
             Backing::Emulated => Mem::Host(HostMem::from_slice(host)),
-            Backing::Driver(d) if host.is_empty() => Mem::Driver(d.stream.null()?),
+            Backing::Driver(_) if host.is_empty() => Mem::Empty,
             Backing::Driver(d) => Mem::Driver(d.stream.clone_htod(host)?),
         };
         Ok(CudaSlice { mem })
@@ -473,6 +477,7 @@ impl CudaDevice {
         );
         match (&self.backing, &dev.mem) {
             (_, Mem::Host(h)) => Ok(h.as_slice().to_vec()),
+            (_, Mem::Empty) => Ok(Vec::new()),
             (_, Mem::Driver(s)) if s.is_empty() => Ok(Vec::new()),
             (Backing::Driver(d), Mem::Driver(s)) => Ok(d.stream.clone_dtoh(s)?),
             (Backing::Emulated, Mem::Driver(_)) => Err(CudaError::Invalid(
@@ -485,7 +490,7 @@ impl CudaDevice {
     pub fn zeros<T: DeviceElem>(&self, n: usize) -> CudaResult<CudaSlice<T>> {
         let mem = match &self.backing {
             Backing::Emulated => Mem::Host(HostMem::zeros(n)),
-            Backing::Driver(d) if n == 0 => Mem::Driver(d.stream.null()?),
+            Backing::Driver(_) if n == 0 => Mem::Empty,
             Backing::Driver(d) => Mem::Driver(d.stream.alloc_zeros(n)?),
         };
         Ok(CudaSlice { mem })
@@ -496,7 +501,7 @@ impl CudaDevice {
         let mem = match &self.backing {
             // Poisoned (NaN): an element the kernel fails to write is caught.
             Backing::Emulated => Mem::Host(HostMem::poisoned(n)),
-            Backing::Driver(d) if n == 0 => Mem::Driver(d.stream.null()?),
+            Backing::Driver(_) if n == 0 => Mem::Empty,
             // SAFETY: the memory is uninitialised, which is sound for the plain-old-data
             // element types used here (every bit pattern is a valid f32/u32/u64); every caller
             // launches a kernel that writes all `n` elements on this stream before the buffer

@@ -45,11 +45,18 @@ pub trait BufferArg {
     fn host_const_ptr(&self) -> Option<*const c_void>;
 }
 
+/// The device address an empty GPU buffer ([`Mem::Empty`]) passes: null, never dereferenced.
+static NULL_DEVICE_PTR: u64 = 0;
+
 impl<T> BufferArg for CudaSlice<T> {
     fn push_read<'a>(&'a self, b: &mut LaunchArgs<'a>) -> bool {
         match &self.mem {
             Mem::Driver(s) => {
                 b.arg(s);
+                true
+            }
+            Mem::Empty => {
+                b.arg(&NULL_DEVICE_PTR);
                 true
             }
             Mem::Host(_) => false,
@@ -62,6 +69,10 @@ impl<T> BufferArg for CudaSlice<T> {
                 b.arg(s);
                 true
             }
+            Mem::Empty => {
+                b.arg(&NULL_DEVICE_PTR);
+                true
+            }
             Mem::Host(_) => false,
         }
     }
@@ -69,14 +80,14 @@ impl<T> BufferArg for CudaSlice<T> {
     fn host_ptr(&mut self) -> Option<*const c_void> {
         match &mut self.mem {
             Mem::Host(h) => Some(h.mut_ptr().cast_const().cast()),
-            Mem::Driver(_) => None,
+            Mem::Driver(_) | Mem::Empty => None,
         }
     }
 
     fn host_const_ptr(&self) -> Option<*const c_void> {
         match &self.mem {
             Mem::Host(h) => Some(h.ptr().cast()),
-            Mem::Driver(_) => None,
+            Mem::Driver(_) | Mem::Empty => None,
         }
     }
 }
@@ -188,8 +199,15 @@ pub(crate) mod emulator {
         static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let cname = c_name(name)?;
         let (g, b) = (cfg.grid_dim, cfg.block_dim);
-        if g.0 * g.1 * g.2 == 0 || b.0 * b.1 * b.2 == 0 || b.0 * b.1 * b.2 > 1024 {
-            // What cuLaunchKernel answers with CUDA_ERROR_INVALID_VALUE.
+        // What cuLaunchKernel answers with CUDA_ERROR_INVALID_VALUE: an empty grid or block,
+        // more than 1024 threads per block, grid y or z above 65535, block z above 64.
+        if g.0 * g.1 * g.2 == 0
+            || b.0 * b.1 * b.2 == 0
+            || b.0 * b.1 * b.2 > 1024
+            || g.1 > 65535
+            || g.2 > 65535
+            || b.2 > 64
+        {
             return Err(CudaError::Invalid(format!(
                 "{name}: invalid launch grid {g:?} x block {b:?}"
             )));
@@ -216,7 +234,8 @@ pub(crate) mod emulator {
                 "emulator: no kernel named {name}"
             ))),
             2 => Err(CudaError::Invalid(format!(
-                "{name}: {} bytes of dynamic shared memory exceed the emulator's",
+                "{name}: {} bytes of dynamic shared memory exceed 48 KiB (a GPU's limit \
+                 without an opt-in attribute)",
                 cfg.shared_mem_bytes
             ))),
             3 => Err(CudaError::Invalid(format!(

@@ -264,6 +264,17 @@ impl Sgemm {
     }
 }
 
+/// Every GEMM operand holds elements: launchers return before a GEMM with a zero dimension,
+/// and an empty GPU buffer has no device memory to give cuBLAS.
+fn check_operands(op: &str, a: usize, b: usize, c: usize) -> CudaResult<()> {
+    if a == 0 || b == 0 || c == 0 {
+        return Err(CudaError::Invalid(format!(
+            "{op}: an empty operand ({a}, {b}, {c} elements)"
+        )));
+    }
+    Ok(())
+}
+
 /// `C = alpha op(A) op(B) + beta C` (column-major, cuBLAS' conventions) on `dev`: cuBLAS on a
 /// GPU; on the emulated device the CPU GEMM (the `gemm` crate, as `src/ops/matmul.rs`) reading
 /// the same configuration — transposes, leading dimensions, batch strides — after checking
@@ -279,6 +290,7 @@ pub unsafe fn sgemm(
     b: &CudaSlice<f32>,
     c: &mut CudaSlice<f32>,
 ) -> CudaResult<()> {
+    check_operands("sgemm", a.len(), b.len(), c.len())?;
     match (dev.backing(), &a.mem, &b.mem, &mut c.mem) {
         (Backing::Driver(_), Mem::Driver(a), Mem::Driver(b), Mem::Driver(c)) => {
             let blas = dev.blas()?;
@@ -317,6 +329,7 @@ pub unsafe fn gemm_bf16(
 ) -> CudaResult<()> {
     use cudarc::cublas::{result, sys};
     use cudarc::driver::{DevicePtr, DevicePtrMut};
+    check_operands("gemm_bf16", a.len(), b.len(), c.len())?;
     match (dev.backing(), &a.mem, &b.mem, &mut c.mem) {
         (Backing::Driver(d), Mem::Driver(a), Mem::Driver(b), Mem::Driver(c)) => {
             let blas = dev.blas()?;

@@ -40,8 +40,9 @@ class Inspection(NamedTuple):
 
     scores: np.ndarray
     """float32 ``[N]``: the image anomaly scores."""
-    maps: np.ndarray
-    """float32 ``[N, S, S]``: the anomaly maps (``S``: the model's map size)."""
+    maps: Optional[np.ndarray]
+    """float32 ``[N, S, S]``: the anomaly maps (``S``: the model's map size); ``None`` when
+    :meth:`Detector.inspect` was called with ``maps=False``."""
     verdicts: np.ndarray
     """bool ``[N]``: ``scores > threshold`` of the class (True: anomalous)."""
 
@@ -128,16 +129,20 @@ class Detector:
         n_proto, n_img, thresholds = self._inner.register(class_name, _frames(images, bgr))
         return Registration(n_proto, n_img, dict(thresholds))
 
-    def inspect(self, class_name: str, images: Images, bgr: bool = False) -> Inspection:
+    def inspect(
+        self, class_name: str, images: Images, bgr: bool = False, maps: bool = True
+    ) -> Inspection:
         """Scores images against ``class_name``: an H x W x 3 uint8 array (RGB; BGR with
         ``bgr=True``; gray H x W and RGBA work too), an N x H x W x C batch, or a list of
-        arrays of any sizes. Returns ``(scores, maps, verdicts)`` with one entry per image."""
-        scores, _thresholds, verdicts, maps, size = self._inner.inspect(
-            class_name, _frames(images, bgr)
+        arrays of any sizes. Returns ``(scores, maps, verdicts)`` with one entry per image.
+        ``maps=False`` returns scores and verdicts only (``maps`` is then ``None``): no map
+        is copied into Python, and on a GPU nothing but the scores comes down."""
+        scores, _thresholds, verdicts, map_bytes, size = self._inner.inspect(
+            class_name, _frames(images, bgr), maps
         )
         n = len(scores)
         return Inspection(
             np.asarray(scores, dtype=np.float32),
-            np.frombuffer(maps, dtype=np.float32).reshape(n, size, size),
+            np.frombuffer(map_bytes, dtype=np.float32).reshape(n, size, size) if maps else None,
             np.asarray(verdicts, dtype=bool),
         )

@@ -89,7 +89,7 @@ class Predictor:
                 f"(columns: {sorted(batch)}); pass image_column="
             )
         images = list(batch[self.image_column])
-        result = self.detector.inspect(self.class_name, images, bgr=self.bgr)
+        result = self.detector.inspect(self.class_name, images, bgr=self.bgr, maps=self.maps)
         if not np.all(np.isfinite(result.scores)):
             # The engine already refuses NaN scores; this guards the contract here too.
             raise ValueError("pmad.ray.Predictor: a non-finite score")

@@ -144,11 +144,14 @@ impl Detector {
     }
 
     /// Scores the frames against `class_name`, in backbone batches, with the GIL released.
+    /// Without `maps` no map is returned (empty bytes, size 0; a GPU sends down only scores).
+    #[pyo3(signature = (class_name, frames, maps = true))]
     fn inspect<'py>(
         &self,
         py: Python<'py>,
         class_name: &str,
         frames: Vec<Frame<'py>>,
+        maps: bool,
     ) -> PyResult<Scored<'py>> {
         let images = to_images(&frames).map_err(py_err)?;
         drop(frames);
@@ -158,30 +161,34 @@ impl Detector {
                 let mut out = Vec::with_capacity(images.len());
                 for (ci, chunk) in images.chunks(BATCH).enumerate() {
                     // Errors name the image by its index in the whole call.
-                    let r = engine
-                        .inspect_batch(class_name, chunk)
-                        .map_err(|e| match e {
+                    let r = engine.inspect_batch_with(class_name, chunk, maps).map_err(
+                        |e| match e {
                             Error::BadImage {
                                 origin: ImageOrigin::Batch(i),
                                 reason,
                             } => Error::bad_image(ImageOrigin::Batch(ci * BATCH + i), reason),
                             e => e,
-                        })?;
+                        },
+                    )?;
                     out.extend(r);
                 }
                 Ok(out)
             })
             .map_err(py_err)?;
-        let size = results.first().map_or(0, |r| r.map.size);
-        let mut maps = Vec::with_capacity(results.len() * size * size * 4);
-        for r in &results {
-            maps.extend(r.map.values.iter().flat_map(|v| v.to_ne_bytes()));
+        let size = if maps {
+            results.first().map_or(0, |r| r.map.size)
+        } else {
+            0
+        };
+        let mut map_bytes = Vec::with_capacity(results.len() * size * size * 4);
+        for r in results.iter().filter(|_| maps) {
+            map_bytes.extend(r.map.values.iter().flat_map(|v| v.to_ne_bytes()));
         }
         Ok((
             results.iter().map(|r| r.map.score).collect(),
             results.iter().map(|r| r.threshold).collect(),
             results.iter().map(|r| r.anomalous).collect(),
-            PyBytes::new(py, &maps),
+            PyBytes::new(py, &map_bytes),
             size,
         ))
     }

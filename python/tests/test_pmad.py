@@ -93,6 +93,11 @@ def test_inspect_returns_float32_arrays_and_verdicts(det, data):
     assert det.inspect(CLASS, rgba).scores[0] == scores[0]
     gray = det.inspect(CLASS, good[0][:, :, 0])
     assert np.isfinite(gray.scores[0])
+    # Scores only: the same scores and verdicts, no maps.
+    lean = det.inspect(CLASS, good + bad, maps=False)
+    assert lean.maps is None
+    np.testing.assert_array_equal(lean.scores, scores)
+    np.testing.assert_array_equal(lean.verdicts, verdicts)
 
 
 def test_bad_inputs_raise_clear_errors(det):

@@ -8,13 +8,19 @@
 //! one needs no unsafe code; the op must simply write every value it returns.
 //!
 //! The spares are thread-local (a pass allocates on its calling thread; the kernels' rayon
-//! workers never touch them), at most [`MAX_SPARES`] are kept, and a pass frees them at its
-//! end ([`clear`]), so nothing outlives it.
+//! workers never touch them) and at most [`MAX_SPARES`] are kept. At the end of a pass
+//! ([`clear`]) only spares totalling at most [`KEEP_BYTES`] stay for the next pass on this
+//! thread (a batch-1 or batch-8 Lite0 pass's maps; a fresh map for every pass was about 5%
+//! of a pass in a perf profile, as fresh zeroed memory); bigger batches' maps are freed, so an
+//! idle thread holds at most that much.
 
 use std::cell::RefCell;
 
 /// Most spares a thread keeps (an MBConv block frees about three maps).
 pub const MAX_SPARES: usize = 4;
+
+/// Bytes of spares a thread keeps between passes (see [`clear`]).
+pub const KEEP_BYTES: usize = 64 << 20;
 
 thread_local! {
     static SPARES: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -50,9 +56,19 @@ pub fn give(v: Vec<f32>) {
     });
 }
 
-/// Frees this thread's spares (the end of a forward pass).
+/// The end of a forward pass: keeps this thread's largest spares that fit [`KEEP_BYTES`]
+/// together, for the next pass, and frees the rest.
 pub fn clear() {
-    SPARES.with_borrow_mut(Vec::clear);
+    SPARES.with_borrow_mut(|s| {
+        s.sort_by_key(|v| std::cmp::Reverse(v.capacity()));
+        let mut kept = 0;
+        s.retain(|v| {
+            let bytes = v.capacity() * std::mem::size_of::<f32>();
+            let keep = kept + bytes <= KEEP_BYTES;
+            kept += if keep { bytes } else { 0 };
+            keep
+        });
+    });
 }
 
 #[cfg(test)]
@@ -61,7 +77,7 @@ mod tests {
 
     #[test]
     fn takes_the_smallest_fitting_spare_and_clears() {
-        clear();
+        SPARES.with_borrow_mut(Vec::clear);
         assert_eq!(take(3), vec![0.0; 3], "no spare: zeros");
         give(vec![1.0; 10]);
         give(vec![2.0; 5]);
@@ -79,7 +95,20 @@ mod tests {
         }
         let kept = SPARES.with_borrow(Vec::len);
         assert_eq!(kept, MAX_SPARES);
+        // The end of a pass keeps small spares for the next one ...
         clear();
-        assert_eq!(take(2), vec![0.0; 2], "cleared");
+        assert_eq!(SPARES.with_borrow(Vec::len), MAX_SPARES);
+        assert_eq!(take(2), vec![3.0; 2], "kept across passes");
+        // ... but not more than KEEP_BYTES: the largest that fit, the rest freed.
+        SPARES.with_borrow_mut(Vec::clear);
+        let big = KEEP_BYTES / 4 / 2 + 1; // two of these exceed KEEP_BYTES
+        give(vec![1.0; big]);
+        give(vec![2.0; big]);
+        give(vec![3.0; 8]);
+        clear();
+        let caps: Vec<usize> = SPARES.with_borrow(|s| s.iter().map(Vec::capacity).collect());
+        assert_eq!(caps.len(), 2, "{caps:?}");
+        assert!(caps.contains(&big) && caps.contains(&8), "{caps:?}");
+        SPARES.with_borrow_mut(Vec::clear);
     }
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::DeviceBank;
-use super::ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
+use super::ops::{
+    Conv, ConvOps, InferOps, Linear, MbConv, Norm, RowEntropy, SCORE_STAGES, ScoreOps,
+    mbconv_unfused,
+};
 use crate::detector::pipeline::ClassModel;
 use crate::detector::scoring::{ImageScore, MapSpec, patch_map_into};
 use crate::detector::stage2::vit_to_feature_grid;
@@ -19,6 +22,7 @@ use crate::ops::conv::{ConvShape, Padding, conv2d_into};
 use crate::ops::elementwise::gelu_inplace;
 use crate::ops::layernorm::layernorm_rows;
 use crate::ops::matmul::linear_rows;
+use crate::ops::mbconv::{Layer, MbConvShape, mbconv_into};
 use crate::ops::nn_search::{nearest_rows, row_sq_norms};
 use crate::ops::pool::avg_pool_plane;
 use crate::ops::resize::bilinear_plane;
@@ -267,6 +271,76 @@ impl ConvOps for CpuOps {
         residual: Option<&Vec<f32>>,
     ) -> Result<Vec<f32>> {
         conv_slice(x, c, batch, hw, residual)
+    }
+
+    /// Fused on bands of rows (`crate::ops::mbconv`) when the block has the usual shape
+    /// (expand 1x1, depthwise, project 1x1, every layer biased); the three convs otherwise.
+    fn mbconv(
+        &self,
+        x: &Vec<f32>,
+        b: &MbConv<CpuWeight>,
+        batch: usize,
+        (h, w): (usize, usize),
+    ) -> Result<Vec<f32>> {
+        let (d, p) = (&b.depthwise, &b.project);
+        let fused = b.expand.as_ref().filter(|e| {
+            e.kernel == 1
+                && e.stride == 1
+                && e.groups == 1
+                && e.bias.is_some()
+                && d.depthwise()
+                && d.c_in == e.c_out
+                && d.kernel >= d.stride
+                && d.bias.is_some()
+                && p.kernel == 1
+                && p.stride == 1
+                && p.groups == 1
+                && p.c_in == d.c_out
+                && p.bias.is_some()
+                && (!b.skip || (d.stride == 1 && p.c_out == e.c_in))
+        });
+        let (Some(e), Some(db), Some(pb)) = (fused, &d.bias, &p.bias) else {
+            return mbconv_unfused(self, x, b, batch, (h, w));
+        };
+        let Some(eb) = &e.bias else {
+            return mbconv_unfused(self, x, b, batch, (h, w));
+        };
+        let s = MbConvShape {
+            batch,
+            c_in: e.c_in,
+            h,
+            w,
+            c_exp: e.c_out,
+            k: d.kernel,
+            stride: d.stride,
+            c_out: p.c_out,
+        };
+        if x.len() != batch * e.c_in * h * w {
+            return Err(Error::shape(format!(
+                "mbconv: input of {} values for [{batch}, {}, {h}, {w}]",
+                x.len(),
+                e.c_in
+            )));
+        }
+        // Every output value is written (the projection's GEMM, beta = 0).
+        let mut y = spare::take(batch * s.c_out * s.out_h() * s.out_w());
+        fn layer<'a>(c: &'a Conv<CpuWeight>, bias: &'a CpuWeight) -> Layer<'a> {
+            Layer {
+                weight: &c.weight,
+                bias,
+                act: c.act,
+            }
+        }
+        mbconv_into(
+            x,
+            layer(e, eb),
+            layer(d, db),
+            layer(p, pb),
+            b.skip,
+            &s,
+            &mut y,
+        );
+        Ok(y)
     }
 
     fn conv2d_host(

@@ -47,7 +47,7 @@ pub use cpu_ops::{CpuOps, CpuWeight};
 pub use cuda::{CudaBackend, DeviceBank};
 #[cfg(feature = "cuda")]
 pub use cuda_ops::CudaOps;
-pub use ops::{Conv, ConvOps, InferOps, Linear, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
+pub use ops::{Conv, ConvOps, InferOps, Linear, MbConv, Norm, RowEntropy, SCORE_STAGES, ScoreOps};
 pub use precision::{Precision, bf16_bits};
 
 use crate::detector::device::Device;

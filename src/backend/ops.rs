@@ -47,6 +47,15 @@ pub struct Norm<W> {
     pub beta: W,
 }
 
+/// One MBConv (inverted-residual) block: [expand 1x1 + act] -> depthwise kxk/s + act ->
+/// project 1x1 (linear) [+ the block input when `skip`].
+pub struct MbConv<W> {
+    pub expand: Option<Conv<W>>,
+    pub depthwise: Conv<W>,
+    pub project: Conv<W>,
+    pub skip: bool,
+}
+
 /// A 2-d convolution `[c_out, c_in / groups, k, k]` with TF-"same" padding
 /// ([`crate::ops::conv::Padding::tf_same`]): dense (`groups == 1`; `k == 1`, `stride == 1` is
 /// a pointwise GEMM) or depthwise (`groups == c_in == c_out`), then `+ bias` per output
@@ -206,6 +215,19 @@ pub trait ConvOps: InferOps {
         self.conv2d(&self.input(x.to_vec())?, c, batch, hw, None)
     }
 
+    /// One MBConv block of `x [batch, c_in, h, w]` (its inner maps not wanted). By default
+    /// its three convs one after another (what a GPU runs); the CPU fuses them on bands of
+    /// rows (`crate::ops::mbconv`), so the expanded map stays in cache.
+    fn mbconv(
+        &self,
+        x: &Self::Act,
+        b: &MbConv<Self::Weight>,
+        batch: usize,
+        hw: (usize, usize),
+    ) -> Result<Self::Act> {
+        mbconv_unfused(self, x, b, batch, hw)
+    }
+
     /// Each of `planes` planes `from` (h, w) brought onto a `to` (h, w) grid: resized
     /// bilinearly (`align_corners=False`, edge replication, as `crate::ops::resize`; skipped
     /// when the sizes agree), then averaged over a `pool x pool` window (odd; stride 1, cells
@@ -234,6 +256,29 @@ pub trait ConvOps: InferOps {
         row_width: usize,
         col_offset: usize,
     ) -> Result<()>;
+}
+
+/// An MBConv block as its three convs (the default [`ConvOps::mbconv`]).
+pub fn mbconv_unfused<O: ConvOps + ?Sized>(
+    ops: &O,
+    x: &O::Act,
+    b: &MbConv<O::Weight>,
+    batch: usize,
+    hw: (usize, usize),
+) -> Result<O::Act> {
+    let expanded = match &b.expand {
+        Some(e) => Some(ops.conv2d(x, e, batch, hw, None)?),
+        None => None,
+    };
+    let d = &b.depthwise;
+    let dw = ops.conv2d(expanded.as_ref().unwrap_or(x), d, batch, hw, None)?;
+    if let Some(e) = expanded {
+        ops.recycle(e);
+    }
+    let dhw = (d.out_side(hw.0), d.out_side(hw.1));
+    let y = ops.conv2d(&dw, &b.project, batch, dhw, b.skip.then_some(x))?;
+    ops.recycle(dw);
+    Ok(y)
 }
 
 /// Which stage of a scoring pass a non-finite value came from: the slots of

@@ -19,6 +19,7 @@
 use crate::error::{Error, Result};
 use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into, fold_batchnorm};
 use crate::ops::matmul::linear_rows;
+use crate::ops::mbconv::{Layer, MbConvShape, mbconv_into};
 use crate::ops::spare;
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
@@ -273,6 +274,15 @@ pub(crate) struct ConvBn {
 }
 
 impl ConvBn {
+    /// Weights, bias and activation, as the fused block takes them.
+    fn layer(&self) -> Layer<'_> {
+        Layer {
+            weight: &self.weight,
+            bias: &self.bias,
+            act: self.act,
+        }
+    }
+
     /// Runs on `[B, c_in, h, w]` with TF-SAME padding; returns the output and its size.
     fn run(&self, x: &[f32], batch: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
         let s = ConvShape {
@@ -299,6 +309,42 @@ pub(crate) struct MbConv {
     pub(crate) depthwise: ConvBn,
     pub(crate) project: ConvBn,
     pub(crate) skip: bool,
+}
+
+impl MbConv {
+    /// The block fused on bands of rows (`crate::ops::mbconv`), or `None` for a block
+    /// without an expansion (run as its convs).
+    fn run_fused(
+        &self,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Option<(Vec<f32>, usize, usize)> {
+        let e = self.expand.as_ref()?;
+        let (d, p) = (&self.depthwise, &self.project);
+        let s = MbConvShape {
+            batch,
+            c_in: e.c_in,
+            h,
+            w,
+            c_exp: e.c_out,
+            k: d.kernel,
+            stride: d.stride,
+            c_out: p.c_out,
+        };
+        // Every output value is written (the projection's GEMM, beta = 0).
+        let mut y = spare::take(batch * s.c_out * s.out_h() * s.out_w());
+        mbconv_into(x, e.layer(), d.layer(), p.layer(), self.skip, &s, &mut y);
+        Some((y, s.out_h(), s.out_w()))
+    }
+}
+
+/// Whether `taps` ask for an inner map (`blocks.{i}.expand` or `blocks.{i}.dw`) of block `i`.
+fn wants_inner(taps: &[&str], i: usize) -> bool {
+    taps.iter().any(|t| {
+        matches!(TapPoint::parse(t), Some(TapPoint::Expand(n) | TapPoint::Depthwise(n)) if n == i)
+    })
 }
 
 /// The pretrained network, BN folded, ready for inference.
@@ -562,7 +608,8 @@ impl EfficientNetLite {
         let mut out: Vec<Option<Tensor>> = vec![None; taps.len()];
         // Only the stem asked for: still stop as early as the pass allows.
         let depth = depth.or(Some(0));
-        self.run(x, depth, &mut |name, v, shape| {
+        let inner = |i: usize| wants_inner(taps, i);
+        self.run(x, depth, &inner, &mut |name, v, shape| {
             for (slot, want) in out.iter_mut().zip(taps) {
                 if *want == name {
                     *slot = Some(Tensor::from_parts(v.to_vec(), shape.to_vec()));
@@ -579,7 +626,7 @@ impl EfficientNetLite {
     /// ImageNet logits `[B, 1000]` (pre-softmax).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Self::check_input(x)?;
-        self.run(x, None, &mut |_, _, _| {})
+        self.run(x, None, &|_| false, &mut |_, _, _| {})
             .map(|l| l.expect("full pass yields logits"))
     }
 
@@ -587,8 +634,9 @@ impl EfficientNetLite {
     pub fn forward_with_taps(&self, x: &Tensor, taps: &[&str]) -> Result<(Tensor, Taps)> {
         Self::check_input(x)?;
         let mut got: Taps = Vec::new();
+        let inner = |i: usize| wants_inner(taps, i);
         let logits = self
-            .run(x, None, &mut |name, v, shape| {
+            .run(x, None, &inner, &mut |name, v, shape| {
                 if taps.contains(&name) {
                     got.push((
                         name.to_string(),
@@ -604,11 +652,32 @@ impl EfficientNetLite {
     /// The pass itself. Stops after block `stop_after` when given (returning no logits);
     /// calls `tap(name, values, [B, C, h, w])` after the stem, after every block and at the
     /// two inner points of every block ([`TapPoint`]).
-    fn run(&self, x: &Tensor, stop_after: Option<usize>, tap: TapFn<'_>) -> Result<Option<Tensor>> {
+    fn run(
+        &self,
+        x: &Tensor,
+        stop_after: Option<usize>,
+        inner: &dyn Fn(usize) -> bool,
+        tap: TapFn<'_>,
+    ) -> Result<Option<Tensor>> {
         let batch = x.dim(0);
         let (mut cur, mut h, mut w) = self.stem.run(&x.f32s(), batch, x.dim(2), x.dim(3));
         tap("stem", &cur, [batch, STEM_CHANNELS, h, w]);
         for (i, b) in self.blocks.iter().enumerate() {
+            // Nobody wants this block's inner maps: the block fused (its expanded map stays
+            // in cache).
+            if let Some((y, ph, pw)) = (!inner(i))
+                .then(|| b.run_fused(&cur, batch, h, w))
+                .flatten()
+            {
+                spare::give(std::mem::replace(&mut cur, y));
+                (h, w) = (ph, pw);
+                tap(&format!("blocks.{i}"), &cur, [batch, b.project.c_out, h, w]);
+                if stop_after == Some(i) {
+                    spare::clear();
+                    return Ok(None);
+                }
+                continue;
+            }
             let expanded = b.expand.as_ref().map(|e| {
                 let (v, eh, ew) = e.run(&cur, batch, h, w);
                 tap(&format!("blocks.{i}.expand"), &v, [batch, e.c_out, eh, ew]);

@@ -17,19 +17,11 @@
 //! [`EfficientNetLite::forward`](super::EfficientNetLite::forward) (`pmad classify`'s
 //! logits) keeps its own CPU pass.
 
-use crate::backend::{Conv, ConvOps};
+use crate::backend::{Conv, ConvOps, MbConv};
 use crate::detector::features::{FeatureExtractor, InputNorm, split_tap, standardise_planes_host};
 use crate::error::{Error, Result};
 use crate::models::efficientnet::{ConvBn, TapPoint};
 use crate::ops::conv::Activation;
-
-/// One MBConv block's convs.
-struct Block<W> {
-    expand: Option<Conv<W>>,
-    depthwise: Conv<W>,
-    project: Conv<W>,
-    skip: bool,
-}
 
 /// One entry of the spec's taps.
 struct Tap<W> {
@@ -47,7 +39,7 @@ struct Tap<W> {
 pub struct InferFeatures<O: ConvOps> {
     ops: O,
     stem: Conv<O::Weight>,
-    blocks: Vec<Block<O::Weight>>,
+    blocks: Vec<MbConv<O::Weight>>,
     taps: Vec<Tap<O::Weight>>,
     input_size: usize,
     grid: usize,
@@ -128,7 +120,7 @@ impl<O: ConvOps> InferFeatures<O> {
         let blocks = net.blocks[..depth]
             .iter()
             .map(|b| {
-                Ok(Block {
+                Ok(MbConv {
                     expand: b.expand.as_ref().map(|e| conv(&ops, e)).transpose()?,
                     depthwise: conv(&ops, &b.depthwise)?,
                     project: conv(&ops, &b.project)?,
@@ -203,6 +195,27 @@ impl<O: ConvOps> InferFeatures<O> {
         let mut hw = (self.stem.out_side(s), self.stem.out_side(s));
         self.write(TapPoint::Stem, &cur, batch, self.stem.c_out, hw, col0, rows)?;
         for (i, b) in self.blocks.iter().enumerate() {
+            let inner_tapped = self
+                .taps
+                .iter()
+                .any(|t| t.point == TapPoint::Expand(i) || t.point == TapPoint::Depthwise(i));
+            if !inner_tapped {
+                // The block as one op (fused on the CPU).
+                let d = &b.depthwise;
+                let next = ops.mbconv(&cur, b, batch, hw)?;
+                ops.recycle(std::mem::replace(&mut cur, next));
+                hw = (d.out_side(hw.0), d.out_side(hw.1));
+                self.write(
+                    TapPoint::Block(i),
+                    &cur,
+                    batch,
+                    b.project.c_out,
+                    hw,
+                    col0,
+                    rows,
+                )?;
+                continue;
+            }
             let expanded = match &b.expand {
                 Some(e) => {
                     let y = ops.conv2d(&cur, e, batch, hw, None)?;

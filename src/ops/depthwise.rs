@@ -390,6 +390,64 @@ pub(crate) fn depthwise_with(
         );
 }
 
+/// One plane at a time, for callers that hold their planes elsewhere (the fused MBConv in
+/// `src/ops/mbconv.rs`: a band of rows of each channel): the same plan and kernels as
+/// [`depthwise_into`], on the calling thread.
+pub(crate) struct PlaneConv {
+    shape: ConvShape,
+    plan: Plan,
+    simd: bool,
+}
+
+impl PlaneConv {
+    /// The plan for planes of `s` (`s.batch` and the channel counts are ignored).
+    pub(crate) fn new(s: &ConvShape) -> PlaneConv {
+        PlaneConv {
+            shape: *s,
+            plan: Plan::new(s),
+            simd: have_avx2(),
+        }
+    }
+
+    /// Scratch values [`run`](Self::run) needs. The scratch must be zero-filled whenever
+    /// the geometry changes (padding cells are never written, only read as zeros).
+    pub(crate) fn scratch_len(&self) -> usize {
+        self.plan.scratch_len()
+    }
+
+    /// `out [oh * ow] = act(conv(src [h * w], k) + bias)`.
+    pub(crate) fn run(
+        &self,
+        src: &[f32],
+        k: &[f32],
+        bias: f32,
+        act: Activation,
+        out: &mut [f32],
+        buf: &mut [f32],
+    ) {
+        let (s, p) = (&self.shape, &self.plan);
+        assert!(
+            src.len() >= s.h * s.w
+                && out.len() >= p.oh * p.ow
+                && buf.len() >= p.scratch_len()
+                && k.len() >= s.kh * s.kw,
+            "depthwise plane: short buffer"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            // SAFETY: `simd` is only true when AVX2 and FMA were detected (`have_avx2`);
+            // `buf` is filled for this plan before the kernel reads it.
+            unsafe {
+                avx2::fill(src, s, p, buf);
+                avx2::plane(buf, k, bias, s, p, act, out);
+            }
+            return;
+        }
+        fill_scratch(src, s, p, buf);
+        plane_portable(buf, k, bias, s, p, act, out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

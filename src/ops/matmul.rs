@@ -89,6 +89,60 @@ pub fn gemm(
     }
 }
 
+/// `C = A·B` on the calling thread (no threading: the caller's tasks fill the cores), for
+/// row-major operands whose rows are `a_rs`, `b_rs` and `c_rs` values apart (columns
+/// contiguous): blocks of rows inside bigger maps, as the fused MBConv uses them.
+///
+/// # Safety
+/// `c` must be valid for writes at `c + i * c_rs + j` for `i < m`, `j < n`, and nothing else
+/// may access those elements during the call (other elements between the rows may be in use
+/// elsewhere: no reference to the whole strided range is made).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_rows_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    c: *mut f32,
+    c_rs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        k > 0 && a.len() >= (m - 1) * a_rs + k && b.len() >= (k - 1) * b_rs + n,
+        "gemm_rows_serial: short buffer"
+    );
+    // SAFETY: the assert keeps every read of `a` and `b` inside the slices; the writes to `c`
+    // are the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            c_rs as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            1,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `[m,k] · [k,n] -> [m,n]`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0) {

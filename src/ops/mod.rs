@@ -12,6 +12,7 @@ pub mod elementwise;
 pub mod fastexp;
 pub mod layernorm;
 pub mod matmul;
+pub mod mbconv;
 pub mod microgemm;
 pub mod nn_search;
 pub mod pool;

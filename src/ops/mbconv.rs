@@ -20,6 +20,8 @@
 //! the same kernels as the unfused convs (`gemm`, `src/ops/depthwise.rs`) on the same values;
 //! only the GEMMs' blocking differs, so results agree to f32 rounding (tests below).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use crate::ops::conv::{Activation, ConvShape, Padding};
@@ -134,18 +136,71 @@ unsafe fn image_rows(
     (r0, r1): (usize, usize),
     out: OutPtr,
 ) {
-    let (h, w, k, st) = (s.h, s.w, s.k, s.stride);
-    let (oh, ow) = (s.out_h(), s.out_w());
-    let pad = Padding::tf_same(h, w, k, st);
-    let in_plane = h * w;
+    let (w, k, st) = (s.w, s.k, s.stride);
+    let ow = s.out_w();
+    let in_plane = s.h * w;
     let xi = &x[img * s.c_in * in_plane..(img + 1) * s.c_in * in_plane];
     // Band height: E's rows (band * stride + k - stride) about BAND_BYTES.
     let row_bytes = s.c_exp * w * std::mem::size_of::<f32>();
     let band = ((BAND_BYTES / row_bytes).saturating_sub(k - st) / st).clamp(1, r1 - r0);
     let cap = band * st + k - st; // most input rows one band reads
-    let mut e = vec![0.0f32; s.c_exp * cap * w];
-    let mut d = vec![0.0f32; s.c_exp * band * ow];
-    let mut scratch = Vec::new();
+    BUFFERS.with_borrow_mut(|(e, d, scratch)| {
+        // Stale values are fine: every value of `e` and `d` is written before it is read.
+        e.resize(s.c_exp * cap * w, 0.0);
+        d.resize(s.c_exp * band * ow, 0.0);
+        // SAFETY: the caller's contract.
+        unsafe {
+            bands(
+                xi,
+                expand,
+                depthwise,
+                project,
+                skip,
+                s,
+                img,
+                (r0, r1),
+                out,
+                (band, cap),
+                e,
+                d,
+                scratch,
+            )
+        }
+    });
+}
+
+thread_local! {
+    /// Each thread's band buffers (expanded rows, depthwise rows, the depthwise scratch),
+    /// reused by every call: about [`BAND_BYTES`] plus a band of depthwise output per thread,
+    /// instead of a fresh zeroed allocation per task.
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// The bands of [`image_rows`], with its buffers.
+///
+/// # Safety
+/// As [`image_rows`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn bands(
+    xi: &[f32],
+    expand: Layer<'_>,
+    depthwise: Layer<'_>,
+    project: Layer<'_>,
+    skip: bool,
+    s: &MbConvShape,
+    img: usize,
+    (r0, r1): (usize, usize),
+    out: OutPtr,
+    (band, cap): (usize, usize),
+    e: &mut [f32],
+    d: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (h, w, k, st) = (s.h, s.w, s.k, s.stride);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let pad = Padding::tf_same(h, w, k, st);
+    let in_plane = h * w;
     // Input rows held in `e` (row `lo` at the top), none yet.
     let (mut lo, mut hi) = (0usize, 0usize);
     let mut o0 = r0;
@@ -224,7 +279,7 @@ unsafe fn image_rows(
                 depthwise.bias[c],
                 depthwise.act,
                 &mut d[c * band_n..(c + 1) * band_n],
-                &mut scratch,
+                scratch,
             );
         }
         // 3. Project into rows o0..o1 of every output plane, then bias, act, skip.
@@ -238,7 +293,7 @@ unsafe fn image_rows(
                 s.c_exp,
                 project.weight,
                 s.c_exp,
-                &d,
+                d,
                 band_n,
                 out.0.add(y0),
                 out_plane,

@@ -67,6 +67,20 @@ impl AttentionDims {
         })
     }
 
+    /// The parameter block for a call of `op` on `q`, `k`, `v`, after checking their lengths.
+    fn checked_params(
+        &self,
+        op: &str,
+        scale: Option<f32>,
+        [q, k, v]: [&CudaSlice<f32>; 3],
+    ) -> CudaResult<AttentionParams> {
+        let p = self.params(scale)?;
+        for (name, t) in [("q", q), ("k", k), ("v", v)] {
+            check_len(op, name, t.len(), self.numel())?;
+        }
+        Ok(p)
+    }
+
     fn is_empty(&self) -> bool {
         self.numel() == 0
     }
@@ -93,10 +107,7 @@ pub fn attention_fwd(
     dims: AttentionDims,
     scale: Option<f32>,
 ) -> CudaResult<(CudaSlice<f32>, CudaSlice<f32>)> {
-    let p = dims.params(scale)?;
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        check_len("attention_fwd", name, t.len(), dims.numel())?;
-    }
+    let p = dims.checked_params("attention_fwd", scale, [q, k, v])?;
     let mut o = dev.alloc_out::<f32>(dims.numel())?;
     let mut lse = dev.alloc_out::<f32>(dims.stat_numel())?;
     if dims.is_empty() {
@@ -137,10 +148,7 @@ pub fn attention_fwd_tc(
             dims.head_dim
         )));
     }
-    let p = dims.params(scale)?;
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        check_len("attention_fwd_tc", name, t.len(), dims.numel())?;
-    }
+    let p = dims.checked_params("attention_fwd_tc", scale, [q, k, v])?;
     let mut o = dev.alloc_out::<f32>(dims.numel())?;
     if dims.is_empty() {
         return Ok(o);

@@ -312,6 +312,41 @@ pub(crate) struct MbConv {
 }
 
 impl MbConv {
+    /// The block as its convs, calling `tap` with its inner maps (`blocks.{i}.expand`,
+    /// `blocks.{i}.dw`).
+    fn run_tapped(
+        &self,
+        i: usize,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        tap: TapFn<'_>,
+    ) -> (Vec<f32>, usize, usize) {
+        let expanded = self.expand.as_ref().map(|e| {
+            let (v, eh, ew) = e.run(x, batch, h, w);
+            tap(&format!("blocks.{i}.expand"), &v, [batch, e.c_out, eh, ew]);
+            (v, eh, ew)
+        });
+        let (input, eh, ew) = match &expanded {
+            Some((v, eh, ew)) => (&v[..], *eh, *ew),
+            None => (x, h, w),
+        };
+        let (dw, dh, dww) = self.depthwise.run(input, batch, eh, ew);
+        let c_mid = self.depthwise.c_out;
+        tap(&format!("blocks.{i}.dw"), &dw, [batch, c_mid, dh, dww]);
+        let (mut y, ph, pw) = self.project.run(&dw, batch, dh, dww);
+        if self.skip {
+            y.iter_mut().zip(x).for_each(|(a, r)| *a += r);
+        }
+        // The maps this block is done with serve later outputs.
+        spare::give(dw);
+        if let Some((v, _, _)) = expanded {
+            spare::give(v);
+        }
+        (y, ph, pw)
+    }
+
     /// The block fused on bands of rows (`crate::ops::mbconv`), or `None` for a block
     /// without an expansion (run as its convs).
     fn run_fused(
@@ -664,41 +699,15 @@ impl EfficientNetLite {
         tap("stem", &cur, [batch, STEM_CHANNELS, h, w]);
         for (i, b) in self.blocks.iter().enumerate() {
             // Nobody wants this block's inner maps: the block fused (its expanded map stays
-            // in cache).
-            if let Some((y, ph, pw)) = (!inner(i))
+            // in cache); else its convs one by one, tapping the inner maps.
+            let fused = (!inner(i))
                 .then(|| b.run_fused(&cur, batch, h, w))
-                .flatten()
-            {
-                spare::give(std::mem::replace(&mut cur, y));
-                (h, w) = (ph, pw);
-                tap(&format!("blocks.{i}"), &cur, [batch, b.project.c_out, h, w]);
-                if stop_after == Some(i) {
-                    spare::clear();
-                    return Ok(None);
-                }
-                continue;
-            }
-            let expanded = b.expand.as_ref().map(|e| {
-                let (v, eh, ew) = e.run(&cur, batch, h, w);
-                tap(&format!("blocks.{i}.expand"), &v, [batch, e.c_out, eh, ew]);
-                (v, eh, ew)
-            });
-            let (input, eh, ew) = match &expanded {
-                Some((v, eh, ew)) => (&v[..], *eh, *ew),
-                None => (&cur[..], h, w),
+                .flatten();
+            let (y, ph, pw) = match fused {
+                Some(out) => out,
+                None => b.run_tapped(i, &cur, batch, h, w, tap),
             };
-            let (dw, dh, dww) = b.depthwise.run(input, batch, eh, ew);
-            let c_mid = b.depthwise.c_out;
-            tap(&format!("blocks.{i}.dw"), &dw, [batch, c_mid, dh, dww]);
-            let (mut y, ph, pw) = b.project.run(&dw, batch, dh, dww);
-            if b.skip {
-                y.iter_mut().zip(&cur).for_each(|(a, r)| *a += r);
-            }
-            // The maps this block is done with serve later outputs.
-            spare::give(dw);
-            if let Some((v, _, _)) = expanded {
-                spare::give(v);
-            }
+            // The map this block is done with serves later outputs.
             spare::give(std::mem::replace(&mut cur, y));
             (h, w) = (ph, pw);
             tap(&format!("blocks.{i}"), &cur, [batch, b.project.c_out, h, w]);

@@ -199,54 +199,53 @@ impl<O: ConvOps> InferFeatures<O> {
                 .taps
                 .iter()
                 .any(|t| t.point == TapPoint::Expand(i) || t.point == TapPoint::Depthwise(i));
-            if !inner_tapped {
-                // The block as one op (fused on the CPU).
-                let d = &b.depthwise;
-                let next = ops.mbconv(&cur, b, batch, hw)?;
-                ops.recycle(std::mem::replace(&mut cur, next));
-                hw = (d.out_side(hw.0), d.out_side(hw.1));
-                self.write(
-                    TapPoint::Block(i),
-                    &cur,
-                    batch,
-                    b.project.c_out,
-                    hw,
-                    col0,
-                    rows,
-                )?;
-                continue;
-            }
-            let expanded = match &b.expand {
-                Some(e) => {
-                    let y = ops.conv2d(&cur, e, batch, hw, None)?;
-                    self.write(TapPoint::Expand(i), &y, batch, e.c_out, hw, col0, rows)?;
-                    Some(y)
-                }
-                None => None,
-            };
             let d = &b.depthwise;
-            let dw = ops.conv2d(expanded.as_ref().unwrap_or(&cur), d, batch, hw, None)?;
             let dhw = (d.out_side(hw.0), d.out_side(hw.1));
-            self.write(TapPoint::Depthwise(i), &dw, batch, d.c_out, dhw, col0, rows)?;
-            if let Some(e) = expanded {
-                ops.recycle(e);
-            }
-            let skip = if b.skip { Some(&cur) } else { None };
-            let next = ops.conv2d(&dw, &b.project, batch, dhw, skip)?;
-            ops.recycle(dw);
+            let next = if inner_tapped {
+                self.block_tapped(i, b, &cur, batch, hw, col0, rows)?
+            } else {
+                // The block as one op (fused on the CPU).
+                ops.mbconv(&cur, b, batch, hw)?
+            };
             ops.recycle(std::mem::replace(&mut cur, next));
             hw = dhw;
-            self.write(
-                TapPoint::Block(i),
-                &cur,
-                batch,
-                b.project.c_out,
-                hw,
-                col0,
-                rows,
-            )?;
+            let c_out = b.project.c_out;
+            self.write(TapPoint::Block(i), &cur, batch, c_out, hw, col0, rows)?;
         }
         Ok(())
+    }
+
+    /// Block `i` as its convs, writing the taps of its inner maps.
+    #[allow(clippy::too_many_arguments)]
+    fn block_tapped(
+        &self,
+        i: usize,
+        b: &MbConv<O::Weight>,
+        x: &O::Act,
+        batch: usize,
+        hw: (usize, usize),
+        col0: usize,
+        rows: &mut Rows<O::Act>,
+    ) -> Result<O::Act> {
+        let ops = &self.ops;
+        let expanded = match &b.expand {
+            Some(e) => {
+                let y = ops.conv2d(x, e, batch, hw, None)?;
+                self.write(TapPoint::Expand(i), &y, batch, e.c_out, hw, col0, rows)?;
+                Some(y)
+            }
+            None => None,
+        };
+        let d = &b.depthwise;
+        let dw = ops.conv2d(expanded.as_ref().unwrap_or(x), d, batch, hw, None)?;
+        let dhw = (d.out_side(hw.0), d.out_side(hw.1));
+        self.write(TapPoint::Depthwise(i), &dw, batch, d.c_out, dhw, col0, rows)?;
+        if let Some(e) = expanded {
+            ops.recycle(e);
+        }
+        let next = ops.conv2d(&dw, &b.project, batch, dhw, b.skip.then_some(x))?;
+        ops.recycle(dw);
+        Ok(next)
     }
 
     /// Writes `map` (`[batch, channels, hw]`, the value at `point`) into the columns of every

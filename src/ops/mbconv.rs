@@ -113,59 +113,12 @@ pub fn mbconv_into(
     (0..s.batch * parts).into_par_iter().for_each(|task| {
         let (img, part) = (task / parts, task % parts);
         let (r0, r1) = (part * oh / parts, (part + 1) * oh / parts);
-        // SAFETY: this task writes only rows r0..r1 of every output plane of image `img`;
-        // the tasks' (img, rows) pairs are disjoint, and `y` outlives the parallel loop.
-        unsafe { image_rows(x, expand, depthwise, project, skip, s, img, (r0, r1), out) };
-    });
-}
-
-/// Output rows `r0..r1` of image `img`, band by band.
-///
-/// # Safety
-/// `out` points at the whole output `[batch, c_out, OH, OW]`; nothing else reads or writes
-/// rows `r0..r1` of image `img`'s planes during the call.
-#[allow(clippy::too_many_arguments)]
-unsafe fn image_rows(
-    x: &[f32],
-    expand: Layer<'_>,
-    depthwise: Layer<'_>,
-    project: Layer<'_>,
-    skip: bool,
-    s: &MbConvShape,
-    img: usize,
-    (r0, r1): (usize, usize),
-    out: OutPtr,
-) {
-    let (w, k, st) = (s.w, s.k, s.stride);
-    let ow = s.out_w();
-    let in_plane = s.h * w;
-    let xi = &x[img * s.c_in * in_plane..(img + 1) * s.c_in * in_plane];
-    // Band height: E's rows (band * stride + k - stride) about BAND_BYTES.
-    let row_bytes = s.c_exp * w * std::mem::size_of::<f32>();
-    let band = ((BAND_BYTES / row_bytes).saturating_sub(k - st) / st).clamp(1, r1 - r0);
-    let cap = band * st + k - st; // most input rows one band reads
-    BUFFERS.with_borrow_mut(|(e, d, scratch)| {
-        // Stale values are fine: every value of `e` and `d` is written before it is read.
-        e.resize(s.c_exp * cap * w, 0.0);
-        d.resize(s.c_exp * band * ow, 0.0);
-        // SAFETY: the caller's contract.
-        unsafe {
-            bands(
-                xi,
-                expand,
-                depthwise,
-                project,
-                skip,
-                s,
-                img,
-                (r0, r1),
-                out,
-                (band, cap),
-                e,
-                d,
-                scratch,
-            )
-        }
+        let layers = [expand, depthwise, project];
+        BUFFERS.with_borrow_mut(|bufs| {
+            // SAFETY: this task writes only rows r0..r1 of every output plane of image `img`;
+            // the tasks' (img, rows) pairs are disjoint, and `y` outlives the parallel loop.
+            unsafe { image_rows(x, layers, skip, s, img, (r0, r1), out, bufs) }
+        });
     });
 }
 
@@ -173,34 +126,40 @@ thread_local! {
     /// Each thread's band buffers (expanded rows, depthwise rows, the depthwise scratch),
     /// reused by every call: about [`BAND_BYTES`] plus a band of depthwise output per thread,
     /// instead of a fresh zeroed allocation per task.
-    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    static BUFFERS: RefCell<Buffers> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// The bands of [`image_rows`], with its buffers.
+/// Expanded rows `E`, depthwise rows `D`, the depthwise scratch.
+type Buffers = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// Output rows `r0..r1` of image `img`, band by band, in this thread's `bufs`.
 ///
 /// # Safety
-/// As [`image_rows`].
+/// `out` points at the whole output `[batch, c_out, OH, OW]`; nothing else reads or writes
+/// rows `r0..r1` of image `img`'s planes during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn bands(
-    xi: &[f32],
-    expand: Layer<'_>,
-    depthwise: Layer<'_>,
-    project: Layer<'_>,
+unsafe fn image_rows(
+    x: &[f32],
+    [expand, depthwise, project]: [Layer<'_>; 3],
     skip: bool,
     s: &MbConvShape,
     img: usize,
     (r0, r1): (usize, usize),
     out: OutPtr,
-    (band, cap): (usize, usize),
-    e: &mut [f32],
-    d: &mut [f32],
-    scratch: &mut Vec<f32>,
+    (e, d, scratch): &mut Buffers,
 ) {
     let (h, w, k, st) = (s.h, s.w, s.k, s.stride);
     let (oh, ow) = (s.out_h(), s.out_w());
     let pad = Padding::tf_same(h, w, k, st);
     let in_plane = h * w;
+    let xi = &x[img * s.c_in * in_plane..(img + 1) * s.c_in * in_plane];
+    // Band height: E's rows (band * stride + k - stride) about BAND_BYTES.
+    let row_bytes = s.c_exp * w * std::mem::size_of::<f32>();
+    let band = ((BAND_BYTES / row_bytes).saturating_sub(k - st) / st).clamp(1, r1 - r0);
+    let cap = band * st + k - st; // most input rows one band reads
+    // Stale values are fine: every value of `e` and `d` is written before it is read.
+    e.resize(s.c_exp * cap * w, 0.0);
+    d.resize(s.c_exp * band * ow, 0.0);
     // Input rows held in `e` (row `lo` at the top), none yet.
     let (mut lo, mut hi) = (0usize, 0usize);
     let mut o0 = r0;

@@ -22,7 +22,7 @@ use crate::ops::conv::{ConvShape, Padding, conv2d_into};
 use crate::ops::elementwise::gelu_inplace;
 use crate::ops::layernorm::layernorm_rows;
 use crate::ops::matmul::linear_rows;
-use crate::ops::mbconv::{Layer, MbConvShape, mbconv_into};
+use crate::ops::mbconv::{Layer, MbConvShape, mbconv};
 use crate::ops::nn_search::{nearest_rows, row_sq_norms};
 use crate::ops::pool::avg_pool_plane;
 use crate::ops::resize::bilinear_plane;
@@ -283,28 +283,32 @@ impl ConvOps for CpuOps {
         (h, w): (usize, usize),
     ) -> Result<Vec<f32>> {
         let (d, p) = (&b.depthwise, &b.project);
-        let fused = b.expand.as_ref().filter(|e| {
+        let fusable = |e: &&Conv<CpuWeight>| {
             e.kernel == 1
                 && e.stride == 1
                 && e.groups == 1
-                && e.bias.is_some()
                 && d.depthwise()
                 && d.c_in == e.c_out
                 && d.kernel >= d.stride
-                && d.bias.is_some()
                 && p.kernel == 1
                 && p.stride == 1
                 && p.groups == 1
                 && p.c_in == d.c_out
-                && p.bias.is_some()
                 && (!b.skip || (d.stride == 1 && p.c_out == e.c_in))
-        });
-        let (Some(e), Some(db), Some(pb)) = (fused, &d.bias, &p.bias) else {
+        };
+        let e = b.expand.as_ref().filter(fusable);
+        let (Some(e), Some(eb), Some(db), Some(pb)) =
+            (e, e.and_then(|e| e.bias.as_ref()), &d.bias, &p.bias)
+        else {
             return mbconv_unfused(self, x, b, batch, (h, w));
         };
-        let Some(eb) = &e.bias else {
-            return mbconv_unfused(self, x, b, batch, (h, w));
-        };
+        if x.len() != batch * e.c_in * h * w {
+            return Err(Error::shape(format!(
+                "mbconv: input of {} values for [{batch}, {}, {h}, {w}]",
+                x.len(),
+                e.c_in
+            )));
+        }
         let s = MbConvShape {
             batch,
             c_in: e.c_in,
@@ -315,32 +319,19 @@ impl ConvOps for CpuOps {
             stride: d.stride,
             c_out: p.c_out,
         };
-        if x.len() != batch * e.c_in * h * w {
-            return Err(Error::shape(format!(
-                "mbconv: input of {} values for [{batch}, {}, {h}, {w}]",
-                x.len(),
-                e.c_in
-            )));
-        }
-        // Every output value is written (the projection's GEMM, beta = 0).
-        let mut y = spare::take(batch * s.c_out * s.out_h() * s.out_w());
-        fn layer<'a>(c: &'a Conv<CpuWeight>, bias: &'a CpuWeight) -> Layer<'a> {
+        fn layer_of<'a>(c: &'a Conv<CpuWeight>, bias: &'a CpuWeight) -> Layer<'a> {
             Layer {
                 weight: &c.weight,
                 bias,
                 act: c.act,
             }
         }
-        mbconv_into(
+        Ok(mbconv(
             x,
-            layer(e, eb),
-            layer(d, db),
-            layer(p, pb),
+            [layer_of(e, eb), layer_of(d, db), layer_of(p, pb)],
             b.skip,
             &s,
-            &mut y,
-        );
-        Ok(y)
+        ))
     }
 
     fn conv2d_host(

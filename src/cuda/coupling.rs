@@ -9,7 +9,7 @@ use super::launch::KernelArg::{In, Out, Params};
 use super::launch::launch;
 
 use super::params::CouplingParams;
-use super::{CudaDevice, CudaResult, KernelModule, blocks, check_len, to_i32};
+use super::{CudaDevice, CudaResult, KernelModule, check_len, to_i32, warp_per_row};
 
 /// The release's clamp.
 pub const DEFAULT_ALPHA: f32 = 1.9;
@@ -31,12 +31,7 @@ fn setup(
         cols: to_i32(cols, "cols")?,
         alpha,
     };
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(rows, 8)?, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    Ok((p, cfg))
+    Ok((p, warp_per_row(rows)?))
 }
 
 /// Forward: `(y2 [R,C], logdet [R])`.

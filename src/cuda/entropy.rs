@@ -3,14 +3,12 @@
 //! One 256-thread block per row (V up to 8192 is 32 elements per thread), single pass with
 //! online rescaling, second pass only to write probabilities.
 
-use cudarc::driver::LaunchConfig;
-
 use super::CudaSlice;
 use super::launch::KernelArg::{In, Out, Params};
 use super::launch::launch;
 
 use super::params::EntropyParams;
-use super::{CudaDevice, CudaError, CudaResult, KernelModule, check_len, to_i32};
+use super::{CudaDevice, CudaError, CudaResult, KernelModule, block_per_item, check_len, to_i32};
 
 /// Outputs of [`entropy_fwd`].
 #[derive(Debug)]
@@ -62,16 +60,7 @@ pub fn entropy_fwd(
         }
     };
     if rows > 0 {
-        let cfg = LaunchConfig {
-            grid_dim: (
-                u32::try_from(rows)
-                    .map_err(|_| CudaError::Invalid("entropy_fwd: too many rows".into()))?,
-                1,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = block_per_item(rows)?;
         // SAFETY: `(const float* logits, const int* targets, float* probs, float* lse,
         // float* entropy, float* ce, EntropyParams)`; logits [R,V], lse/entropy [R]; targets
         // and ce are [R] when has_targets, probs [R,V] when write_probs, otherwise unused.

@@ -5,8 +5,6 @@
 //! pooling, NCHW maps into feature rows). Row ops use one warp per row (8 rows per
 //! 256-thread block); elementwise ops a grid-stride loop over at most `32 * SMs` blocks.
 
-use cudarc::driver::LaunchConfig;
-
 use super::CudaSlice;
 use super::launch::KernelArg::{In, Out, Params};
 use super::launch::launch;
@@ -16,26 +14,9 @@ use super::params::{
     BiasResidualParams, BlurParams, ConvertParams, DwConv2dParams, GeluParams, LayerNormParams,
     ResizeBilinearParams, RowSelectParams,
 };
-use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
-
-/// Grid-stride configuration for `n` independent elements.
-fn elementwise(dev: &CudaDevice, n: usize) -> CudaResult<LaunchConfig> {
-    let cap = 32 * dev.sm_count() as usize;
-    Ok(LaunchConfig {
-        grid_dim: (blocks(n, 256)?.min(cap as u32).max(1), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
-/// Warp-per-row configuration.
-fn per_row(rows: usize) -> CudaResult<LaunchConfig> {
-    Ok(LaunchConfig {
-        grid_dim: (blocks(rows, 8)?, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
+use super::{
+    CudaDevice, CudaError, CudaResult, KernelModule, check_len, grid_stride, to_i32, warp_per_row,
+};
 
 /// LayerNorm over the last dim of `x [rows, cols]`: `(y, mean [rows], rstd [rows])`.
 #[allow(clippy::too_many_arguments)]
@@ -70,7 +51,7 @@ pub fn layernorm_fwd(
             dev,
             KernelModule::Glue,
             "layernorm_fwd_f32",
-            per_row(rows)?,
+            warp_per_row(rows)?,
             &mut [
                 In(x),
                 In(gamma),
@@ -101,7 +82,7 @@ pub fn gelu_fwd(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<f3
             dev,
             KernelModule::Glue,
             "gelu_fwd_f32",
-            elementwise(dev, n)?,
+            grid_stride(dev, n)?,
             &mut [In(x), Out(&mut y), Params(&p)],
         )
     }?;
@@ -145,7 +126,7 @@ pub fn f32_to_bf16_range(
             dev,
             KernelModule::Glue,
             "f32_to_bf16",
-            elementwise(dev, n)?,
+            grid_stride(dev, n)?,
             &mut [In(x), Out(&mut y), Params(&p)],
         )
     }?;
@@ -184,7 +165,7 @@ pub fn bias_residual_add(
             dev,
             KernelModule::Glue,
             "bias_residual_add_f32",
-            elementwise(dev, rows * cols)?,
+            grid_stride(dev, rows * cols)?,
             &mut [
                 In(x),
                 In(bias),
@@ -284,7 +265,7 @@ pub fn dwconv2d(
             dev,
             KernelModule::Glue,
             "dwconv2d_f32",
-            elementwise(dev, n_out)?,
+            grid_stride(dev, n_out)?,
             &mut [In(x), In(weight), In(bias), Out(&mut y), Params(&p)],
         )
     }?;
@@ -329,7 +310,7 @@ pub fn resize_bilinear(
             dev,
             KernelModule::Glue,
             "resize_bilinear_f32",
-            elementwise(dev, n_out)?,
+            grid_stride(dev, n_out)?,
             &mut [In(x), Out(&mut y), Params(&p)],
         )
     }?;
@@ -385,7 +366,7 @@ fn blur_pass(
             dev,
             KernelModule::Glue,
             name,
-            elementwise(dev, planes * h * w)?,
+            grid_stride(dev, planes * h * w)?,
             &mut [In(x), In(taps), Out(&mut y), Params(&p)],
         )
     }?;
@@ -460,7 +441,7 @@ pub fn mask_rows(
             dev,
             KernelModule::Glue,
             "mask_rows_f32",
-            elementwise(dev, rows * cols)?,
+            grid_stride(dev, rows * cols)?,
             &mut [In(x), In(mask), In(token), Out(&mut y), Params(&p)],
         )
     }?;
@@ -497,7 +478,7 @@ pub fn gather_rows(
             dev,
             KernelModule::Glue,
             "gather_rows_f32",
-            elementwise(dev, rows * cols)?,
+            grid_stride(dev, rows * cols)?,
             &mut [In(x), In(idx), Out(&mut y), Params(&p)],
         )
     }?;
@@ -563,7 +544,7 @@ pub fn im2col(dev: &CudaDevice, x: &CudaSlice<f32>, d: Im2colDims) -> CudaResult
             dev,
             KernelModule::Glue,
             "im2col_f32",
-            elementwise(dev, n)?,
+            grid_stride(dev, n)?,
             &mut [In(x), Out(&mut col), Params(&p)],
         )
     }?;
@@ -608,7 +589,7 @@ pub fn bias_act_nchw(
             dev,
             KernelModule::Glue,
             "bias_act_nchw_f32",
-            elementwise(dev, n)?,
+            grid_stride(dev, n)?,
             &mut [
                 In(x),
                 In(bias),
@@ -655,7 +636,7 @@ pub fn avg_pool(
             dev,
             KernelModule::Glue,
             "avg_pool_f32",
-            elementwise(dev, planes * h * w)?,
+            grid_stride(dev, planes * h * w)?,
             &mut [In(x), Out(&mut y), Params(&p)],
         )
     }?;
@@ -708,7 +689,7 @@ pub fn nchw_to_rows(
             dev,
             KernelModule::Glue,
             "nchw_to_rows_f32",
-            elementwise(dev, n)?,
+            grid_stride(dev, n)?,
             &mut [In(x), Out(rows), Params(&p)],
         )
     }?;

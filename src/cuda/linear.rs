@@ -54,10 +54,10 @@ pub fn matmul_wt(
     out: usize,
 ) -> CudaResult<CudaSlice<f32>> {
     match precision {
-        Precision::F32 => matmul_wt_in(dev, x, w, rows, inp, out),
+        Precision::F32 => matmul_wt_in(dev, sgemm, x, w, rows, inp, out),
         Precision::Bf16 => {
             let (x16, w16) = (f32_to_bf16(dev, x)?, f32_to_bf16(dev, w)?);
-            matmul_wt_in(dev, &x16, &w16, rows, inp, out)
+            matmul_wt_in(dev, gemm_bf16, &x16, &w16, rows, inp, out)
         }
     }
 }
@@ -72,50 +72,22 @@ pub fn matmul_wt_bf16(
     inp: usize,
     out: usize,
 ) -> CudaResult<CudaSlice<f32>> {
-    matmul_wt_in(dev, x, w, rows, inp, out)
+    matmul_wt_in(dev, gemm_bf16, x, w, rows, inp, out)
 }
 
-/// The operand types a GEMM takes: f32 (SGEMM) or bf16 bits (GemmEx, f32 result).
-trait GemmOperand: super::DeviceElem {
-    /// # Safety
-    /// As [`sgemm`].
-    unsafe fn gemm(
-        dev: &CudaDevice,
-        call: Sgemm,
-        a: &CudaSlice<Self>,
-        b: &CudaSlice<Self>,
-        c: &mut CudaSlice<f32>,
-    ) -> CudaResult<()>;
-}
+/// A GEMM over operands of type `T` with an f32 result: [`sgemm`] (f32) or [`gemm_bf16`]
+/// (bf16 bits).
+type GemmFn<T> = unsafe fn(
+    &CudaDevice,
+    Sgemm,
+    &CudaSlice<T>,
+    &CudaSlice<T>,
+    &mut CudaSlice<f32>,
+) -> CudaResult<()>;
 
-impl GemmOperand for f32 {
-    unsafe fn gemm(
-        dev: &CudaDevice,
-        call: Sgemm,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        c: &mut CudaSlice<f32>,
-    ) -> CudaResult<()> {
-        // SAFETY: the caller's contract.
-        unsafe { sgemm(dev, call, a, b, c) }
-    }
-}
-
-impl GemmOperand for u16 {
-    unsafe fn gemm(
-        dev: &CudaDevice,
-        call: Sgemm,
-        a: &CudaSlice<u16>,
-        b: &CudaSlice<u16>,
-        c: &mut CudaSlice<f32>,
-    ) -> CudaResult<()> {
-        // SAFETY: the caller's contract.
-        unsafe { gemm_bf16(dev, call, a, b, c) }
-    }
-}
-
-fn matmul_wt_in<T: GemmOperand>(
+fn matmul_wt_in<T>(
     dev: &CudaDevice,
+    gemm: GemmFn<T>,
     x: &CudaSlice<T>,
     w: &CudaSlice<T>,
     rows: usize,
@@ -153,7 +125,7 @@ fn matmul_wt_in<T: GemmOperand>(
     // SAFETY: with the column-major reading above, A = w is K x N (lda K, N*K elements), B = x
     // is K x M (ldb K, M*K elements), C = y is N x M (ldc N, M*N elements): the lengths were
     // checked, and beta = 0 means y is written, never read.
-    unsafe { T::gemm(dev, Sgemm::One(cfg), w, x, &mut y) }?;
+    unsafe { gemm(dev, Sgemm::One(cfg), w, x, &mut y) }?;
     Ok(y)
 }
 

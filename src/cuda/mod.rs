@@ -28,6 +28,8 @@
 //! Every launcher checks buffer lengths against the dimensions it is given and returns
 //! [`CudaError::Invalid`] instead of launching on a mismatch; sizes must fit `i32`.
 
+use cudarc::driver::LaunchConfig;
+
 pub mod attention;
 pub mod buffer;
 pub mod coupling;
@@ -94,6 +96,44 @@ pub(crate) fn check_len(op: &str, name: &str, got: usize, want: usize) -> CudaRe
             "{op}: `{name}` has {got} elements, expected {want}"
         )))
     }
+}
+
+/// Threads per block of the 1-d launches (the kernels' `__launch_bounds__(256)`).
+pub(crate) const BLOCK_THREADS: u32 = 256;
+
+/// A `(x, y)` grid of [`BLOCK_THREADS`]-thread blocks, no dynamic shared memory: the launch
+/// configuration of every kernel but attention's and topk_mask's.
+pub(crate) fn grid_of(x: u32, y: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x, y, 1),
+        block_dim: (BLOCK_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One thread per item: `ceil(n / 256)` blocks.
+pub(crate) fn thread_per_item(n: usize) -> CudaResult<LaunchConfig> {
+    Ok(grid_of(blocks(n, BLOCK_THREADS as usize)?, 1))
+}
+
+/// One block per item (a row, a plane, a query).
+pub(crate) fn block_per_item(n: usize) -> CudaResult<LaunchConfig> {
+    Ok(grid_of(blocks(n, 1)?, 1))
+}
+
+/// One warp per row: 8 rows per block.
+pub(crate) fn warp_per_row(rows: usize) -> CudaResult<LaunchConfig> {
+    Ok(grid_of(blocks(rows, 8)?, 1))
+}
+
+/// Grid-stride loops over `n` items: one thread per item, capped at 32 blocks per SM (at
+/// least one block).
+pub(crate) fn grid_stride(dev: &CudaDevice, n: usize) -> CudaResult<LaunchConfig> {
+    let cap = 32 * dev.sm_count();
+    Ok(grid_of(
+        blocks(n, BLOCK_THREADS as usize)?.min(cap).max(1),
+        1,
+    ))
 }
 
 /// `a.div_ceil(b)` as a `u32` grid dimension.

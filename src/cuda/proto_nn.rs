@@ -11,8 +11,6 @@
 //! `tiles_per_block` consecutive tiles of 128 prototypes. Ties go to the lowest index, the
 //! result does not depend on the launch order (integer min of unique keys).
 
-use cudarc::driver::LaunchConfig;
-
 use super::CudaSlice;
 use super::launch::KernelArg::{In, Out, Params};
 use super::launch::launch;
@@ -20,7 +18,10 @@ use super::launch::launch;
 use super::glue::{f32_to_bf16, f32_to_bf16_range};
 use super::linear::matmul_wt_bf16;
 use super::params::{ProtoNnParams, ProtoNnTcParams};
-use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
+use super::{
+    CudaDevice, CudaError, CudaResult, KernelModule, block_per_item, blocks, check_len, grid_of,
+    thread_per_item, to_i32,
+};
 
 /// Queries and prototypes per tile (`PNN_TQ`, `PNN_TP` in the kernel).
 const TILE: usize = 128;
@@ -64,11 +65,7 @@ pub fn proto_nn(
     };
 
     let mut best = dev.alloc_out::<u64>(num_queries)?;
-    let small = LaunchConfig {
-        grid_dim: (blocks(num_queries, 256)?, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let small = thread_per_item(num_queries)?;
     // SAFETY: `(unsigned long long* best, ProtoNnParams)`; best has num_queries elements and
     // the kernel writes indices < num_queries.
     unsafe {
@@ -82,11 +79,7 @@ pub fn proto_nn(
     }?;
 
     if num_protos > 0 {
-        let cfg = LaunchConfig {
-            grid_dim: (grid_x, chunks as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = grid_of(grid_x, chunks as u32);
         let args = &mut [In(queries), In(bank), Out(&mut best), Params(&p)];
         // SAFETY: `(const float* queries, const float* bank, unsigned long long* best,
         // ProtoNnParams)`; queries holds Q*D, bank P*D, best Q elements (checked); the kernel
@@ -147,11 +140,7 @@ pub fn proto_nn_tc(
             dev,
             KernelModule::ProtoNn,
             "proto_nn_sqnorm_f32",
-            LaunchConfig {
-                grid_dim: (blocks(num_protos, 256)?, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            },
+            thread_per_item(num_protos)?,
             &mut [In(bank), Out(&mut pnorm), Params(&sq)],
         )
     }?;
@@ -163,11 +152,7 @@ pub fn proto_nn_tc(
         let q16 = f32_to_bf16_range(dev, queries, q0 * dim, rows * dim)?;
         let dots = matmul_wt_bf16(dev, &q16, &bank16, rows, dim, num_protos)?;
         let p = tc(rows, q0)?;
-        let cfg = LaunchConfig {
-            grid_dim: (to_i32(rows, "rows")? as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = block_per_item(rows)?;
         // SAFETY: `(const float* queries, const float* bank, const float* pnorm, const float*
         // dots, unsigned long long* best, int* rescans, ProtoNnTcParams)`: block r reads query
         // q0 + r < Q (D floats), the bank (P x D), pnorm (P), dots row r of rows x P, and
@@ -217,11 +202,7 @@ fn finalize(
             dev,
             KernelModule::ProtoNn,
             "proto_nn_finalize_u64",
-            LaunchConfig {
-                grid_dim: (blocks(n, 256)?, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            },
+            thread_per_item(n)?,
             &mut [In(best), Out(&mut idx), Out(&mut dist), Params(p)],
         )
     }?;

@@ -9,30 +9,9 @@ use super::CudaSlice;
 use super::launch::KernelArg::{In, Out, Params};
 use super::launch::launch;
 use super::params::ScoreParams;
-use super::{CudaDevice, CudaError, CudaResult, KernelModule, blocks, check_len, to_i32};
-
-/// Grid-stride configuration over `n` items (capped at 32 blocks per SM).
-fn stride_cfg(dev: &CudaDevice, n: usize) -> CudaResult<LaunchConfig> {
-    let cap = 32 * dev.sm_count() as usize;
-    Ok(LaunchConfig {
-        grid_dim: (blocks(n, 256)?.min(cap as u32).max(1), 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
-/// One 256-thread block per plane.
-fn per_plane(planes: usize) -> CudaResult<LaunchConfig> {
-    Ok(LaunchConfig {
-        grid_dim: (
-            u32::try_from(planes).map_err(|_| CudaError::Invalid("too many planes".into()))?,
-            1,
-            1,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
+use super::{
+    CudaDevice, CudaError, CudaResult, KernelModule, block_per_item, check_len, grid_stride, to_i32,
+};
 
 /// Launches `name` of score.cu over `items` work items with `args` (nothing for none).
 fn run(
@@ -61,7 +40,7 @@ pub fn sqrt(dev: &CudaDevice, x: &CudaSlice<f32>) -> CudaResult<CudaSlice<f32>> 
     run(
         dev,
         "sqrt_f32",
-        stride_cfg(dev, n)?,
+        grid_stride(dev, n)?,
         n,
         &mut [In(x), Out(&mut y), Params(&p)],
     )?;
@@ -95,7 +74,7 @@ pub fn downsample_max(
     run(
         dev,
         "downsample_max_f32",
-        stride_cfg(dev, n)?,
+        grid_stride(dev, n)?,
         n,
         &mut [In(x), Out(&mut y), Params(&p)],
     )?;
@@ -128,7 +107,7 @@ pub fn masked_rows(
     run(
         dev,
         "masked_rows_u32",
-        stride_cfg(dev, images)?,
+        grid_stride(dev, images)?,
         images * k,
         &mut [In(mask), Out(&mut rows), Params(&p)],
     )?;
@@ -164,7 +143,7 @@ pub fn pool_cells(
     run(
         dev,
         "pool_cells_f32",
-        stride_cfg(dev, n)?,
+        grid_stride(dev, n)?,
         n,
         &mut [In(x), Out(&mut y), Params(&p)],
     )?;
@@ -188,7 +167,7 @@ pub fn scatter_rows(
     run(
         dev,
         "scatter_rows_f32",
-        stride_cfg(dev, v.len())?,
+        grid_stride(dev, v.len())?,
         v.len(),
         &mut [In(v), In(idx), Out(&mut y), Params(&p)],
     )?;
@@ -224,7 +203,7 @@ pub fn upsample_product(
     run(
         dev,
         "upsample_product_f32",
-        stride_cfg(dev, n)?,
+        grid_stride(dev, n)?,
         n,
         &mut [In(e), In(a), Out(&mut y), Params(&p)],
     )?;
@@ -256,7 +235,7 @@ pub fn image_score(
     run(
         dev,
         "image_score_f32",
-        per_plane(planes)?,
+        block_per_item(planes)?,
         planes,
         &mut [In(maps), Out(&mut s), Params(&p)],
     )?;
@@ -292,7 +271,7 @@ pub fn record_nonfinite(
     run(
         dev,
         "nonfinite_f32",
-        stride_cfg(dev, x.len())?,
+        grid_stride(dev, x.len())?,
         x.len(),
         &mut [In(x), Out(flags), Params(&p)],
     )

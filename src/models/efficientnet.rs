@@ -19,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::ops::conv::{Activation, ConvShape, Padding, conv2d_into, fold_batchnorm};
 use crate::ops::matmul::linear_rows;
-use crate::ops::mbconv::{Layer, MbConvShape, mbconv_into};
+use crate::ops::mbconv::{Layer, MbConvShape, mbconv};
 use crate::ops::spare;
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
@@ -368,9 +368,7 @@ impl MbConv {
             stride: d.stride,
             c_out: p.c_out,
         };
-        // Every output value is written (the projection's GEMM, beta = 0).
-        let mut y = spare::take(batch * s.c_out * s.out_h() * s.out_w());
-        mbconv_into(x, e.layer(), d.layer(), p.layer(), self.skip, &s, &mut y);
+        let y = mbconv(x, [e.layer(), d.layer(), p.layer()], self.skip, &s);
         Some((y, s.out_h(), s.out_w()))
     }
 }

@@ -28,6 +28,7 @@ use crate::ops::conv::{Activation, ConvShape, Padding};
 use crate::ops::depthwise::PlaneConv;
 use crate::ops::elementwise::relu6_scalar;
 use crate::ops::matmul::gemm_rows_serial;
+use crate::ops::spare;
 
 /// Target size of one band's expanded rows: about half of a Zen 4 core's L2. Measured on the
 /// Lite0 backbone (`pmad bench`, 2 threads, best of 4 alternating rounds): 96 KiB and 192 KiB
@@ -75,6 +76,19 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
+
+/// [`mbconv_into`] into a new output (a spare activation, `crate::ops::spare`: every value
+/// is written by the projection's GEMM, beta = 0).
+pub fn mbconv(
+    x: &[f32],
+    [expand, depthwise, project]: [Layer<'_>; 3],
+    skip: bool,
+    s: &MbConvShape,
+) -> Vec<f32> {
+    let mut y = spare::take(s.batch * s.c_out * s.out_h() * s.out_w());
+    mbconv_into(x, expand, depthwise, project, skip, s, &mut y);
+    y
+}
 
 /// `y [batch, c_out, OH, OW]` = the block of `x [batch, c_in, h, w]`; `skip` adds `x` at the
 /// end (needs stride 1 and `c_in == c_out`).

@@ -22,7 +22,9 @@
 //! `conv2d_naive`). Planes (batch x channel) are spread over rayon's threads.
 
 use crate::ops::conv::{Activation, ConvShape};
+use crate::ops::depthwise_cl::{ClGeom, aligned_mut, depthwise_cl_with, have_avx2};
 use crate::ops::elementwise::relu6_scalar;
+use crate::ops::interleave::{GROUP, Gather, gather, scatter};
 use rayon::prelude::*;
 
 /// f32 lanes of an AVX2 vector.
@@ -317,18 +319,6 @@ mod avx2 {
     }
 }
 
-/// Whether the AVX2 kernel can run here.
-fn have_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Depthwise conv: `x` is `[B,C,H,W]`, `w` is `[C,1,kh,kw]`, `y` is `[B,C,OH,OW]`. The caller
 /// (`conv2d_into`) has checked the shape (`groups == c_in == c_out`).
 pub fn depthwise_into(
@@ -342,8 +332,72 @@ pub fn depthwise_into(
     depthwise_with(x, w, bias, s, act, y, have_avx2());
 }
 
-/// [`depthwise_into`] with the SIMD kernel on or off (tests run both).
+/// Which of the two schedules a call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Schedule {
+    /// Plane by plane, vectors along the rows (this file's kernels): best on wide maps.
+    Planes,
+    /// Groups of 8 planes interleaved into channels-last tiles, vectors across the channels
+    /// (`src/ops/depthwise_cl.rs`): best on narrow maps, whose rows fill few vectors.
+    Tiles,
+}
+
+/// Output width up to which [`Schedule::Tiles`] runs. Measured with `pmad bench --filter
+/// dwconv` (2 threads, alternating rounds) on the Lite0 layers: at 14x14 (k5) tiles ran
+/// about 2x the planes, at 56x56 and 112x112 (k3) the planes stayed ahead.
+const TILES_MAX_OW: usize = 28;
+
+/// The schedule for `s`.
+fn schedule_for(s: &ConvShape) -> Schedule {
+    if s.out_w() <= TILES_MAX_OW {
+        Schedule::Tiles
+    } else {
+        Schedule::Planes
+    }
+}
+
+/// [`depthwise_into`] with the SIMD kernels on or off and the schedule chosen (tests run
+/// every combination).
 pub(crate) fn depthwise_with(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    act: Activation,
+    y: &mut [f32],
+    simd: bool,
+) {
+    depthwise_sched(x, w, bias, s, act, y, simd, schedule_for(s));
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_sched(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    act: Activation,
+    y: &mut [f32],
+    simd: bool,
+    schedule: Schedule,
+) {
+    let (in_plane, out_plane, taps) = (s.h * s.w, s.out_h() * s.out_w(), s.kh * s.kw);
+    assert!(
+        x.len() >= s.batch * s.c_in * in_plane && y.len() >= s.batch * s.c_out * out_plane,
+        "depthwise: short buffer"
+    );
+    assert!(w.len() >= s.c_out * taps && bias.is_none_or(|b| b.len() >= s.c_out));
+    if out_plane == 0 || s.batch * s.c_out == 0 {
+        return;
+    }
+    match schedule {
+        Schedule::Planes => planes(x, w, bias, s, act, y, simd),
+        Schedule::Tiles => tiles(x, w, bias, s, act, y, simd),
+    }
+}
+
+/// [`Schedule::Planes`].
+fn planes(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
@@ -354,11 +408,6 @@ pub(crate) fn depthwise_with(
 ) {
     let p = Plan::new(s);
     let (in_plane, out_plane, taps) = (s.h * s.w, p.oh * p.ow, s.kh * s.kw);
-    assert!(
-        x.len() >= s.batch * s.c_in * in_plane && y.len() >= s.batch * s.c_out * out_plane,
-        "depthwise: short buffer"
-    );
-    assert!(w.len() >= s.c_out * taps && bias.is_none_or(|b| b.len() >= s.c_out));
     y[..s.batch * s.c_out * out_plane]
         .par_chunks_mut(out_plane * PLANES_PER_TASK)
         .enumerate()
@@ -388,6 +437,86 @@ pub(crate) fn depthwise_with(
                 }
             },
         );
+}
+
+/// [`Schedule::Tiles`]: per task (one image, 8 channels) the planes are interleaved into a
+/// zero-padded channels-last tile (`interleave::gather`), convolved there into a
+/// channels-last result, which `interleave::scatter` transposes into the 8 output planes.
+fn tiles(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    act: Activation,
+    y: &mut [f32],
+    simd: bool,
+) {
+    let (oh, ow, st) = (s.out_h(), s.out_w(), s.stride);
+    let (in_plane, out_plane, taps) = (s.h * s.w, oh * ow, s.kh * s.kw);
+    // Weights tap-major per group of 8 channels, zero past the last channel.
+    let groups = s.c_out.div_ceil(GROUP);
+    let mut wt = vec![0.0f32; groups * taps * GROUP];
+    let mut bt = vec![0.0f32; groups * GROUP];
+    for c in 0..s.c_out {
+        let (g, lane) = (c / GROUP, c % GROUP);
+        for t in 0..taps {
+            wt[(g * taps + t) * GROUP + lane] = w[c * taps + t];
+        }
+        bt[c] = bias.map_or(0.0, |b| b[c]);
+    }
+    // The padded tile: every row and column some output reads.
+    let (rows, cols) = ((oh - 1) * st + s.kh, (ow - 1) * st + s.kw);
+    let geom = ClGeom {
+        kh: s.kh,
+        kw: s.kw,
+        stride: st,
+        oh,
+        ow,
+        c: GROUP,
+        in_px: GROUP,
+        in_row: cols * GROUP,
+        out_px: GROUP,
+        out_row: ow * GROUP,
+    };
+    let window = Gather {
+        lanes: GROUP,
+        plane: in_plane,
+        w: s.w,
+        rows: s.h.min(rows.saturating_sub(s.pad.top)),
+        cols: s.w.min(cols.saturating_sub(s.pad.left)),
+        tile_cols: cols,
+        top: s.pad.top,
+        left: s.pad.left,
+        px: GROUP,
+    };
+    let image_out = s.c_out * out_plane;
+    y[..s.batch * image_out]
+        .par_chunks_mut(image_out)
+        .enumerate()
+        .for_each(|(b, yb)| {
+            yb.par_chunks_mut(GROUP * out_plane)
+                .enumerate()
+                .for_each_init(
+                    // Padding cells are never written: they keep these zeros for every task
+                    // (the aligned window of each buffer is the same every time).
+                    || (Vec::new(), Vec::new()),
+                    |(tile, o), (g, yg)| {
+                        let (tile, o) = (
+                            aligned_mut(tile, rows * cols * GROUP),
+                            aligned_mut(o, out_plane * GROUP),
+                        );
+                        let lanes = yg.len() / out_plane;
+                        let src = &x[(b * s.c_in + g * GROUP) * in_plane..];
+                        gather(src, &Gather { lanes, ..window }, None, tile);
+                        let (wg, bg) = (
+                            &wt[g * taps * GROUP..(g + 1) * taps * GROUP],
+                            &bt[g * GROUP..(g + 1) * GROUP],
+                        );
+                        depthwise_cl_with(tile, wg, bg, &geom, act, o, simd);
+                        scatter(o, out_plane, lanes, GROUP, yg, out_plane);
+                    },
+                );
+        });
 }
 
 /// One plane at a time, for callers that hold their planes elsewhere (the fused MBConv in
@@ -469,11 +598,13 @@ mod tests {
             &[false]
         };
         for &simd in modes {
-            let mut y = vec![f32::NAN; want.len()];
-            depthwise_with(&x, &w, Some(&b), &s, act, &mut y, simd);
-            // f32 sums of at most 25 products of |x| <= 3, |w| <= 1, in another order than
-            // the f64 reference: a few ulp of the largest partial sum.
-            assert_close(&y, &want, 2e-5, 1e-5);
+            for schedule in [Schedule::Planes, Schedule::Tiles] {
+                let mut y = vec![f32::NAN; want.len()];
+                depthwise_sched(&x, &w, Some(&b), &s, act, &mut y, simd, schedule);
+                // f32 sums of at most 25 products of |x| <= 3, |w| <= 1, in another order
+                // than the f64 reference: a few ulp of the largest partial sum.
+                assert_close(&y, &want, 2e-5, 1e-5);
+            }
         }
     }
 
@@ -577,12 +708,15 @@ mod tests {
             &[false]
         };
         for &simd in modes {
-            let mut y = vec![0.0; 2 * 45];
-            depthwise_with(&x, &w, None, &s, Activation::Relu6, &mut y, simd);
-            // Input (2, 2) of plane 0 reaches outputs (1..=3, 1..=3); plane 1 is clean.
-            assert!(y[2 * 9 + 2].is_nan() && y[9 + 1].is_nan(), "simd {simd}");
-            assert!(y[45..].iter().all(|v| v.is_finite()), "simd {simd}");
-            assert_eq!(y[0], 2.0, "corner sums 4 taps of 0.5");
+            for schedule in [Schedule::Planes, Schedule::Tiles] {
+                let mut y = vec![0.0; 2 * 45];
+                depthwise_sched(&x, &w, None, &s, Activation::Relu6, &mut y, simd, schedule);
+                // Input (2, 2) of plane 0 reaches outputs (1..=3, 1..=3); plane 1 is clean.
+                let at = format!("simd {simd} {schedule:?}");
+                assert!(y[2 * 9 + 2].is_nan() && y[9 + 1].is_nan(), "{at}");
+                assert!(y[45..].iter().all(|v| v.is_finite()), "{at}");
+                assert_eq!(y[0], 2.0, "corner sums 4 taps of 0.5 ({at})");
+            }
         }
     }
 }

@@ -132,8 +132,12 @@ impl RgbImage {
     }
 }
 
+/// Round half up to a byte, saturating: `floor(v + 0.5)` clamped to 0..=255. The cast
+/// truncates toward zero, which is the floor for every value the clamp lets through (a
+/// negative one becomes 0 either way; NaN becomes 0), so no `floorf` call is needed — the
+/// baseline x86-64 target has no rounding instruction, and the call was 3% of `inspect`.
 fn round_u8(v: f32) -> u8 {
-    (v + 0.5).floor().clamp(0.0, 255.0) as u8
+    (v + 0.5).clamp(0.0, 255.0) as u8
 }
 
 /// Pillow's `precompute_coeffs` for the bilinear (triangle) filter: for every output index,
@@ -184,6 +188,28 @@ pub fn classification_input(img: &RgbImage, size: usize) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_u8_is_floor_of_v_plus_half_clamped() {
+        let floor_form = |v: f32| (v + 0.5).floor().clamp(0.0, 255.0) as u8;
+        let mut v = -3.0f32;
+        while v < 259.0 {
+            assert_eq!(round_u8(v), floor_form(v), "{v}");
+            v += 0.03125;
+        }
+        for v in [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.5,
+            -0.49,
+            254.5,
+            254.49,
+            1e9,
+        ] {
+            assert_eq!(round_u8(v), floor_form(v), "{v}");
+        }
+    }
 
     #[test]
     fn resize_keeps_constant_and_weights_normalise() {

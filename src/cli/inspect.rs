@@ -10,7 +10,7 @@
 //! of that image already written: no partial outputs.
 
 use clap::Args;
-use pmad::data::load_rgb;
+use pmad::data::{RgbImage, load_rgb};
 use pmad::detector::Detector;
 use pmad::detector::model_dir::{ClassInfo, ScoreKind};
 use pmad::detector::outputs;
@@ -344,6 +344,65 @@ fn error_line(path: &Path, e: &Error) -> serde_json::Value {
     serde_json::json!({"path": path.display().to_string(), "error": e.to_string()})
 }
 
+/// Scores one batch of decoded images (`decoded[i]` is `chunk[i]`'s image, or why it could
+/// not be read) and prints a line per image; returns how many failed. With `--fail-fast` the
+/// first failure is returned instead.
+fn score_batch(
+    det: &mut Detector,
+    args: &InspectArgs,
+    chunk: &[PathBuf],
+    decoded: Vec<Result<RgbImage>>,
+    want_maps: bool,
+    plan: &Plan,
+) -> Result<usize> {
+    // Each input is an index into the decoded images, or why it could not be decoded.
+    let mut imgs = Vec::with_capacity(chunk.len());
+    let slots: Vec<Result<usize>> = decoded
+        .into_iter()
+        .map(|d| {
+            d.map(|img| {
+                imgs.push(img);
+                imgs.len() - 1
+            })
+        })
+        .collect();
+    // One pass for the batch; if it fails, each image alone (so one bad image only costs its
+    // own verdict).
+    let mut scored: Vec<Option<Result<pmad::detector::Inspection>>> =
+        match det.inspect_batch_with(&args.class, &imgs, want_maps) {
+            Ok(v) => v.into_iter().map(|r| Some(Ok(r))).collect(),
+            Err(_) if imgs.len() > 1 => imgs
+                .iter()
+                .map(|img| {
+                    let one = std::slice::from_ref(img);
+                    Some(
+                        det.inspect_batch_with(&args.class, one, want_maps)
+                            .map(|mut v| v.remove(0)),
+                    )
+                })
+                .collect(),
+            Err(e) => vec![Some(Err(e))],
+        };
+    let mut failed = 0;
+    for (path, slot) in chunk.iter().zip(slots) {
+        let line = slot.and_then(|i| {
+            let r = scored[i].take().expect("one result per decoded image")?;
+            result_line(path, &imgs[i], &r, plan)
+        });
+        match line {
+            Ok(l) => say!("{l}"),
+            Err(e) => {
+                if args.fail_fast {
+                    return Err(e);
+                }
+                failed += 1;
+                say!("{}", error_line(path, &e));
+            }
+        }
+    }
+    Ok(failed)
+}
+
 pub fn run(args: InspectArgs) -> Result<()> {
     let paths = collect_inputs(&args.inputs)?;
     if paths.is_empty() {
@@ -409,61 +468,35 @@ pub fn run(args: InspectArgs) -> Result<()> {
             .then(|| args.map_format.unwrap_or(MapFormat::Png16)),
         pixel_threshold,
     };
-    let mut failed = 0usize;
     // The maps only feed the files of `--out`: without it a GPU sends down only the scores.
     let want_maps = plan.out.is_some();
     let bytes_before = det.device_bytes_copied();
-    // Batches of images: decoded in parallel, one backbone pass each. An image that cannot
-    // be read or scored gets an error line; the others are still scored.
-    for chunk in paths.chunks(args.batch) {
-        // Each input is an index into the decoded images, or why it could not be decoded.
-        let mut imgs = Vec::with_capacity(chunk.len());
-        let slots: Vec<Result<usize>> = chunk
-            .par_iter()
-            .map(|p| load_rgb(p))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|d| {
-                d.map(|img| {
-                    imgs.push(img);
-                    imgs.len() - 1
-                })
-            })
-            .collect();
-        // One pass for the batch; if it fails, each image alone (so one bad image only
-        // costs its own verdict).
-        let mut scored: Vec<Option<Result<pmad::detector::Inspection>>> =
-            match det.inspect_batch_with(&args.class, &imgs, want_maps) {
-                Ok(v) => v.into_iter().map(|r| Some(Ok(r))).collect(),
-                Err(_) if imgs.len() > 1 => imgs
-                    .iter()
-                    .map(|img| {
-                        let one = std::slice::from_ref(img);
-                        Some(
-                            det.inspect_batch_with(&args.class, one, want_maps)
-                                .map(|mut v| v.remove(0)),
-                        )
-                    })
-                    .collect(),
-                Err(e) => vec![Some(Err(e))],
-            };
-        for (path, slot) in chunk.iter().zip(slots) {
-            let line = slot.and_then(|i| {
-                let r = scored[i].take().expect("one result per decoded image")?;
-                result_line(path, &imgs[i], &r, &plan)
-            });
-            match line {
-                Ok(l) => say!("{l}"),
-                Err(e) => {
-                    if args.fail_fast {
-                        return Err(e);
-                    }
-                    failed += 1;
-                    say!("{}", error_line(path, &e));
+    // Batches of images, one backbone pass each. A decoder thread reads and decodes the next
+    // batch (in parallel) while this one is scored: a channel of one batch keeps it at most
+    // one batch ahead. An image that cannot be read or scored gets an error line; the others
+    // are still scored.
+    let batches = std::thread::scope(|scope| -> Result<usize> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<RgbImage>>>(1);
+        let (paths, batch) = (&paths, args.batch);
+        scope.spawn(move || {
+            for chunk in paths.chunks(batch) {
+                let decoded = chunk.par_iter().map(|p| load_rgb(p)).collect();
+                // The receiver is gone when the loop below stopped early (--fail-fast).
+                if tx.send(decoded).is_err() {
+                    break;
                 }
             }
+        });
+        let mut failed = 0usize;
+        for chunk in paths.chunks(batch) {
+            let decoded = rx
+                .recv()
+                .map_err(|_| Error::invalid("inspect: the image decoder thread stopped early"))?;
+            failed += score_batch(&mut det, &args, chunk, decoded, want_maps, &plan)?;
         }
-    }
+        Ok(failed)
+    });
+    let failed = batches?;
     if args.timings {
         let secs = start.elapsed().as_secs_f64();
         eprintln!(

@@ -99,29 +99,45 @@ impl RgbImage {
         if out_w == self.width && out_h == self.height {
             return self.clone();
         }
-        // Horizontal pass: [height, out_w]; then vertical: [out_h, out_w].
+        // Horizontal pass: [height, out_w]; then vertical: [out_h, out_w]. Each output is
+        // its taps' weighted sum accumulated in tap order from 0 (so the bytes are the same
+        // whatever the loop nesting), rounded to a byte after each pass as Pillow does.
         let hx = filter_taps(self.width, out_w);
         let mut tmp = vec![0u8; self.height * out_w * 3];
-        for y in 0..self.height {
-            for (ox, (start, weights)) in hx.iter().enumerate() {
-                for ch in 0..3 {
-                    let mut acc = 0.0f32;
-                    for (i, wt) in weights.iter().enumerate() {
-                        acc += wt * self.pixels[(y * self.width + start + i) * 3 + ch] as f32;
+        let row_len = self.width * 3;
+        for (row, out) in self
+            .pixels
+            .chunks_exact(row_len)
+            .zip(tmp.chunks_exact_mut(out_w * 3))
+        {
+            for ((start, weights), px) in hx.iter().zip(out.chunks_exact_mut(3)) {
+                let src = &row[start * 3..(start + weights.len()) * 3];
+                let mut acc = [0.0f32; 3];
+                for (wt, s) in weights.iter().zip(src.chunks_exact(3)) {
+                    for ch in 0..3 {
+                        acc[ch] += wt * s[ch] as f32;
                     }
-                    tmp[(y * out_w + ox) * 3 + ch] = round_u8(acc);
+                }
+                for ch in 0..3 {
+                    px[ch] = round_u8(acc[ch]);
                 }
             }
         }
+        // Vertical: whole rows per tap (contiguous, vectorised).
         let vy = filter_taps(self.height, out_h);
-        let mut pixels = vec![0u8; out_h * out_w * 3];
-        for (oy, (start, weights)) in vy.iter().enumerate() {
-            for x in 0..out_w * 3 {
-                let mut acc = 0.0f32;
-                for (i, wt) in weights.iter().enumerate() {
-                    acc += wt * tmp[(start + i) * out_w * 3 + x] as f32;
-                }
-                pixels[oy * out_w * 3 + x] = round_u8(acc);
+        let line = out_w * 3;
+        let mut pixels = vec![0u8; out_h * line];
+        let mut acc = vec![0.0f32; line];
+        for ((start, weights), out) in vy.iter().zip(pixels.chunks_exact_mut(line)) {
+            acc.fill(0.0);
+            for (i, &wt) in weights.iter().enumerate() {
+                let src = &tmp[(start + i) * line..(start + i + 1) * line];
+                acc.iter_mut()
+                    .zip(src)
+                    .for_each(|(a, &v)| *a += wt * v as f32);
+            }
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                *o = round_u8(a);
             }
         }
         RgbImage {

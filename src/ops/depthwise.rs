@@ -15,7 +15,7 @@
 //! each weight is broadcast once per block and used `NR*NV` times, and the accumulators never
 //! leave registers until the epilogue (bias is the starting value; ReLU6 clamps in registers).
 //! The scratch rows are `ow` rounded up to 8 (plus the kernel's reach) wide, so a block may
-//! compute a few columns past `ow`; those land in a small stack buffer and are dropped.
+//! compute a few columns past `ow`; those are not stored (a partial store, `store_first`).
 //!
 //! The AVX2+FMA kernel is chosen at run time; other CPUs run `plane_portable`, the same
 //! schedule in scalar code (the reference the SIMD kernel is tested against, with
@@ -82,6 +82,18 @@ impl Plan {
 /// are padding are never written, so they keep the zeros the scratch was created with (every
 /// plane of a call has the same geometry).
 fn fill_scratch(src: &[f32], s: &ConvShape, p: &Plan, buf: &mut [f32]) {
+    fill_scratch_with(src, s, p, buf, |from, to| to.copy_from_slice(from));
+}
+
+/// [`fill_scratch`] with the stride-1 row copy given (`copy(from, to)`, equal lengths): the
+/// AVX2 build copies with vector moves instead of calling `memcpy` for rows of 14-112 values.
+fn fill_scratch_with(
+    src: &[f32],
+    s: &ConvShape,
+    p: &Plan,
+    buf: &mut [f32],
+    copy: impl Fn(&[f32], &mut [f32]),
+) {
     let st = s.stride;
     // Padded columns past this one feed no output.
     let last_col = (p.ow - 1) * st + s.kw - 1;
@@ -94,7 +106,7 @@ fn fill_scratch(src: &[f32], s: &ConvShape, p: &Plan, buf: &mut [f32]) {
         let line = &src[r * s.w..(r + 1) * s.w];
         let cols = s.w.min((last_col + 1).saturating_sub(s.pad.left));
         if st == 1 {
-            row[s.pad.left..s.pad.left + cols].copy_from_slice(&line[..cols]);
+            copy(&line[..cols], &mut row[s.pad.left..s.pad.left + cols]);
         } else if st == 2 {
             deinterleave(&line[..cols], s.pad.left, p.phase_len, row);
         } else {
@@ -180,6 +192,7 @@ fn plane_portable(
 mod avx2 {
     use super::{LANES, MAX_NV, Plan};
     use crate::ops::conv::{Activation, ConvShape};
+    use crate::ops::interleave::avx2::store_first;
     use std::arch::x86_64::*;
 
     /// `NR` output rows from `oy0`, `NV` vectors from column `ox0`.
@@ -229,16 +242,8 @@ mod avx2 {
                     a
                 };
                 let x0 = ox0 + v * LANES;
-                if x0 + LANES <= p.ow {
-                    // SAFETY: 8 floats from `x0` lie inside this output row.
-                    unsafe { _mm256_storeu_ps(orow.as_mut_ptr().add(x0), y) };
-                } else {
-                    let mut tmp = [0.0f32; LANES];
-                    // SAFETY: `tmp` holds 8 floats.
-                    unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), y) };
-                    let n = p.ow - x0;
-                    orow[x0..].copy_from_slice(&tmp[..n]);
-                }
+                // SAFETY: min(8, ow - x0) floats from `x0` lie inside this output row.
+                unsafe { store_first(orow.as_mut_ptr().add(x0), y, (p.ow - x0).min(LANES)) };
             }
         }
     }
@@ -283,7 +288,28 @@ mod avx2 {
     /// AVX2 and FMA must be present.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn fill(src: &[f32], s: &ConvShape, p: &Plan, buf: &mut [f32]) {
-        super::fill_scratch(src, s, p, buf);
+        // SAFETY: AVX2 is present (this function's contract).
+        super::fill_scratch_with(src, s, p, buf, |from, to| unsafe { copy_row(from, to) });
+    }
+
+    /// `to.copy_from_slice(from)` in 8-float moves, the last `< 8` one by one.
+    ///
+    /// # Safety
+    /// AVX2 present.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn copy_row(from: &[f32], to: &mut [f32]) {
+        assert_eq!(from.len(), to.len(), "copy_row: lengths differ");
+        let n8 = from.len() / LANES * LANES;
+        for i in (0..n8).step_by(LANES) {
+            // SAFETY: i + 8 <= n8 <= both lengths.
+            unsafe {
+                let v = _mm256_loadu_ps(from.as_ptr().add(i));
+                _mm256_storeu_ps(to.as_mut_ptr().add(i), v);
+            }
+        }
+        for i in n8..from.len() {
+            to[i] = from[i];
+        }
     }
 
     /// One output plane from a filled scratch. Narrow planes (at most 2 vectors a row) take

@@ -307,8 +307,8 @@ mod avx2 {
                 _mm256_storeu_ps(to.as_mut_ptr().add(i), v);
             }
         }
-        for i in n8..from.len() {
-            to[i] = from[i];
+        for (t, &f) in to[n8..].iter_mut().zip(&from[n8..]) {
+            *t = f;
         }
     }
 

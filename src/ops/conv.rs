@@ -170,22 +170,47 @@ pub fn conv2d_into(
 /// by channel, then kernel row, then kernel column; zeros where the window reads padding).
 /// Public as the CPU twin of the CUDA backend's `im2col` (`tests/cuda_parity.rs`).
 pub fn im2col(x: &[f32], c: usize, s: &ConvShape, cols: &mut [f32]) {
-    let (oh, ow) = (s.out_h(), s.out_w());
+    let (oh, ow, st) = (s.out_h(), s.out_w(), s.stride);
     for ci in 0..c {
         for ky in 0..s.kh {
             for kx in 0..s.kw {
                 let row = (ci * s.kh + ky) * s.kw + kx;
                 let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                for oy in 0..oh {
-                    let iy = (oy * s.stride + ky) as isize - s.pad.top as isize;
-                    for ox in 0..ow {
-                        let ix = (ox * s.stride + kx) as isize - s.pad.left as isize;
-                        dst[oy * ow + ox] =
-                            if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w {
-                                x[(ci * s.h + iy as usize) * s.w + ix as usize]
-                            } else {
-                                0.0
-                            };
+                // Output columns whose input column ox*S + kx - left lies in 0..w: lo..hi
+                // (the same for every output row), the rest read padding.
+                let lo = s.pad.left.saturating_sub(kx).div_ceil(st).min(ow);
+                let hi = (s.w + s.pad.left)
+                    .checked_sub(kx)
+                    .map_or(0, |n| n.div_ceil(st))
+                    .clamp(lo, ow);
+                for (oy, out) in dst.chunks_exact_mut(ow).enumerate() {
+                    let iy = (oy * st + ky) as isize - s.pad.top as isize;
+                    if iy < 0 || iy as usize >= s.h || lo == hi {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let line = &x[(ci * s.h + iy as usize) * s.w..][..s.w];
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    let (out, src) = (&mut out[lo..hi], &line[lo * st + kx - s.pad.left..]);
+                    match st {
+                        1 => out.copy_from_slice(&src[..out.len()]),
+                        // Every other value: pairs, which the compiler turns into shuffles;
+                        // the last output may start a pair the line cuts short.
+                        2 => {
+                            let full = (src.len() / 2).min(out.len());
+                            for (o, pair) in out[..full].iter_mut().zip(src.chunks_exact(2)) {
+                                *o = pair[0];
+                            }
+                            if full < out.len() {
+                                out[full] = src[2 * full];
+                            }
+                        }
+                        _ => {
+                            for (o, &v) in out.iter_mut().zip(src.iter().step_by(st)) {
+                                *o = v;
+                            }
+                        }
                     }
                 }
             }
@@ -389,6 +414,54 @@ mod tests {
             },
             Activation::None,
         );
+    }
+
+    #[test]
+    fn im2col_edges_match_naive() {
+        // The unfold's column ranges at every edge: padding past the kernel's reach (whole
+        // rows and columns of zeros), stride 3, non-square kernels, one-pixel and narrow
+        // inputs, no padding at all.
+        let base = ConvShape {
+            batch: 1,
+            c_in: 2,
+            h: 7,
+            w: 5,
+            c_out: 3,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            groups: 1,
+            pad: Padding::default(),
+        };
+        let pads = [
+            Padding::symmetric(3),
+            Padding {
+                top: 0,
+                bottom: 4,
+                left: 5,
+                right: 0,
+            },
+            Padding::default(),
+        ];
+        for pad in pads {
+            for (kh, kw, stride) in [(3, 3, 1), (3, 5, 2), (5, 3, 3), (1, 3, 2)] {
+                for (h, w) in [(7, 5), (1, 1), (2, 9)] {
+                    let s = ConvShape {
+                        h,
+                        w,
+                        kh,
+                        kw,
+                        stride,
+                        pad,
+                        ..base
+                    };
+                    if s.h + pad.top + pad.bottom < kh || s.w + pad.left + pad.right < kw {
+                        continue; // no output
+                    }
+                    check(s, Activation::None);
+                }
+            }
+        }
     }
 
     #[test]

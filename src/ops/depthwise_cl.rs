@@ -167,29 +167,29 @@ mod avx2 {
                 }
             };
         }
-        // Near-equal blocks of at most MAX_NX pixels per row.
+        // Near-equal blocks of at most MAX_NX pixels per row; each call runs its column of
+        // blocks down every row (one indirect call per column, not per block).
         let blocks = g.ow.div_ceil(MAX_NX);
-        for oy in 0..g.oh {
-            for b in 0..blocks {
-                let (x0, x1) = (b * g.ow / blocks, (b + 1) * g.ow / blocks);
-                let f: Block = match x1 - x0 {
-                    8 => pick!(8),
-                    7 => pick!(7),
-                    6 => pick!(6),
-                    5 => pick!(5),
-                    4 => pick!(4),
-                    3 => pick!(3),
-                    2 => pick!(2),
-                    _ => pick!(1),
-                };
-                // SAFETY: pixels x0..x1 < ow of row oy < oh: the caller's contract.
-                unsafe { f(src, wt, bias, g, relu6, vec_c, oy, x0, out) };
-            }
+        for b in 0..blocks {
+            let (x0, x1) = (b * g.ow / blocks, (b + 1) * g.ow / blocks);
+            let f: Column = match x1 - x0 {
+                8 => pick!(8),
+                7 => pick!(7),
+                6 => pick!(6),
+                5 => pick!(5),
+                4 => pick!(4),
+                3 => pick!(3),
+                2 => pick!(2),
+                _ => pick!(1),
+            };
+            // SAFETY: pixels x0..x1 <= ow: the caller's contract.
+            unsafe { f(src, wt, bias, g, relu6, vec_c, x0, out) };
         }
     }
 
-    /// A register block: output pixels `x0 .. x0 + NX` of row `oy`, channels `0..vec_c`.
-    type Block = unsafe fn(&[f32], &[f32], &[f32], &ClGeom, bool, usize, usize, usize, &mut [f32]);
+    /// A column of register blocks: output pixels `x0 .. x0 + NX` of every row, channels
+    /// `0..vec_c`.
+    type Column = unsafe fn(&[f32], &[f32], &[f32], &ClGeom, bool, usize, usize, &mut [f32]);
 
     /// `acc` (through ReLU6 when asked) into output pixels `x0..` of row `oy`, channels
     /// `c0..c0+8`, one store per pixel.
@@ -228,7 +228,7 @@ mod avx2 {
     /// FMAs, where loading per tap would take one per FMA.
     ///
     /// # Safety
-    /// As [`rows`], and `x0 + NX <= g.ow`, `oy < g.oh`, `g.kw == KW`, `g.stride == S`.
+    /// As [`rows`], and `x0 + NX <= g.ow`, `g.kw == KW`, `g.stride == S`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn window<const NX: usize, const KW: usize, const S: usize>(
@@ -238,41 +238,42 @@ mod avx2 {
         g: &ClGeom,
         relu6: bool,
         vec_c: usize,
-        oy: usize,
         x0: usize,
         out: &mut [f32],
     ) {
         let (sp, wp) = (src.as_ptr(), wt.as_ptr());
-        for c0 in (0..vec_c).step_by(LANES) {
-            // SAFETY (all loads below): channel c0 + 8 <= vec_c <= c; input row
-            // oy*S + ky < (oh-1)*S + kh and column (x0+j)*S + kx < (ow-1)*S + kw: inside
-            // the lengths `depthwise_cl_with` asserted.
-            let mut acc = [unsafe { _mm256_loadu_ps(bias.as_ptr().add(c0)) }; NX];
-            for ky in 0..g.kh {
-                let w: [__m256; KW] = std::array::from_fn(|kx| unsafe {
-                    _mm256_loadu_ps(wp.add((ky * KW + kx) * g.c + c0))
-                });
-                let row = (oy * S + ky) * g.in_row + x0 * S * g.in_px + c0;
-                for i in 0..(NX - 1) * S + KW {
-                    let x = unsafe { _mm256_loadu_ps(sp.add(row + i * g.in_px)) };
-                    for (kx, &wv) in w.iter().enumerate() {
-                        // Constant after unrolling: which output this tap of pixel i feeds.
-                        if i >= kx && (i - kx) % S == 0 && (i - kx) / S < NX {
-                            let j = (i - kx) / S;
-                            acc[j] = _mm256_fmadd_ps(wv, x, acc[j]);
+        for oy in 0..g.oh {
+            for c0 in (0..vec_c).step_by(LANES) {
+                // SAFETY (all loads below): channel c0 + 8 <= vec_c <= c; input row
+                // oy*S + ky < (oh-1)*S + kh and column (x0+j)*S + kx < (ow-1)*S + kw: inside
+                // the lengths `depthwise_cl_with` asserted.
+                let mut acc = [unsafe { _mm256_loadu_ps(bias.as_ptr().add(c0)) }; NX];
+                for ky in 0..g.kh {
+                    let w: [__m256; KW] = std::array::from_fn(|kx| unsafe {
+                        _mm256_loadu_ps(wp.add((ky * KW + kx) * g.c + c0))
+                    });
+                    let row = (oy * S + ky) * g.in_row + x0 * S * g.in_px + c0;
+                    for i in 0..(NX - 1) * S + KW {
+                        let x = unsafe { _mm256_loadu_ps(sp.add(row + i * g.in_px)) };
+                        for (kx, &wv) in w.iter().enumerate() {
+                            // Constant after unrolling: which output this tap of pixel i feeds.
+                            if i >= kx && (i - kx) % S == 0 && (i - kx) / S < NX {
+                                let j = (i - kx) / S;
+                                acc[j] = _mm256_fmadd_ps(wv, x, acc[j]);
+                            }
                         }
                     }
                 }
+                // SAFETY: output pixels (oy, x0..x0+NX), channels c0..c0+8: inside `out`.
+                unsafe { store(&acc, g, relu6, oy, x0, c0, out) };
             }
-            // SAFETY: output pixels (oy, x0..x0+NX), channels c0..c0+8: inside `out`.
-            unsafe { store(&acc, g, relu6, oy, x0, c0, out) };
         }
     }
 
     /// Any kernel width and stride: one load per FMA.
     ///
     /// # Safety
-    /// As [`rows`], and `x0 + NX <= g.ow`, `oy < g.oh`.
+    /// As [`rows`], and `x0 + NX <= g.ow`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn general<const NX: usize>(
@@ -282,28 +283,29 @@ mod avx2 {
         g: &ClGeom,
         relu6: bool,
         vec_c: usize,
-        oy: usize,
         x0: usize,
         out: &mut [f32],
     ) {
         let (sp, wp) = (src.as_ptr(), wt.as_ptr());
         let px_step = g.stride * g.in_px;
-        for c0 in (0..vec_c).step_by(LANES) {
-            // SAFETY (all loads below): as in `window`.
-            let mut acc = [unsafe { _mm256_loadu_ps(bias.as_ptr().add(c0)) }; NX];
-            for ky in 0..g.kh {
-                let row = (oy * g.stride + ky) * g.in_row + x0 * px_step + c0;
-                for kx in 0..g.kw {
-                    let wv = unsafe { _mm256_loadu_ps(wp.add((ky * g.kw + kx) * g.c + c0)) };
-                    let at = row + kx * g.in_px;
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let x = unsafe { _mm256_loadu_ps(sp.add(at + j * px_step)) };
-                        *a = _mm256_fmadd_ps(wv, x, *a);
+        for oy in 0..g.oh {
+            for c0 in (0..vec_c).step_by(LANES) {
+                // SAFETY (all loads below): as in `window`.
+                let mut acc = [unsafe { _mm256_loadu_ps(bias.as_ptr().add(c0)) }; NX];
+                for ky in 0..g.kh {
+                    let row = (oy * g.stride + ky) * g.in_row + x0 * px_step + c0;
+                    for kx in 0..g.kw {
+                        let wv = unsafe { _mm256_loadu_ps(wp.add((ky * g.kw + kx) * g.c + c0)) };
+                        let at = row + kx * g.in_px;
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let x = unsafe { _mm256_loadu_ps(sp.add(at + j * px_step)) };
+                            *a = _mm256_fmadd_ps(wv, x, *a);
+                        }
                     }
                 }
+                // SAFETY: output pixels (oy, x0..x0+NX), channels c0..c0+8: inside `out`.
+                unsafe { store(&acc, g, relu6, oy, x0, c0, out) };
             }
-            // SAFETY: output pixels (oy, x0..x0+NX), channels c0..c0+8: inside `out`.
-            unsafe { store(&acc, g, relu6, oy, x0, c0, out) };
         }
     }
 }

@@ -355,7 +355,7 @@ pub fn depthwise_into(
     act: Activation,
     y: &mut [f32],
 ) {
-    depthwise_with(x, w, bias, s, act, y, have_avx2());
+    depthwise_sched(x, w, bias, s, act, y, have_avx2(), schedule_for(s));
 }
 
 /// Which of the two schedules a call runs.
@@ -384,18 +384,6 @@ fn schedule_for(s: &ConvShape) -> Schedule {
 
 /// [`depthwise_into`] with the SIMD kernels on or off and the schedule chosen (tests run
 /// every combination).
-pub(crate) fn depthwise_with(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    s: &ConvShape,
-    act: Activation,
-    y: &mut [f32],
-    simd: bool,
-) {
-    depthwise_sched(x, w, bias, s, act, y, simd, schedule_for(s));
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn depthwise_sched(
     x: &[f32],

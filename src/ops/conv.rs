@@ -5,7 +5,7 @@
 //! - pointwise (1x1, stride 1, no padding, one group): a GEMM per image,
 //!   `Y[Cout, HW] = W[Cout, Cin] · X[Cin, HW]`;
 //! - depthwise (groups == Cin == Cout): [`crate::ops::depthwise`], SIMD rows over a
-//!   zero-padded copy of each plane;
+//!   zero-padded copy of each plane, or on narrow maps channels-last tiles of 8 planes;
 //! - anything else (e.g. the 3x3 stem): im2col then a GEMM per image and group.
 //!
 //! Inference BatchNorm is folded into the weights beforehand ([`fold_batchnorm`]), so a

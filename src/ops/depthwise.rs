@@ -20,6 +20,12 @@
 //! The AVX2+FMA kernel is chosen at run time; other CPUs run `plane_portable`, the same
 //! schedule in scalar code (the reference the SIMD kernel is tested against, with
 //! `conv2d_naive`). Planes (batch x channel) are spread over rayon's threads.
+//!
+//! That is `Schedule::Planes`. On narrow maps (14x14, 7x7: a row is one or two vectors,
+//! and each FMA needs a load of its own shifted row) `Schedule::Tiles` runs instead: 8
+//! planes are interleaved into a channels-last tile and convolved with vectors across the
+//! channels (`src/ops/depthwise_cl.rs`), then transposed back — about 1.7x the planes at
+//! 14x14 (`pmad bench --filter dwconv`).
 
 use crate::ops::conv::{Activation, ConvShape};
 use crate::ops::depthwise_cl::{ClGeom, aligned_mut, depthwise_cl_with, have_avx2};
@@ -369,8 +375,9 @@ pub(crate) enum Schedule {
 }
 
 /// Output width up to which [`Schedule::Tiles`] runs. Measured with `pmad bench --filter
-/// dwconv` (2 threads, alternating rounds) on the Lite0 layers: at 14x14 (k5) tiles ran
-/// about 2x the planes, at 56x56 and 112x112 (k3) the planes stayed ahead.
+/// dwconv` (2 threads, alternating rounds) on the Lite0 layers: at 14x14 (k5) the tiles ran
+/// about 1.7x the planes, at 56x56 (k3) the two were even, at 112x112 (k3 stride 2, bound by
+/// memory) the planes ran 1.25x the tiles.
 const TILES_MAX_OW: usize = 28;
 
 /// The schedule for `s`.

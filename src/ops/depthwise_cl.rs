@@ -1,6 +1,8 @@
-//! Depthwise convolution over a **channels-last**, already padded tile: the inner kernel of
-//! the fused MBConv (`src/ops/mbconv.rs`, whose expanded rows are pixel-major) and of the
-//! NCHW op in `src/ops/depthwise.rs` on small maps (which interleaves 8 planes into a tile).
+//! Depthwise convolution over a **channels-last**, already padded tile: the kernel of the
+//! NCHW op in `src/ops/depthwise.rs` on narrow maps, which interleaves 8 planes into a tile
+//! (`src/ops/interleave.rs`) and transposes the result back. (The fused MBConv keeps the
+//! planes kernel: tried there with the expanded rows channels-last, the transposes, or the
+//! GEMMs on pixel-major operands, cost what the kernel saved.)
 //!
 //! ```text
 //! out[oy, ox, ch] = act( bias[ch] + Σ_{ky,kx < k} wt[ky*k + kx, ch] · src[oy*S + ky, ox*S + kx, ch] )
@@ -10,9 +12,10 @@
 //! pixel, so every lane of every FMA is useful whatever the map's width (a 14-wide row of an
 //! NCHW plane fills 14 of 16 lanes, and each output row re-reads `k` shifted input rows).
 //! Register blocking: a block computes up to [`MAX_NX`] neighbouring output pixels of one row
-//! for 8 channels; each tap's weight vector is loaded once and used for all of them, and the
-//! accumulators stay in registers until the epilogue (bias is the starting value, ReLU6
-//! clamps in registers). Rows are cut into near-equal blocks (14 = 7 + 7, not 8 + 4 + 2):
+//! for 8 channels; each kernel row's weight vectors are loaded once and used for all of
+//! them, each input pixel is loaded once per kernel row (a sliding window, for k3/k5 and
+//! strides 1/2), and the accumulators stay in registers until the epilogue (bias is the
+//! starting value, ReLU6 clamps in registers). Rows are cut into near-equal blocks (14 = 7 + 7, not 8 + 4 + 2):
 //! fewer than ~8 independent accumulators leave the FMA pipes waiting on their latency.
 //!
 //! Channels past the last multiple of 8 (none in the EfficientNet-Lite family, whose widths
@@ -311,8 +314,8 @@ mod avx2 {
 }
 
 /// `len` values of `buf` starting at a 64-byte boundary (the buffer grows as needed; its
-/// contents are whatever it held). The kernel's vector loads then never straddle a cache
-/// line when pixels are a multiple of 16 channels apart (a straddling load costs two).
+/// contents are whatever it held). The kernel's 8-float loads then never straddle a cache
+/// line when pixels are a multiple of 8 channels apart (a straddling load costs two).
 pub(crate) fn aligned_mut(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     const ALIGN_F32: usize = 64 / std::mem::size_of::<f32>();
     if buf.len() < len + ALIGN_F32 {

@@ -3,7 +3,8 @@
 //!
 //! Both directions are 8x8 transposes: 8 planes' next 8 pixels are loaded as 8 vectors and
 //! transposed in registers into 8 pixels' 8 channels (and back). Groups of fewer than 8
-//! planes take the scalar loops; the last `< 8` pixels of a row take masked loads/stores.
+//! planes take the scalar loops; the last `< 8` pixels of a row take masked loads on the way
+//! in and 4-, 2- and 1-float stores on the way out ([`avx2::store_first`]).
 
 use crate::ops::conv::Activation;
 use crate::ops::elementwise::relu6_scalar;
@@ -113,7 +114,7 @@ pub(crate) mod avx2 {
 
     /// The 8x8 transpose: row `i` of the result is column `i` of `r`.
     #[target_feature(enable = "avx2")]
-    pub(crate) fn transpose(r: [__m256; 8]) -> [__m256; 8] {
+    fn transpose(r: [__m256; 8]) -> [__m256; 8] {
         // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped:
         // after the two shuffles, s[j] holds column j (rows 0-3 or 4-7) in its low half and
         // column j + 4 in its high half.
@@ -149,9 +150,9 @@ pub(crate) mod avx2 {
         ]
     }
 
-    /// Lanes `0..n` set (`n <= 8`): a masked load or store touches just those floats.
+    /// Lanes `0..n` set (`n <= 8`): a masked load reads just those floats.
     #[target_feature(enable = "avx2")]
-    pub(crate) fn tail_mask(n: usize) -> __m256i {
+    fn tail_mask(n: usize) -> __m256i {
         _mm256_cmpgt_epi32(
             _mm256_set1_epi32(n as i32),
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -193,7 +194,7 @@ pub(crate) mod avx2 {
 
     /// `act(v + bias)` for ReLU6 / none, NaN kept (max then min with `v` second).
     #[target_feature(enable = "avx2")]
-    pub(crate) fn bias_act(v: __m256, bias: __m256, relu6: bool) -> __m256 {
+    fn bias_act(v: __m256, bias: __m256, relu6: bool) -> __m256 {
         let v = _mm256_add_ps(v, bias);
         if relu6 {
             _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), v))

@@ -309,16 +309,8 @@ impl ConvOps for CpuOps {
                 e.c_in
             )));
         }
-        let s = MbConvShape {
-            batch,
-            c_in: e.c_in,
-            h,
-            w,
-            c_exp: e.c_out,
-            k: d.kernel,
-            stride: d.stride,
-            c_out: p.c_out,
-        };
+        let channels = [e.c_in, e.c_out, p.c_out];
+        let s = MbConvShape::new(batch, (h, w), channels, (d.kernel, d.stride));
         fn layer_of<'a>(c: &'a Conv<CpuWeight>, bias: &'a CpuWeight) -> Layer<'a> {
             Layer {
                 weight: &c.weight,

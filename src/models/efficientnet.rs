@@ -358,16 +358,8 @@ impl MbConv {
     ) -> Option<(Vec<f32>, usize, usize)> {
         let e = self.expand.as_ref()?;
         let (d, p) = (&self.depthwise, &self.project);
-        let s = MbConvShape {
-            batch,
-            c_in: e.c_in,
-            h,
-            w,
-            c_exp: e.c_out,
-            k: d.kernel,
-            stride: d.stride,
-            c_out: p.c_out,
-        };
+        let channels = [e.c_in, e.c_out, p.c_out];
+        let s = MbConvShape::new(batch, (h, w), channels, (d.kernel, d.stride));
         let y = mbconv(x, [e.layer(), d.layer(), p.layer()], self.skip, &s);
         Some((y, s.out_h(), s.out_w()))
     }

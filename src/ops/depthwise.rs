@@ -508,7 +508,6 @@ fn tiles(
         tile_cols: cols,
         top: s.pad.top,
         left: s.pad.left,
-        px: GROUP,
     };
     let image_out = s.c_out * out_plane;
     y[..s.batch * image_out]
@@ -528,13 +527,13 @@ fn tiles(
                         );
                         let lanes = yg.len() / out_plane;
                         let src = &x[(b * s.c_in + g * GROUP) * in_plane..];
-                        gather(src, &Gather { lanes, ..window }, None, tile);
+                        gather(src, &Gather { lanes, ..window }, tile);
                         let (wg, bg) = (
                             &wt[g * taps * GROUP..(g + 1) * taps * GROUP],
                             &bt[g * GROUP..(g + 1) * GROUP],
                         );
                         depthwise_cl_with(tile, wg, bg, &geom, act, o, simd);
-                        scatter(o, out_plane, lanes, GROUP, yg, out_plane);
+                        scatter(o, out_plane, lanes, yg, out_plane);
                     },
                 );
         });

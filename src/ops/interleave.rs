@@ -6,16 +6,12 @@
 //! planes take the scalar loops; the last `< 8` pixels of a row take masked loads on the way
 //! in and 4-, 2- and 1-float stores on the way out ([`avx2::store_first`]).
 
-use crate::ops::conv::Activation;
-use crate::ops::elementwise::relu6_scalar;
-
 /// Channels one transpose moves.
 pub(crate) const GROUP: usize = 8;
 
 /// Where a gather copies from and to: `lanes <= 8` planes of `src`, `plane` elements apart,
 /// rows of `w`; image rows `0..rows` and columns `0..cols` land at tile pixel
-/// `(top + r) * tile_cols + left + c`, pixels `px` elements apart (`px >= lanes`: 8 for a tile
-/// of one group, the channel count for a tile of all of them).
+/// `(top + r) * tile_cols + left + c` (8 values a pixel).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Gather {
     pub lanes: usize,
@@ -26,82 +22,57 @@ pub(crate) struct Gather {
     pub tile_cols: usize,
     pub top: usize,
     pub left: usize,
-    pub px: usize,
 }
 
-/// `tile[((top + r) * tile_cols + left + c) * px + lane] = f(src[lane * plane + r * w + c])`
-/// where `f` is the identity, or `act(v + bias[lane])` with `epilogue = Some((bias, act))`.
+/// `tile[((top + r) * tile_cols + left + c) * 8 + lane] = src[lane * plane + r * w + c]`.
 /// Tile cells outside the copied window and lanes past `lanes` are not written.
-pub(crate) fn gather(
-    src: &[f32],
-    g: &Gather,
-    epilogue: Option<(&[f32], Activation)>,
-    tile: &mut [f32],
-) {
+pub(crate) fn gather(src: &[f32], g: &Gather, tile: &mut [f32]) {
     if g.rows == 0 || g.cols == 0 || g.lanes == 0 {
         return;
     }
     assert!(
         g.lanes <= GROUP
-            && g.px >= g.lanes
             && g.cols <= g.w
             && g.left + g.cols <= g.tile_cols
-            && epilogue.is_none_or(|(b, _)| b.len() >= g.lanes)
             && src.len() >= (g.lanes - 1) * g.plane + (g.rows - 1) * g.w + g.cols
-            && tile.len()
-                >= ((g.top + g.rows - 1) * g.tile_cols + g.left + g.cols - 1) * g.px + g.lanes,
+            && tile.len() >= ((g.top + g.rows - 1) * g.tile_cols + g.left + g.cols) * GROUP,
         "interleave::gather: short buffer {g:?}"
     );
     #[cfg(target_arch = "x86_64")]
     if g.lanes == GROUP && crate::ops::depthwise_cl::have_avx2() {
         // SAFETY: AVX2 was detected; the assert bounds every index.
-        unsafe { avx2::gather(src, g, epilogue, tile) };
+        unsafe { avx2::gather(src, g, tile) };
         return;
     }
     for r in 0..g.rows {
         for c in 0..g.cols {
-            let at = ((g.top + r) * g.tile_cols + g.left + c) * g.px;
+            let at = ((g.top + r) * g.tile_cols + g.left + c) * GROUP;
             for lane in 0..g.lanes {
-                let v = src[lane * g.plane + r * g.w + c];
-                tile[at + lane] = match epilogue {
-                    None => v,
-                    Some((b, Activation::None)) => v + b[lane],
-                    Some((b, Activation::Relu6)) => relu6_scalar(v + b[lane]),
-                };
+                tile[at + lane] = src[lane * g.plane + r * g.w + c];
             }
         }
     }
 }
 
-/// `dst[lane * plane + p] = tile[p * px + lane]` for pixels `p < n`, lanes `< lanes`
-/// (`lanes <= 8`, `px >= lanes`): the way back from a channels-last tile.
-pub(crate) fn scatter(
-    tile: &[f32],
-    n: usize,
-    lanes: usize,
-    px: usize,
-    dst: &mut [f32],
-    plane: usize,
-) {
+/// `dst[lane * plane + p] = tile[p * 8 + lane]` for pixels `p < n`, lanes `< lanes <= 8`:
+/// the way back from a channels-last tile.
+pub(crate) fn scatter(tile: &[f32], n: usize, lanes: usize, dst: &mut [f32], plane: usize) {
     if n == 0 || lanes == 0 {
         return;
     }
     assert!(
-        lanes <= GROUP
-            && px >= lanes
-            && tile.len() >= (n - 1) * px + lanes
-            && dst.len() >= (lanes - 1) * plane + n,
+        lanes <= GROUP && tile.len() >= n * GROUP && dst.len() >= (lanes - 1) * plane + n,
         "interleave::scatter: short buffer"
     );
     #[cfg(target_arch = "x86_64")]
     if lanes == GROUP && crate::ops::depthwise_cl::have_avx2() {
         // SAFETY: AVX2 was detected; the assert bounds every index.
-        unsafe { avx2::scatter(tile, n, px, dst, plane) };
+        unsafe { avx2::scatter(tile, n, dst, plane) };
         return;
     }
     for p in 0..n {
         for lane in 0..lanes {
-            dst[lane * plane + p] = tile[p * px + lane];
+            dst[lane * plane + p] = tile[p * GROUP + lane];
         }
     }
 }
@@ -109,7 +80,6 @@ pub(crate) fn scatter(
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use super::{GROUP, Gather};
-    use crate::ops::conv::Activation;
     use std::arch::x86_64::*;
 
     /// The 8x8 transpose: row `i` of the result is column `i` of `r`.
@@ -192,39 +162,17 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// `act(v + bias)` for ReLU6 / none, NaN kept (max then min with `v` second).
-    #[target_feature(enable = "avx2")]
-    fn bias_act(v: __m256, bias: __m256, relu6: bool) -> __m256 {
-        let v = _mm256_add_ps(v, bias);
-        if relu6 {
-            _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), v))
-        } else {
-            v
-        }
-    }
-
     /// Every row, 8 lanes; the last `< 8` columns of a row by masked loads.
     ///
     /// # Safety
     /// AVX2 present; `super::gather`'s assert holds.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gather(
-        src: &[f32],
-        g: &Gather,
-        epilogue: Option<(&[f32], Activation)>,
-        tile: &mut [f32],
-    ) {
+    pub(super) unsafe fn gather(src: &[f32], g: &Gather, tile: &mut [f32]) {
         let (sp, tp) = (src.as_ptr(), tile.as_mut_ptr());
-        // SAFETY: the assert checked 8 bias values.
-        let bias = epilogue.map(|(b, act)| (unsafe { _mm256_loadu_ps(b.as_ptr()) }, act));
-        let finish = |u| match bias {
-            None => u,
-            Some((b, act)) => bias_act(u, b, act == Activation::Relu6),
-        };
         let (c_end, tail) = (g.cols / GROUP * GROUP, g.cols % GROUP);
         let mask = tail_mask(tail);
         for r in 0..g.rows {
-            let at = |c: usize| ((g.top + r) * g.tile_cols + g.left + c) * g.px;
+            let at = |c: usize| ((g.top + r) * g.tile_cols + g.left + c) * GROUP;
             for c in (0..c_end).step_by(GROUP) {
                 // SAFETY: lane < 8 planes, row r < rows, columns c..c+8 <= cols.
                 let v = std::array::from_fn(|lane| unsafe {
@@ -232,7 +180,7 @@ pub(crate) mod avx2 {
                 });
                 for (j, &u) in transpose(v).iter().enumerate() {
                     // SAFETY: tile pixel of column c + j < cols: inside the window.
-                    unsafe { _mm256_storeu_ps(tp.add(at(c) + j * g.px), finish(u)) };
+                    unsafe { _mm256_storeu_ps(tp.add(at(c) + j * GROUP), u) };
                 }
             }
             if tail > 0 {
@@ -242,7 +190,7 @@ pub(crate) mod avx2 {
                 });
                 for (j, &u) in transpose(v).iter().take(tail).enumerate() {
                     // SAFETY: tile pixel of column c_end + j < cols: inside the window.
-                    unsafe { _mm256_storeu_ps(tp.add(at(c_end) + j * g.px), finish(u)) };
+                    unsafe { _mm256_storeu_ps(tp.add(at(c_end) + j * GROUP), u) };
                 }
             }
         }
@@ -253,14 +201,14 @@ pub(crate) mod avx2 {
     /// # Safety
     /// AVX2 present; `super::scatter`'s assert holds.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scatter(tile: &[f32], n: usize, px: usize, dst: &mut [f32], plane: usize) {
+    pub(super) unsafe fn scatter(tile: &[f32], n: usize, dst: &mut [f32], plane: usize) {
         let (tp, dp) = (tile.as_ptr(), dst.as_mut_ptr());
         for p in (0..n).step_by(GROUP) {
             let m = GROUP.min(n - p);
             let v = std::array::from_fn(|j| {
                 if j < m {
                     // SAFETY: pixel p + j < n.
-                    unsafe { _mm256_loadu_ps(tp.add((p + j) * px)) }
+                    unsafe { _mm256_loadu_ps(tp.add((p + j) * GROUP)) }
                 } else {
                     _mm256_setzero_ps()
                 }
@@ -279,12 +227,10 @@ mod tests {
 
     #[test]
     fn gather_places_pixels_and_scatter_reads_them_back() {
-        // 8 lanes (SIMD body + masked tail columns) and 5 lanes (scalar only); tile pixels 8
-        // and 11 apart; with and without the bias + ReLU6 epilogue.
-        for (lanes, px, epi) in [(8, 8, false), (5, 8, false), (8, 11, true), (5, 11, true)] {
+        // 8 lanes (SIMD body + masked tail columns) and 5 lanes (scalar only).
+        for lanes in [8, 5] {
             let (h, w, plane) = (5, 19, 5 * 19 + 3);
             let src: Vec<f32> = (0..lanes * plane).map(|i| i as f32 * 0.01 - 2.0).collect();
-            let bias: Vec<f32> = (0..8).map(|i| i as f32 * 0.5 - 1.0).collect();
             let g = Gather {
                 lanes,
                 plane,
@@ -294,30 +240,27 @@ mod tests {
                 tile_cols: 21,
                 top: 2,
                 left: 3,
-                px,
             };
-            let mut tile = vec![-9.0f32; (h + 3) * 21 * px];
-            let epilogue = epi.then_some((&bias[..], Activation::Relu6));
-            gather(&src, &g, epilogue, &mut tile);
+            let mut tile = vec![-9.0f32; (h + 3) * 21 * GROUP];
+            gather(&src, &g, &mut tile);
             for (i, &v) in tile.iter().enumerate() {
-                let (pix, lane) = (i / px, i % px);
+                let (pix, lane) = (i / GROUP, i % GROUP);
                 let (r, c) = ((pix / 21) as isize - 2, (pix % 21) as isize - 3);
                 let inside = lane < lanes && (0..h as isize).contains(&r) && (0..17).contains(&c);
                 let want = if inside {
-                    let v = src[lane * plane + r as usize * w + c as usize];
-                    if epi { relu6_scalar(v + bias[lane]) } else { v }
+                    src[lane * plane + r as usize * w + c as usize]
                 } else {
                     -9.0
                 };
-                assert_eq!(v, want, "lanes {lanes} px {px} tile element {i}");
+                assert_eq!(v, want, "lanes {lanes} tile element {i}");
             }
             // Back: pixels of the tile's rows in order, 47 (not a multiple of 8).
             let n = 2 * 21 + 5;
             let mut dst = vec![f32::NAN; lanes * 60];
-            scatter(&tile, n, lanes, px, &mut dst, 60);
+            scatter(&tile, n, lanes, &mut dst, 60);
             for lane in 0..lanes {
                 for p in 0..n {
-                    assert_eq!(dst[lane * 60 + p], tile[p * px + lane]);
+                    assert_eq!(dst[lane * 60 + p], tile[p * GROUP + lane]);
                 }
                 assert!(
                     dst[lane * 60 + n..(lane + 1) * 60]

@@ -52,6 +52,26 @@ pub struct MbConvShape {
 }
 
 impl MbConvShape {
+    /// The block on a `[batch, c_in, h, w]` input: channels `[c_in, c_exp, c_out]` through
+    /// the expand, depthwise (`k`, `stride`) and project convs.
+    pub fn new(
+        batch: usize,
+        (h, w): (usize, usize),
+        [c_in, c_exp, c_out]: [usize; 3],
+        (k, stride): (usize, usize),
+    ) -> MbConvShape {
+        MbConvShape {
+            batch,
+            c_in,
+            h,
+            w,
+            c_exp,
+            k,
+            stride,
+            c_out,
+        }
+    }
+
     pub fn out_h(&self) -> usize {
         self.h.div_ceil(self.stride)
     }
